@@ -1,0 +1,1 @@
+"""The built-in backends. Each module is imported only when its backend is chosen."""

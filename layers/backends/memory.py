@@ -1,0 +1,269 @@
+"""In-process memory backend: one process, any number of event loops and threads.
+
+Features
+    FIFO deques per queue with monotonic-clock expiry; atomic capacity checks; groups
+    with expiring membership; wake-ups across event loops and threads (so the layer
+    works through ``async_to_sync``). Cost per call is proportional to what the call
+    touches, never to the total number of channels or groups: stale queues and groups
+    are swept from the front of a last-written order, a bounded amount per call.
+
+Connection URL
+    ``memory://`` (query parameters become options: ``memory://?expiry=10``).
+
+Options
+    None of its own; the layer options (``expiry``, ``capacity``, ``channel_capacity``,
+    ``group_expiry``...) all apply.
+
+Capabilities
+    ``groups``, ``flush``. Not cross-process: each layer instance has its own store.
+
+Use as a Django Channels ``BACKEND``::
+
+    CHANNEL_LAYERS = {"default": {"BACKEND": "layers.backends.memory.MemoryChannelLayer"}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from layers.core.backend import Backend, Capability, Put
+from layers.core.errors import ConfigurationError
+from layers.core.layer import ChannelLayer
+
+__all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore"]
+
+_SWEEP_BATCH = 64
+
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _wake(waiters: list[_Waiter]) -> None:
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for loop, future in waiters:
+        if loop is current:
+            if not future.done():
+                future.set_result(None)
+        else:
+            try:
+                loop.call_soon_threadsafe(_set_none, future)
+            except RuntimeError:  # that loop is closed; its waiter is gone with it
+                pass
+
+
+def _set_none(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class MemoryStore:
+    """The shared state of one memory layer, used by its per-loop backends.
+
+    Every method runs under one ``threading.Lock`` and never awaits, so it is atomic
+    across tasks, event loops and threads.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # Ordered by last write: the front is the first to expire entirely.
+        self.queues: OrderedDict[str, deque[tuple[float, bytes]]] = OrderedDict()
+        self.waiters: dict[str, list[_Waiter]] = {}
+        # group -> {channel: membership expiry}, ordered by last group_add.
+        self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
+
+    def put(self, queue: str, payload: bytes, expiry: float, capacity: int, now: float) -> bool:
+        queues = self.queues
+        items = queues.get(queue)
+        if items is None:
+            items = queues[queue] = deque()
+        else:
+            queues.move_to_end(queue)
+            while items and items[0][0] <= now:
+                items.popleft()
+            if len(items) >= capacity:
+                live = [entry for entry in items if entry[0] > now]
+                if len(live) >= capacity:
+                    return False
+                items.clear()
+                items.extend(live)
+        items.append((now + expiry, payload))
+        return True
+
+    def take(self, queue: str, limit: int, now: float) -> list[bytes]:
+        items = self.queues.get(queue)
+        if not items:
+            return []
+        out: list[bytes] = []
+        while items and len(out) < limit:
+            expires_at, payload = items.popleft()
+            if expires_at > now:
+                out.append(payload)
+        if not items:
+            # Only the deque goes: waiters live in their own dict, so dropping an
+            # empty queue never strands a consumer waiting on it.
+            del self.queues[queue]
+        return out
+
+    def sweep(self, now: float) -> None:
+        """Drop up to a batch of queues and groups whose contents all expired."""
+        queues = self.queues
+        for _ in range(_SWEEP_BATCH):
+            if not queues:
+                break
+            name, items = next(iter(queues.items()))
+            if items and items[-1][0] > now:
+                break
+            del queues[name]
+        groups = self.groups
+        for _ in range(_SWEEP_BATCH):
+            if not groups:
+                break
+            name, members = next(iter(groups.items()))
+            if members and max(members.values()) > now:
+                break
+            del groups[name]
+
+
+class MemoryBackend(Backend):
+    """The per-loop view of a :class:`MemoryStore`."""
+
+    name = "memory"
+    capabilities = frozenset({Capability.GROUPS, Capability.FLUSH})
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """``memory://`` takes no backend options; anything else in the URL is an error."""
+        parts = urlsplit(url)
+        if parts.netloc or parts.path not in ("", "/") or parts.query:
+            raise ConfigurationError("url", f"memory:// takes no host, path or options: {url!r}")
+        return {}
+
+    @classmethod
+    def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Refuse unknown options and create the store the per-loop instances share."""
+        for key in options:
+            raise ConfigurationError(key, "unknown option for the memory backend (it has none)")
+        return {"store": MemoryStore()}
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        """Append atomically under the store lock; see :meth:`Backend.send`."""
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            stored = store.put(queue, payload, expiry, capacity, now)
+            waiters = store.waiters.pop(queue, None) if stored else None
+            store.sweep(now)
+        if waiters:
+            _wake(waiters)
+        return stored
+
+    async def send_many(self, puts: list[Put]) -> list[bool]:  # type: ignore[override]
+        """All puts under one lock acquisition; see :meth:`Backend.send_many`."""
+        store = self._store
+        now = time.monotonic()
+        results: list[bool] = []
+        woken: list[_Waiter] = []
+        with store.lock:
+            for p in puts:
+                stored = store.put(p.queue, p.payload, p.expiry, p.capacity, now)
+                results.append(stored)
+                if stored:
+                    woken.extend(store.waiters.pop(p.queue, ()))
+            store.sweep(now)
+        if woken:
+            _wake(woken)
+        return results
+
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        """Pop under the store lock, else wait for a wake-up; see :meth:`Backend.receive`.
+
+        Cancellation loses nothing: a waiting call holds no message.
+        """
+        store = self._store
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            with store.lock:
+                out = store.take(queue, limit, now)
+                if out or now >= deadline:
+                    return out
+                future: asyncio.Future[None] = loop.create_future()
+                waiter = (loop, future)
+                store.waiters.setdefault(queue, []).append(waiter)
+            try:
+                async with asyncio.timeout(deadline - now):
+                    await future
+            except TimeoutError:
+                pass
+            finally:
+                with store.lock:
+                    waiting = store.waiters.get(queue)
+                    if waiting is not None and waiter in waiting:
+                        waiting.remove(waiter)
+                        if not waiting:
+                            del store.waiters[queue]
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        """Add or refresh a membership; see :meth:`Backend.group_add`."""
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            members = store.groups.get(group)
+            if members is None:
+                members = store.groups[group] = {}
+            else:
+                store.groups.move_to_end(group)
+            members[channel] = now + expiry
+            store.sweep(now)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove a membership if present; see :meth:`Backend.group_discard`."""
+        with self._store.lock:
+            members = self._store.groups.get(group)
+            if members is not None:
+                members.pop(channel, None)
+                if not members:
+                    del self._store.groups[group]
+
+    async def group_channels(self, group: str) -> list[str]:
+        """Return unexpired members, pruning expired ones; see :meth:`Backend.group_channels`."""
+        now = time.monotonic()
+        with self._store.lock:
+            members = self._store.groups.get(group)
+            if not members:
+                return []
+            expired = [channel for channel, until in members.items() if until <= now]
+            for channel in expired:
+                del members[channel]
+            return list(members)
+
+    async def flush(self) -> None:
+        """Empty every queue and group of this layer's store."""
+        with self._store.lock:
+            self._store.queues.clear()
+            self._store.groups.clear()
+
+    async def aclose(self) -> None:
+        """Nothing to release: the store lives as long as the layer."""
+
+
+class MemoryChannelLayer(ChannelLayer):
+    """A :class:`~layers.ChannelLayer` on the memory backend: a Channels ``BACKEND``.
+
+    Drop-in for ``channels.layers.InMemoryChannelLayer`` with the same options, plus
+    a working ``channel_capacity`` and no scan of every channel on each call.
+    """
+
+    backend_class = MemoryBackend

@@ -1,0 +1,1 @@
+"""Backend-agnostic core: the rules every backend gets for free."""

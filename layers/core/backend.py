@@ -1,0 +1,233 @@
+"""The backend contract: what a storage plugin implements.
+
+The core (:class:`layers.ChannelLayer`) owns every rule users see: names, message
+validation, serialization, encryption, capacity lookup, expiry values, reply-channel
+demultiplexing, cancellation safety and the Django Channels API. A backend owns only
+storage and atomicity, through the few async primitives of :class:`Backend`, on
+opaque ``bytes``.
+
+Queues
+    The backend stores *queues*: named FIFO lists of payloads. The core maps a
+    normal channel (``"chat.events"``) to the queue of the same name, and every
+    reply channel of one layer instance (``"specific.a1b2c3!x7y8"``) to a shared
+    *inbox* queue named after the non-local part (``"specific.a1b2c3!"``). Queue
+    names are at most 100 ASCII characters (``[a-zA-Z0-9._-]`` plus an optional
+    trailing ``!``). Backends must not interpret payloads.
+
+Lifecycle and event loops
+    The core creates **one backend instance per event loop** the layer is used from
+    (``async_to_sync`` makes a new loop per call), so an instance never needs to
+    think about loops: connections, pools and tasks it opens belong to the loop its
+    methods are called on. The core calls :meth:`Backend.open` once before the
+    first primitive and :meth:`Backend.aclose` when the layer is closed or its loop
+    closes. State that must be shared between the instances of one layer (the
+    memory backend's store) is prepared once by :meth:`Backend.prepare_options`.
+
+Concurrency
+    The core may call any primitive concurrently from several tasks of the same
+    loop. It calls :meth:`Backend.receive` on a given queue from at most one task
+    per instance at a time, but other instances (other loops, processes, hosts)
+    may receive from the same queue concurrently: :meth:`Backend.receive` is where
+    **at-most-once** lives and its removal must be atomic.
+
+Time
+    Expiry is given in seconds (``float``). Backends measure it with a clock that
+    does not jump (``time.monotonic()`` in one process; the server's clock for a
+    shared store), never with a sender's wall clock.
+
+Errors
+    Backends raise :class:`layers.BackendError` (chained to the driver's exception)
+    for store failures and :class:`layers.ConfigurationError` for bad options.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from layers.core.errors import ConfigurationError
+
+__all__ = ["Backend", "Capability", "Put"]
+
+
+class Capability(enum.StrEnum):
+    """What a backend can do, declared once in :attr:`Backend.capabilities`.
+
+    Django Channels' ``extensions`` list, :meth:`layers.ChannelLayer.require` and the
+    conformance suite's skips all derive from this one declaration.
+    """
+
+    GROUPS = "groups"
+    """Group membership: :meth:`Backend.group_add`, ``group_discard``, ``group_channels``."""
+
+    FLUSH = "flush"
+    """:meth:`Backend.flush` empties every queue and group of the layer."""
+
+    CROSS_PROCESS = "cross_process"
+    """Several OS processes on one host share queues and groups."""
+
+    CROSS_HOST = "cross_host"
+    """Processes on several hosts share queues and groups."""
+
+    PERSISTENT = "persistent"
+    """Stored messages survive a restart of the process (not necessarily of the server)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """One payload to append to one queue, as given to :meth:`Backend.send_many`."""
+
+    queue: str
+    payload: bytes
+    expiry: float
+    capacity: int
+
+
+class Backend(abc.ABC):
+    """Storage for one layer in one event loop. Subclass it to write a backend.
+
+    Required: :meth:`send`, :meth:`receive`, :meth:`aclose`; plus the group methods
+    when :attr:`capabilities` has :attr:`Capability.GROUPS`, and :meth:`flush` with
+    :attr:`Capability.FLUSH`. :meth:`send_many` has a correct default built on
+    :meth:`send` that a backend may override to batch round trips.
+
+    Construction takes the backend's own options (``hosts``, ``url``, ``prefix``...)
+    as keyword arguments and must do no I/O; connect in :meth:`open` or lazily.
+    """
+
+    #: The capabilities this backend provides. See :class:`Capability`.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    #: Optional short name used in messages and reports (``"redis"``).
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and normalise the backend options once, when the layer is made.
+
+        Called without an event loop, before any instance exists. Raise
+        :class:`layers.ConfigurationError` naming the setting for a bad value, so
+        misconfiguration fails at start-up rather than at the first message. The
+        returned dict is passed as keyword arguments to every per-loop instance; it
+        may add objects shared by those instances. The default checks that every
+        option is a keyword of ``__init__``.
+        """
+        signature = inspect.signature(cls.__init__)
+        params = signature.parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            allowed = sorted(
+                name
+                for name, p in params.items()
+                if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
+            )
+            for key in options:
+                if key not in params or key == "self":
+                    raise ConfigurationError(
+                        key,
+                        f"unknown option for the {cls.name or cls.__name__} backend "
+                        f"(known options: {', '.join(allowed) or 'none'})",
+                    )
+        return dict(options)
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """Turn a connection URL into backend options (called before :meth:`prepare_options`).
+
+        The core has already removed the layer options (``expiry``, ``capacity``...)
+        from the query string. The default passes the URL on as ``url=``; backends
+        override this to map their own query parameters to options.
+        """
+        return {"url": url}
+
+    async def open(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Connect. Called once by the core before the first primitive.
+
+        May raise :class:`layers.BackendError`. A cancelled ``open`` leaves nothing
+        open that :meth:`aclose` would not release.
+        """
+
+    @abc.abstractmethod
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        """Append ``payload`` to the tail of ``queue`` unless the queue is full.
+
+        Atomically: if ``queue`` holds ``capacity`` or more unexpired payloads,
+        store nothing and return ``False``; else append and return ``True``. The
+        payload expires ``expiry`` seconds after it is stored and must then never
+        be returned by :meth:`receive`. Order is the store's arrival order.
+
+        Cancellation: the payload is either stored once or not at all, never twice.
+        Raises :class:`layers.BackendError` when the store fails.
+        """
+
+    async def send_many(self, puts: Sequence[Put]) -> list[bool]:
+        """Apply several :meth:`send` calls; return whether each was stored.
+
+        Used by ``group_send`` (one :class:`Put` per receiving queue). Each put is
+        independent: a full queue skips only its own put. The order of puts to the
+        same queue is kept. Not atomic as a whole. The default awaits :meth:`send`
+        for each put in turn; backends override it to batch round trips.
+
+        Cancellation: each put is stored once or not at all.
+        """
+        return [
+            await self.send(p.queue, p.payload, expiry=p.expiry, capacity=p.capacity) for p in puts
+        ]
+
+    @abc.abstractmethod
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        """Remove and return up to ``limit`` of the oldest unexpired payloads.
+
+        Waits at most about ``timeout`` seconds for the first payload and returns
+        ``[]`` if none came; never waits for more once it has one. Payloads are
+        returned oldest first. Removal is **atomic**: a payload is returned by at
+        most one call, in any process or host, ever (at-most-once). Expired
+        payloads are never returned.
+
+        Cancellation: a payload may be removed and lost, never duplicated (the core
+        never cancels this call while a layer is open; it may on close). Raises
+        :class:`layers.BackendError` when the store fails; the core retries with
+        backoff.
+        """
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        """Make ``channel`` a member of ``group`` until ``expiry`` seconds from now.
+
+        Idempotent: adding a member again only moves its expiry to ``expiry``
+        seconds from now. Needs :attr:`Capability.GROUPS`.
+        Cancellation: the membership is either added/refreshed or left as it was.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support groups")
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; a no-op if it is not a member.
+
+        Needs :attr:`Capability.GROUPS`. Cancellation: removed or left as it was.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support groups")
+
+    async def group_channels(self, group: str) -> list[str]:
+        """Return the unexpired members of ``group`` (any order, no duplicates).
+
+        Needs :attr:`Capability.GROUPS`. Read-only: cancellation changes nothing.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support groups")
+
+    async def flush(self) -> None:
+        """Delete every queue and group this layer's options address.
+
+        Needs :attr:`Capability.FLUSH`. Only touches this layer's namespace
+        (``prefix``, schema, file). Cancellation: may leave part of the data.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support flush")
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release every connection and task this instance opened.
+
+        Safe to call twice and on an instance that never opened. Stored payloads
+        stay in a shared store. Must not raise for an already-broken connection.
+        """

@@ -1,0 +1,222 @@
+"""One configuration path: URLs, Django ``CHANNEL_LAYERS`` and :func:`configure`.
+
+Every form ends as ``ChannelLayer(backend=BackendClass, **options)``:
+
+- a URL, ``layers.from_url("redis://localhost:6379/0?expiry=30")``: the scheme names
+  the backend; the query parameters ``expiry``, ``group_expiry``, ``capacity``,
+  ``max_message_size`` and ``serializer_format`` are layer options, the rest belong
+  to the backend;
+- Django settings, ``CHANNEL_LAYERS = {"default": {"BACKEND": ..., "CONFIG": {...}}}``
+  where ``BACKEND`` is a dotted class path (as Django Channels expects) or a
+  registered backend name (``"redis"``), and ``CONFIG`` may hold a ``url``;
+- :func:`configure` for programs without Django, or the ``LAYERS_URL`` environment
+  variable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from layers.core.backend import Backend
+from layers.core.errors import ConfigurationError
+from layers.core.registry import get_backend
+
+if TYPE_CHECKING:
+    from layers.core.layer import ChannelLayer
+
+__all__ = [
+    "DEFAULT_ALIAS",
+    "configure",
+    "from_url",
+    "get_channel_layer",
+    "layer_from_config",
+    "reset",
+    "split_url",
+]
+
+DEFAULT_ALIAS = "default"
+
+_LAYER_QUERY_OPTIONS: dict[str, type] = {
+    "expiry": float,
+    "group_expiry": float,
+    "capacity": int,
+    "max_message_size": int,
+    "serializer_format": str,
+}
+
+
+def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
+    """Return ``(scheme, url without layer options, layer options)`` for a layer URL."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError("url", f"expected a URL like 'redis://host:6379', got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise ConfigurationError("url", f"the URL {url!r} has no scheme")
+    layer_options: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        kind = _LAYER_QUERY_OPTIONS.get(key)
+        if kind is None:
+            rest.append((key, value))
+            continue
+        try:
+            layer_options[key] = kind(value)
+        except ValueError:
+            raise ConfigurationError(key, f"{value!r} in the URL is not a valid {kind.__name__}")
+    stripped = urlunsplit(parts._replace(query=urlencode(rest)))
+    return scheme, stripped, layer_options
+
+
+def resolve_backend(backend: type[Backend] | str) -> type[Backend]:
+    """Return a backend class from a class, a registered name or a dotted path."""
+    if isinstance(backend, type):
+        return backend
+    if not isinstance(backend, str):
+        raise ConfigurationError("BACKEND", f"expected a backend name or class, got {backend!r}")
+    if "." in backend and ":" not in backend and "+" not in backend:
+        imported = _import_string(backend)
+        if isinstance(imported, type) and issubclass(imported, Backend):
+            return imported
+        raise ConfigurationError("BACKEND", f"{backend!r} is not a Backend subclass")
+    return get_backend(backend)
+
+
+def _import_string(path: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError("BACKEND", f"cannot import {path!r}: {exc}") from exc
+
+
+def from_url(url: str, **options: Any) -> ChannelLayer:
+    """Make a layer from a URL: ``memory://``, ``redis://``, ``postgresql://``, ``sqlite:///``...
+
+    Keyword options override the URL's query parameters.
+    """
+    from layers.core.layer import ChannelLayer
+
+    return ChannelLayer(url=url, **options)
+
+
+def layer_from_config(config: Mapping[str, Any], *, test: bool = False) -> Any:
+    """Make a layer from one ``CHANNEL_LAYERS`` entry (``BACKEND``, ``CONFIG``, ``TEST_CONFIG``).
+
+    ``BACKEND`` may be a registered name, a dotted path to a ``ChannelLayer``
+    subclass, to a ``Backend`` subclass, or to any other Channels-compatible layer
+    class (made with ``CONFIG`` as keyword arguments, as Channels does).
+    """
+    from layers.core.layer import ChannelLayer
+
+    if not isinstance(config, Mapping):
+        raise ConfigurationError("CHANNEL_LAYERS", f"each entry must be a dict, not {config!r}")
+    if "ROUTING" in config:
+        raise ConfigurationError("ROUTING", "routing is configured in the application, not here")
+    key = "TEST_CONFIG" if test else "CONFIG"
+    if test and key not in config:
+        raise ConfigurationError("TEST_CONFIG", "this alias has no TEST_CONFIG")
+    options = dict(config.get(key) or {})
+    backend = config.get("BACKEND")
+    if backend is None:
+        if "url" not in options:
+            raise ConfigurationError("BACKEND", "give BACKEND or a CONFIG 'url'")
+        return ChannelLayer(**options)
+    if isinstance(backend, str) and "." in backend and "+" not in backend:
+        target = _import_string(backend)
+        if isinstance(target, type) and issubclass(target, Backend):
+            return ChannelLayer(backend=target, **options)
+        if callable(target):
+            return target(**options)
+        raise ConfigurationError("BACKEND", f"{backend!r} is not a layer or backend class")
+    return ChannelLayer(backend=backend, **options)
+
+
+_lock = threading.Lock()
+_configured: dict[str, Any] | None = None
+_instances: dict[str, Any] = {}
+
+
+def configure(
+    url: str | None = None, *, channel_layers: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """Configure layers for programs without Django settings.
+
+    Give a ``url`` for the default alias, or a full ``channel_layers`` mapping in
+    the ``CHANNEL_LAYERS`` format. Clears the cached layers.
+    """
+    global _configured
+    if (url is None) == (channel_layers is None):
+        raise ConfigurationError("configure", "give exactly one of url= or channel_layers=")
+    with _lock:
+        _configured = (
+            {DEFAULT_ALIAS: {"CONFIG": {"url": url}}}
+            if url is not None
+            else dict(channel_layers or {})
+        )
+        _instances.clear()
+
+
+def reset() -> None:
+    """Forget :func:`configure` and every cached layer (for tests)."""
+    global _configured
+    with _lock:
+        _configured = None
+        _instances.clear()
+
+
+def _django_channel_layers() -> Mapping[str, Any] | None:
+    try:
+        from django.conf import settings
+    except ImportError:
+        return None
+    if not settings.configured:
+        return None
+    value = getattr(settings, "CHANNEL_LAYERS", None)
+    return value if isinstance(value, Mapping) else None
+
+
+def _settings() -> Mapping[str, Any]:
+    if _configured is not None:
+        return _configured
+    django_layers = _django_channel_layers()
+    if django_layers is not None:
+        return django_layers
+    url = os.environ.get("LAYERS_URL")
+    if url:
+        return {DEFAULT_ALIAS: {"CONFIG": {"url": url}}}
+    return {}
+
+
+def get_channel_layer(alias: str = DEFAULT_ALIAS, *, test: bool = False) -> Any:
+    """Return the layer for ``alias`` (made once, then cached).
+
+    Reads, in order: :func:`configure`, Django's ``CHANNEL_LAYERS`` when Django is
+    configured, then the ``LAYERS_URL`` environment variable. Unlike Channels,
+    an unknown alias raises :class:`~layers.ConfigurationError` instead of
+    returning None. ``test=True`` builds from ``TEST_CONFIG``.
+    """
+    cache_key = f"{alias}:test" if test else alias
+    layer = _instances.get(cache_key)
+    if layer is not None:
+        return layer
+    settings = _settings()
+    if alias not in settings:
+        known = ", ".join(sorted(settings)) or "none"
+        raise ConfigurationError(
+            "CHANNEL_LAYERS",
+            f"no channel layer alias {alias!r} (configured: {known}); set CHANNEL_LAYERS, "
+            "call layers.configure(), or set LAYERS_URL",
+        )
+    with _lock:
+        layer = _instances.get(cache_key)
+        if layer is None:
+            layer = _instances[cache_key] = layer_from_config(settings[alias], test=test)
+    return layer

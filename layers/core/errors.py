@@ -1,0 +1,126 @@
+"""The exceptions of channel-layers: one root, a documented tree.
+
+::
+
+    LayerError                      root of everything this package raises on purpose
+    ├── ChannelFull                 send() found the channel at capacity (nothing was stored)
+    ├── MessageTooLarge             the serialized message exceeds ``max_message_size``
+    ├── InvalidMessage (TypeError)  not a dict of ASGI values; raised by send() before any I/O
+    ├── ChannelNotOwned (ValueError) receive() on a reply channel made by another layer/process
+    ├── ConfigurationError (ValueError)   a setting is wrong; ``.setting`` names it
+    │   ├── UnknownBackend          no backend of that name; lists the installed ones
+    │   └── MissingDriver (ImportError too)   a driver is missing; names the extra to install
+    ├── BackendError                the store failed (connection lost, server error, ...)
+    │   └── BackendUnavailable      could not reach the store after retrying
+    └── LayerClosed (RuntimeError)  the layer was used while closing
+
+Invalid channel or group *names* raise the built-in :class:`TypeError`, as Django
+Channels does, so code written for Channels keeps working.
+
+Backends translate their driver's exceptions into :class:`BackendError` (or a
+subclass) with ``raise ... from exc``, so callers never need to import a driver to
+catch failures.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ChannelFull",
+    "ChannelNotOwned",
+    "ConfigurationError",
+    "InvalidMessage",
+    "LayerClosed",
+    "LayerError",
+    "MessageTooLarge",
+    "MissingDriver",
+    "UnknownBackend",
+]
+
+
+class LayerError(Exception):
+    """Root of every exception channel-layers raises on purpose."""
+
+
+class ChannelFull(LayerError):
+    """``send()`` found the channel holding ``capacity`` unexpired messages.
+
+    The message was not stored. ``group_send()`` never raises this: it skips full
+    members silently.
+    """
+
+
+class MessageTooLarge(LayerError):
+    """The serialized message is larger than the layer's ``max_message_size``."""
+
+
+class InvalidMessage(LayerError, TypeError):
+    """The message is not a dict with str keys holding only ASGI value types.
+
+    Raised by ``send()`` and ``group_send()`` before anything reaches the store, so a
+    bad message fails where it is made, never later on another host.
+    """
+
+
+class ChannelNotOwned(LayerError, ValueError):
+    """``receive()`` was called on a reply (``!``) channel this layer did not make.
+
+    Reply channels belong to the layer instance that created them with
+    ``new_channel()``; another process reading them would steal its messages.
+    """
+
+
+class ConfigurationError(LayerError, ValueError):
+    """A setting has a wrong value or type. ``setting`` names the setting."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")
+
+
+class UnknownBackend(ConfigurationError):
+    """No backend is registered under the requested name.
+
+    The message lists the installed backends and suggests a close match.
+    """
+
+    def __init__(self, name: str, installed: list[str], suggestion: str | None = None) -> None:
+        self.name = name
+        self.installed = installed
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        super().__init__(
+            "BACKEND",
+            f"unknown backend {name!r}.{hint} Installed backends: {', '.join(installed)}.",
+        )
+
+
+class MissingDriver(ConfigurationError, ImportError):
+    """A backend's driver package is not installed. The message names the extra."""
+
+    def __init__(self, backend: str, extra: str, module: str) -> None:
+        self.backend = backend
+        self.extra = extra
+        ConfigurationError.__init__(
+            self,
+            "BACKEND",
+            f"the {backend!r} backend needs the {module!r} package: "
+            f"pip install 'channel-layers[{extra}]'",
+        )
+        self.name = module
+
+
+class BackendError(LayerError):
+    """The store failed: a lost connection, a server error, a protocol error.
+
+    Always chained (``__cause__``) to the driver's exception.
+    """
+
+
+class BackendUnavailable(BackendError):
+    """The store could not be reached, even after the backend's retries."""
+
+
+class LayerClosed(LayerError, RuntimeError):
+    """An operation was cut short because the layer was closed under it."""

@@ -1,0 +1,689 @@
+"""The user-facing channel layer: the Django Channels layer API over any backend.
+
+:class:`ChannelLayer` implements every rule of the contract once, for all backends:
+names, message validation, serialization and encryption, capacity lookup, expiry
+values, reply-channel inboxes, cancellation safety and bounded local memory. A
+:class:`~layers.core.backend.Backend` supplies only storage.
+
+How receiving works (the part that makes ``receive`` safe to cancel)
+    Consumers never touch the store. ``receive(name)`` waits on a local *mailbox*.
+    One *reader task* per queue and event loop pops from the backend while at
+    least one consumer waits on that queue, and hands each message to the first
+    waiting consumer, or buffers it in the mailbox (bounded by the channel's
+    capacity, drop-oldest, expiring after ``expiry`` seconds). A cancelled
+    ``receive`` therefore never cancels a pop in flight: a message the reader
+    already took stays buffered for the next ``receive`` of that channel in this
+    process. Reply channels (``prefix.ID!local``) of one layer share one inbox
+    queue (``prefix.ID!``); the reader demultiplexes by local name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import msgpack
+
+from layers.core.backend import Backend, Capability, Put
+from layers.core.config import resolve_backend, split_url
+from layers.core.errors import (
+    BackendError,
+    ChannelFull,
+    ChannelNotOwned,
+    ConfigurationError,
+    LayerClosed,
+    MessageTooLarge,
+)
+from layers.core.names import (
+    MAX_NAME_LENGTH,
+    make_client_id,
+    non_local_name,
+    random_suffix,
+    require_valid_channel_name,
+    require_valid_group_name,
+)
+from layers.core.serializers import Serializer, get_serializer, validate_message
+
+__all__ = ["ChannelLayer", "SupportsChannelLayer"]
+
+logger = logging.getLogger("layers")
+
+_ENVELOPE_VERSION = 1
+#: How long a reader waits in one backend call before re-checking demand.
+_POLL_TIMEOUT = 1.0
+#: How many inbox payloads a reader takes per backend call.
+_INBOX_BATCH = 100
+_SWEEP_INTERVAL = 5.0
+_DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+_MAX_BACKOFF = 2.0
+
+
+@runtime_checkable
+class SupportsChannelLayer(Protocol):
+    """What code that *uses* a channel layer may rely on (any Channels-compatible layer).
+
+    Type your application code against this protocol to accept our layers and
+    Django Channels' own alike.
+    """
+
+    extensions: list[str]
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send a message to a channel."""
+        ...
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Receive the next message on a channel."""
+        ...
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """Return a new reply-channel name."""
+        ...
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add a channel to a group."""
+        ...
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove a channel from a group."""
+        ...
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send a message to every member of a group."""
+        ...
+
+    async def flush(self) -> None:
+        """Delete every message and group."""
+        ...
+
+
+def _pack(targets: list[str] | None, body: bytes) -> bytes:
+    return msgpack.packb([_ENVELOPE_VERSION, targets, body], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(payload: bytes) -> tuple[list[str] | None, bytes]:
+    version, targets, body = msgpack.unpackb(payload, raw=False)
+    if version != _ENVELOPE_VERSION:
+        raise ValueError(f"unknown envelope version {version!r}")
+    return targets, body
+
+
+class _Mailbox:
+    """Local messages and waiting consumers for one channel in one event loop."""
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self, bound: int) -> None:
+        self.items: deque[tuple[float, dict[str, Any]]] = deque(maxlen=bound)
+        self.waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
+
+    def take(self, now: float) -> dict[str, Any] | None:
+        items = self.items
+        while items:
+            expires_at, message = items.popleft()
+            if expires_at > now:
+                return message
+        return None
+
+    def hand_to_waiter(self, message: dict[str, Any]) -> bool:
+        waiters = self.waiters
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(message)
+                return True
+        return False
+
+    def deliver(self, message: dict[str, Any], expires_at: float) -> None:
+        if not self.hand_to_waiter(message):
+            if len(self.items) == self.items.maxlen:
+                logger.warning("local buffer full: dropping the oldest message")
+            self.items.append((expires_at, message))
+
+    def put_back(self, message: dict[str, Any], expires_at: float) -> None:
+        """Return a message a cancelled consumer had been handed, keeping it first."""
+        if not self.hand_to_waiter(message):
+            self.items.appendleft((expires_at, message))
+
+    def idle(self) -> bool:
+        return not self.items and not self.waiters
+
+
+class _LoopState:
+    """Everything a layer holds for one event loop: a backend, readers, mailboxes."""
+
+    def __init__(self, layer: ChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+        self.backend: Backend = layer.backend_class(**layer._backend_options)
+        self.opened = False
+        self.open_lock = asyncio.Lock()
+        self.closing = False
+        self.mailboxes: dict[str, _Mailbox] = {}
+        self.demand: dict[str, int] = {}
+        self.readers: dict[str, asyncio.Task[None]] = {}
+        self.next_sweep = time.monotonic() + _SWEEP_INTERVAL
+
+    async def ready(self) -> Backend:
+        if not self.opened:
+            async with self.open_lock:
+                if self.closing:
+                    raise LayerClosed("the layer is closing")
+                if not self.opened:
+                    await self.backend.open()
+                    self.opened = True
+        return self.backend
+
+    def mailbox(self, channel: str) -> _Mailbox:
+        box = self.mailboxes.get(channel)
+        if box is None:
+            box = self.mailboxes[channel] = _Mailbox(self.layer.get_capacity(channel))
+        return box
+
+    def ensure_reader(self, queue: str) -> None:
+        task = self.readers.get(queue)
+        if task is None or task.done():
+            self.readers[queue] = self.loop.create_task(
+                self.read(queue), name=f"layers-reader:{queue}"
+            )
+
+    async def read(self, queue: str) -> None:
+        """Pop from ``queue`` while a consumer waits on it; exit when none does."""
+        layer = self.layer
+        inbox = queue.endswith("!")
+        backoff = 0.0
+        demand = self.demand
+        # No await between the last demand check and the pop from self.readers, so
+        # a consumer that arrives meanwhile always finds either this task running
+        # or no task (and starts one).
+        while demand.get(queue, 0) > 0 and not self.closing:
+            try:
+                backend = await self.ready()
+                limit = _INBOX_BATCH if inbox else demand[queue]
+                payloads = await backend.receive(queue, timeout=_POLL_TIMEOUT, limit=limit)
+            except (BackendError, OSError) as exc:
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
+                logger.warning(
+                    "receive from %r failed (%s); retrying in %.2fs", queue, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                continue
+            except LayerClosed:
+                break
+            except Exception:
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
+                logger.exception(
+                    "backend receive from %r raised; retrying in %.2fs", queue, backoff
+                )
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            if payloads:
+                self.dispatch(queue, payloads)
+        if self.readers.get(queue) is asyncio.current_task():
+            del self.readers[queue]
+
+    def dispatch(self, queue: str, payloads: list[bytes]) -> None:
+        layer = self.layer
+        now = time.monotonic()
+        expires_at = now + layer.expiry
+        loads = layer._serializer.loads
+        for payload in payloads:
+            try:
+                targets, body = _unpack(payload)
+                if targets is None:
+                    self.mailbox(queue).deliver(loads(body), expires_at)
+                else:
+                    for local in targets:
+                        self.mailbox(queue + local).deliver(loads(body), expires_at)
+            except Exception:
+                logger.exception("dropping a message on %r that could not be decoded", queue)
+        if now >= self.next_sweep:
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Drop expired buffered messages and idle mailboxes (bounded local memory)."""
+        self.next_sweep = now + _SWEEP_INTERVAL
+        for name in list(self.mailboxes):
+            box = self.mailboxes[name]
+            while box.items and box.items[0][0] <= now:
+                box.items.popleft()
+            if box.idle():
+                del self.mailboxes[name]
+
+    async def aclose(self) -> None:
+        self.closing = True
+        readers = list(self.readers.values())
+        for task in readers:
+            task.cancel()
+        for box in self.mailboxes.values():
+            while box.waiters:
+                future = box.waiters.popleft()
+                if not future.done():
+                    future.set_exception(LayerClosed("the channel layer was closed"))
+        if readers:
+            await asyncio.gather(*readers, return_exceptions=True)
+        self.readers.clear()
+        self.mailboxes.clear()
+        async with self.open_lock:
+            await self.backend.aclose()
+            self.opened = False
+
+
+def _number(setting: str, value: object, *, minimum: float, integer: bool = False) -> Any:
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(setting, f"must be {kind}, not {value!r}")
+    if value < minimum:  # type: ignore[operator]
+        raise ConfigurationError(setting, f"must be at least {minimum}, not {value!r}")
+    return value
+
+
+def _compile_capacities(
+    channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]] | None,
+) -> list[tuple[re.Pattern[str], int]]:
+    if channel_capacity is None:
+        return []
+    pairs = (
+        list(channel_capacity.items())
+        if isinstance(channel_capacity, Mapping)
+        else list(channel_capacity)
+    )
+    compiled: list[tuple[re.Pattern[str], int]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ConfigurationError(
+                "channel_capacity", f"expected (pattern, capacity), got {pair!r}"
+            )
+        pattern, value = pair
+        _number("channel_capacity", value, minimum=1, integer=True)
+        if isinstance(pattern, str):
+            compiled.append((re.compile(fnmatch.translate(pattern)), value))
+        elif isinstance(pattern, re.Pattern):
+            compiled.append((pattern, value))
+        else:
+            raise ConfigurationError(
+                "channel_capacity",
+                f"patterns must be glob strings or compiled regexes: {pattern!r}",
+            )
+    return compiled
+
+
+class ChannelLayer:
+    """A channel layer: named FIFO channels, reply channels and groups over a backend.
+
+    Duck-compatible with ``channels.layers.BaseChannelLayer``: use a subclass with a
+    backend (``layers.backends.memory.MemoryChannelLayer``...) as ``BACKEND`` in
+    Django's ``CHANNEL_LAYERS``, or make one with :func:`layers.from_url`.
+
+    Guarantees, on every backend that passes the conformance suite: per-channel FIFO
+    for one writer and one reader; at-most-once delivery; ``receive`` safe to
+    cancel; expiry, group expiry and capacity as configured; bounded local memory;
+    usable from any number of event loops (``async_to_sync``).
+
+    Args:
+        backend: the :class:`~layers.core.backend.Backend` subclass to store with;
+            subclasses set :attr:`backend_class` instead.
+        expiry: seconds an unread message lives (default 60).
+        group_expiry: seconds a membership lives after its latest ``group_add``
+            (default 86400).
+        capacity: how many unexpired messages a channel holds before ``send``
+            raises :class:`~layers.ChannelFull` (default 100).
+        channel_capacity: per-channel capacities, ``{pattern: capacity}`` or pairs;
+            patterns are glob strings or compiled regexes; the first match wins.
+        symmetric_encryption_keys: encrypt message bodies at rest with
+            MultiFernet (first key encrypts, all decrypt). Needs ``[crypto]``.
+        serializer_format: a registered serializer name (``"msgpack"``, ``"json"``).
+        max_message_size: the largest serialized message in bytes (None: no limit).
+        **backend_options: passed to the backend (``hosts``, ``url``, ``prefix``...).
+    """
+
+    #: The backend class subclasses bind (``MemoryChannelLayer`` sets it).
+    backend_class: ClassVar[type[Backend]]
+
+    def __init__(
+        self,
+        *,
+        backend: type[Backend] | str | None = None,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]] | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        serializer_format: str = "msgpack",
+        max_message_size: int | None = _DEFAULT_MAX_MESSAGE_SIZE,
+        **backend_options: Any,
+    ) -> None:
+        url = backend_options.pop("url", None)
+        url_backend_options: dict[str, Any] = {}
+        if url is not None:
+            scheme, url, url_layer_options = split_url(url)
+            given = {
+                "expiry": (expiry, 60),
+                "group_expiry": (group_expiry, 86400),
+                "capacity": (capacity, 100),
+                "max_message_size": (max_message_size, _DEFAULT_MAX_MESSAGE_SIZE),
+                "serializer_format": (serializer_format, "msgpack"),
+            }
+            for key, value in url_layer_options.items():
+                current, default = given[key]
+                if current != default and current != value:
+                    raise ConfigurationError(key, "given both in the URL and as an option")
+            expiry = url_layer_options.get("expiry", expiry)
+            group_expiry = url_layer_options.get("group_expiry", group_expiry)
+            capacity = url_layer_options.get("capacity", capacity)
+            max_message_size = url_layer_options.get("max_message_size", max_message_size)
+            serializer_format = url_layer_options.get("serializer_format", serializer_format)
+            if backend is None and not hasattr(self, "backend_class"):
+                backend = scheme
+        if backend is not None:
+            self.backend_class = resolve_backend(backend)
+            if not issubclass(self.backend_class, Backend):
+                raise ConfigurationError("backend", f"must be a Backend subclass, not {backend!r}")
+        elif not hasattr(self, "backend_class"):
+            raise ConfigurationError("backend", "give a backend (name or class) or a url")
+        if url is not None:
+            url_backend_options = self.backend_class.options_from_url(url)
+        self.expiry: float = _number("expiry", expiry, minimum=0.001)
+        self.group_expiry: float = _number("group_expiry", group_expiry, minimum=0.001)
+        self.capacity: int = _number("capacity", capacity, minimum=1, integer=True)
+        self.channel_capacity = _compile_capacities(channel_capacity)
+        if max_message_size is not None:
+            _number("max_message_size", max_message_size, minimum=1, integer=True)
+        self.max_message_size = max_message_size
+        if not isinstance(serializer_format, str):
+            raise ConfigurationError("serializer_format", "must be a serializer name (str)")
+        self._serializer: Serializer = get_serializer(
+            serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
+        )
+        self._backend_options = self.backend_class.prepare_options(
+            {**url_backend_options, **backend_options}
+        )
+        self.client_id = make_client_id()
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._states_lock = threading.Lock()
+
+    # -- capabilities ---------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """The backend's declared capabilities."""
+        return self.backend_class.capabilities
+
+    @property
+    def extensions(self) -> list[str]:
+        """Django Channels' extension list (``"groups"``, ``"flush"``), from capabilities."""
+        caps = self.capabilities
+        return [c.value for c in (Capability.GROUPS, Capability.FLUSH) if c in caps]
+
+    def require(self, *capabilities: Capability | str) -> None:
+        """Raise :class:`~layers.ConfigurationError` unless the backend has every capability."""
+        missing = [str(c) for c in capabilities if Capability(c) not in self.capabilities]
+        if missing:
+            raise ConfigurationError(
+                "BACKEND",
+                f"the {self.backend_class.name or self.backend_class.__name__} backend lacks "
+                f"{', '.join(missing)}",
+            )
+
+    def get_capacity(self, channel: str) -> int:
+        """Return the capacity of ``channel``: the first matching pattern, else ``capacity``."""
+        for pattern, value in self.channel_capacity:
+            if pattern.match(channel):
+                return value
+        return self.capacity
+
+    # Channels' BaseChannelLayer helpers, for code that calls them on the layer.
+    def valid_channel_name(self, name: str, receive: bool = False) -> bool:
+        """Raise :class:`TypeError` for an invalid channel name, else return True."""
+        require_valid_channel_name(name, receive=receive)
+        return True
+
+    def valid_group_name(self, name: str) -> bool:
+        """Raise :class:`TypeError` for an invalid group name, else return True."""
+        require_valid_group_name(name)
+        return True
+
+    require_valid_channel_name = staticmethod(require_valid_channel_name)
+    require_valid_group_name = staticmethod(require_valid_group_name)
+    non_local_name = staticmethod(non_local_name)
+
+    @staticmethod
+    def match_type_and_length(name: object) -> bool:
+        """Return whether ``name`` is a str of an accepted length (Channels' helper)."""
+        return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH
+
+    # -- per-loop state -------------------------------------------------------------
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            with self._states_lock:
+                state = self._states.get(loop)
+                if state is None:
+                    state = self._states[loop] = _LoopState(self, loop)
+                    self._close_with_loop(loop)
+        return state
+
+    def _close_with_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Release this loop's connections when the loop closes (``async_to_sync``)."""
+        layer_ref = weakref.ref(self)
+        original_close = loop.close
+
+        def close() -> None:
+            layer = layer_ref()
+            if layer is not None and not loop.is_running() and not loop.is_closed():
+                with layer._states_lock:
+                    state = layer._states.pop(loop, None)
+                if state is not None:
+                    try:
+                        loop.run_until_complete(state.aclose())
+                    except Exception:  # pragma: no cover - best effort at shutdown
+                        logger.exception("error closing the channel layer with its event loop")
+            original_close()
+
+        loop.close = close  # type: ignore[method-assign]
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        body = self._serializer.dumps(validate_message(message))
+        if self.max_message_size is not None and len(body) > self.max_message_size:
+            raise MessageTooLarge(
+                f"the message is {len(body)} bytes serialized; "
+                f"max_message_size is {self.max_message_size}"
+            )
+        return body
+
+    # -- the Channels API -----------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``.
+
+        Raises :class:`TypeError` for a bad name, :class:`~layers.InvalidMessage`
+        for a bad message (both before any I/O), :class:`~layers.ChannelFull` when
+        the channel holds its capacity of unexpired messages (nothing is stored),
+        :class:`~layers.BackendError` when the store fails. Cancellation: the
+        message is stored once or not at all.
+        """
+        require_valid_channel_name(channel)
+        body = self._encode(message)
+        index = channel.find("!")
+        if index < 0:
+            queue, payload = channel, _pack(None, body)
+        else:
+            queue, payload = channel[: index + 1], _pack([channel[index + 1 :]], body)
+        backend = await self._state().ready()
+        stored = await backend.send(
+            queue, payload, expiry=self.expiry, capacity=self.get_capacity(channel)
+        )
+        if not stored:
+            raise ChannelFull(f"channel {channel!r} is full")
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for and return the next message on ``channel``, oldest first.
+
+        ``channel`` is a normal channel name, or a full reply-channel name made by
+        :meth:`new_channel` on *this* layer (else :class:`~layers.ChannelNotOwned`).
+        Cancellation loses nothing: a message already taken from the store stays
+        buffered for the next ``receive`` of this channel in this event loop.
+        """
+        require_valid_channel_name(channel, receive=True)
+        index = channel.find("!")
+        if index < 0:
+            queue = channel
+        else:
+            queue = channel[: index + 1]
+            if not queue.endswith(f"{self.client_id}!"):
+                raise ChannelNotOwned(
+                    f"{channel!r} was not made by this layer's new_channel(); "
+                    "only the process that made a reply channel may receive on it"
+                )
+        state = self._state()
+        if state.closing:
+            raise LayerClosed("the channel layer is closing")
+        box = state.mailbox(channel)
+        if box.items:
+            message = box.take(time.monotonic())
+            if message is not None:
+                return message
+        future: asyncio.Future[dict[str, Any]] = state.loop.create_future()
+        box.waiters.append(future)
+        state.demand[queue] = state.demand.get(queue, 0) + 1
+        state.ensure_reader(queue)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                box.put_back(future.result(), time.monotonic() + self.expiry)
+            raise
+        finally:
+            remaining = state.demand[queue] - 1
+            if remaining:
+                state.demand[queue] = remaining
+            else:
+                del state.demand[queue]
+            if not future.done():
+                future.cancel()
+            try:
+                box.waiters.remove(future)
+            except ValueError:
+                pass
+            if box.idle() and state.mailboxes.get(channel) is box:
+                del state.mailboxes[channel]
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """Return a new reply-channel name, ``prefix + client id + "!" + random``.
+
+        Only this layer instance can receive on it. No I/O.
+        """
+        if not isinstance(prefix, str) or "!" in prefix:
+            raise TypeError(f"Invalid reply channel prefix {prefix!r}")
+        name = f"{prefix}{self.client_id}!{random_suffix(12)}"
+        return require_valid_channel_name(name)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` for ``group_expiry`` seconds. Idempotent.
+
+        Adding again refreshes the expiry. Cancellation: added or unchanged.
+        """
+        require_valid_group_name(group)
+        require_valid_channel_name(channel)
+        self.require(Capability.GROUPS)
+        backend = await self._state().ready()
+        await backend.group_add(group, channel, expiry=self.group_expiry)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; a no-op for a non-member."""
+        require_valid_group_name(group)
+        require_valid_channel_name(channel)
+        self.require(Capability.GROUPS)
+        backend = await self._state().ready()
+        await backend.group_discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Put a copy of ``message`` on every current member of ``group``.
+
+        Never raises :class:`~layers.ChannelFull`: full members are skipped. Costs
+        one store write per receiving queue (all reply channels of one process
+        share one write), not one per member. Cancellation: each member gets the
+        message once or not at all.
+        """
+        require_valid_group_name(group)
+        body = self._encode(message)
+        self.require(Capability.GROUPS)
+        backend = await self._state().ready()
+        members = await backend.group_channels(group)
+        if not members:
+            return
+        targets: dict[str, list[str] | None] = {}
+        first_member: dict[str, str] = {}
+        for channel in members:
+            index = channel.find("!")
+            if index < 0:
+                targets[channel] = None
+                first_member[channel] = channel
+            else:
+                queue = channel[: index + 1]
+                locals_ = targets.get(queue)
+                if locals_ is None:
+                    locals_ = targets[queue] = []
+                    first_member[queue] = channel
+                locals_.append(channel[index + 1 :])
+        puts = [
+            Put(queue, _pack(locals_, body), self.expiry, self.get_capacity(first_member[queue]))
+            for queue, locals_ in targets.items()
+        ]
+        stored = await backend.send_many(puts)
+        skipped = stored.count(False)
+        if skipped:
+            logger.info("group_send to %r skipped %d full queue(s)", group, skipped)
+
+    async def flush(self) -> None:
+        """Delete every message and group of this layer (its store namespace).
+
+        Needs the ``flush`` capability. Also drops this event loop's local buffers.
+        """
+        self.require(Capability.FLUSH)
+        state = self._state()
+        backend = await state.ready()
+        await backend.flush()
+        for box in state.mailboxes.values():
+            box.items.clear()
+
+    async def aclose(self) -> None:
+        """Stop this event loop's readers and release its connections. Idempotent.
+
+        Consumers waiting in ``receive`` on this loop get :class:`~layers.LayerClosed`.
+        The layer stays usable: a later call opens new connections.
+        """
+        loop = asyncio.get_running_loop()
+        with self._states_lock:
+            state = self._states.pop(loop, None)
+        if state is not None:
+            await state.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend_class.__name__} id={self.client_id}>"

@@ -1,0 +1,106 @@
+"""Channel and group name rules, reply-channel naming and non-local names.
+
+Names are 1 to 100 ASCII characters from ``[a-zA-Z0-9._-]``. A channel name may hold
+one ``!``: the part up to and including it is the *non-local* name, which addresses
+the inbox of the layer instance that made the channel. Group names hold no ``!``.
+Invalid names raise :class:`TypeError`, as Django Channels does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import string
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "is_reply_channel",
+    "make_client_id",
+    "non_local_name",
+    "random_suffix",
+    "require_valid_channel_name",
+    "require_valid_group_name",
+    "valid_channel_name",
+    "valid_group_name",
+]
+
+#: The longest accepted channel or group name (the spec asks for at least 100).
+MAX_NAME_LENGTH = 100
+
+_CHANNEL_RE = re.compile(r"^[a-zA-Z0-9._-]+(?:![a-zA-Z0-9._-]*)?\Z", re.ASCII)
+_GROUP_RE = re.compile(r"^[a-zA-Z0-9._-]+\Z", re.ASCII)
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def valid_channel_name(name: object, *, receive: bool = False) -> bool:
+    """Return whether ``name`` is a valid channel name (never raises).
+
+    With ``receive=True`` a reply-channel name must have a non-empty local part,
+    since one receives on a full ``prefix!local`` name.
+    """
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        return False
+    if _CHANNEL_RE.match(name) is None:
+        return False
+    return not (receive and name.endswith("!"))
+
+
+def valid_group_name(name: object) -> bool:
+    """Return whether ``name`` is a valid group name (never raises)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME_LENGTH
+        and _GROUP_RE.match(name) is not None
+    )
+
+
+def _describe(name: object) -> str:
+    if not isinstance(name, str):
+        return f"must be a str, not {type(name).__name__}"
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+    return "may hold only ASCII letters, digits, '-', '_', '.' and (channels only) one '!'"
+
+
+def require_valid_channel_name(name: object, *, receive: bool = False) -> str:
+    """Return ``name`` if it is a valid channel name, else raise :class:`TypeError`."""
+    if valid_channel_name(name, receive=receive):
+        return name  # type: ignore[return-value]
+    if receive and isinstance(name, str) and name.endswith("!") and valid_channel_name(name):
+        raise TypeError(f"Cannot receive on {name!r}: a reply channel name needs a local part")
+    raise TypeError(f"Invalid channel name {name!r}: {_describe(name)}")
+
+
+def require_valid_group_name(name: object) -> str:
+    """Return ``name`` if it is a valid group name, else raise :class:`TypeError`."""
+    if valid_group_name(name):
+        return name  # type: ignore[return-value]
+    raise TypeError(f"Invalid group name {name!r}: {_describe(name)}")
+
+
+def is_reply_channel(name: str) -> bool:
+    """Return whether ``name`` is a reply (process-specific) channel name."""
+    return "!" in name
+
+
+def non_local_name(name: str) -> str:
+    """Return the part of ``name`` up to and including ``!``, or ``name`` itself."""
+    index = name.find("!")
+    return name if index < 0 else name[: index + 1]
+
+
+def random_suffix(length: int = 12) -> str:
+    """Return ``length`` random ASCII letters and digits from a CSPRNG."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def make_client_id() -> str:
+    """Return a new id for one layer instance: the process id plus random letters.
+
+    The pid makes ids readable in a store listing; the random part keeps two layer
+    instances in one process (or a pid reused after a restart) apart.
+    """
+    return f"{os.getpid():x}{random_suffix(8)}"
