@@ -25,6 +25,7 @@ Use as a Django Channels ``BACKEND``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,7 +39,8 @@ from layers.core.layer import ChannelLayer
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore"]
 
-_SWEEP_BATCH = 64
+_SWEEP_BATCH = 256
+_SWEEP_INTERVAL = 0.05
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
@@ -53,10 +55,9 @@ def _wake(waiters: list[_Waiter]) -> None:
             if not future.done():
                 future.set_result(None)
         else:
-            try:
+            # A closed loop raises RuntimeError; its waiter is gone with it.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_set_none, future)
-            except RuntimeError:  # that loop is closed; its waiter is gone with it
-                pass
 
 
 def _set_none(future: asyncio.Future[None]) -> None:
@@ -78,8 +79,10 @@ class MemoryStore:
         self.waiters: dict[str, list[_Waiter]] = {}
         # group -> {channel: membership expiry}, ordered by last group_add.
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self.next_sweep = 0.0
 
     def put(self, queue: str, payload: bytes, expiry: float, capacity: int, now: float) -> bool:
+        """Append unless ``capacity`` unexpired payloads are queued; return whether stored."""
         queues = self.queues
         items = queues.get(queue)
         if items is None:
@@ -98,6 +101,7 @@ class MemoryStore:
         return True
 
     def take(self, queue: str, limit: int, now: float) -> list[bytes]:
+        """Pop up to ``limit`` unexpired payloads, oldest first, dropping expired ones."""
         items = self.queues.get(queue)
         if not items:
             return []
@@ -113,7 +117,14 @@ class MemoryStore:
         return out
 
     def sweep(self, now: float) -> None:
-        """Drop up to a batch of queues and groups whose contents all expired."""
+        """Drop up to a batch of queues and groups whose contents all expired.
+
+        Runs at most every SWEEP_INTERVAL seconds; the front of each last-written
+        order is the first to expire, so the work is proportional to what expired.
+        """
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + _SWEEP_INTERVAL
         queues = self.queues
         for _ in range(_SWEEP_BATCH):
             if not queues:
@@ -137,6 +148,7 @@ class MemoryBackend(Backend):
 
     name = "memory"
     capabilities = frozenset({Capability.GROUPS, Capability.FLUSH})
+    instant_receive = True
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store

@@ -105,6 +105,12 @@ class Backend(abc.ABC):
     #: Optional short name used in messages and reports (``"redis"``).
     name: ClassVar[str] = ""
 
+    #: True only when ``receive(queue, timeout=0)`` completes without suspending
+    #: (no I/O, no await that yields), so a cancellation cannot interrupt it. The
+    #: core then serves a ``receive`` inline, without waking a reader task. Leave
+    #: False for any backend that talks to a server.
+    instant_receive: ClassVar[bool] = False
+
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise the backend options once, when the layer is made.

@@ -68,7 +68,9 @@ def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
         try:
             layer_options[key] = kind(value)
         except ValueError:
-            raise ConfigurationError(key, f"{value!r} in the URL is not a valid {kind.__name__}")
+            raise ConfigurationError(
+                key, f"{value!r} in the URL is not a valid {kind.__name__}"
+            ) from None
     stripped = urlunsplit(parts._replace(query=urlencode(rest)))
     return scheme, stripped, layer_options
 

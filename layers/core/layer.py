@@ -20,29 +20,27 @@ How receiving works (the part that makes ``receive`` safe to cancel)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import re
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
-
-import msgpack
+from typing import Any, Protocol, Self, runtime_checkable
 
 from layers.core.backend import Backend, Capability, Put
 from layers.core.config import resolve_backend, split_url
 from layers.core.errors import (
-    BackendError,
     ChannelFull,
     ChannelNotOwned,
     ConfigurationError,
     LayerClosed,
     MessageTooLarge,
 )
+from layers.core.local import INBOX_BATCH, LoopState, pack
 from layers.core.names import (
     MAX_NAME_LENGTH,
     make_client_id,
@@ -57,14 +55,7 @@ __all__ = ["ChannelLayer", "SupportsChannelLayer"]
 
 logger = logging.getLogger("layers")
 
-_ENVELOPE_VERSION = 1
-#: How long a reader waits in one backend call before re-checking demand.
-_POLL_TIMEOUT = 1.0
-#: How many inbox payloads a reader takes per backend call.
-_INBOX_BATCH = 100
-_SWEEP_INTERVAL = 5.0
 _DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
-_MAX_BACKOFF = 2.0
 
 
 @runtime_checkable
@@ -104,179 +95,6 @@ class SupportsChannelLayer(Protocol):
     async def flush(self) -> None:
         """Delete every message and group."""
         ...
-
-
-def _pack(targets: list[str] | None, body: bytes) -> bytes:
-    return msgpack.packb([_ENVELOPE_VERSION, targets, body], use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def _unpack(payload: bytes) -> tuple[list[str] | None, bytes]:
-    version, targets, body = msgpack.unpackb(payload, raw=False)
-    if version != _ENVELOPE_VERSION:
-        raise ValueError(f"unknown envelope version {version!r}")
-    return targets, body
-
-
-class _Mailbox:
-    """Local messages and waiting consumers for one channel in one event loop."""
-
-    __slots__ = ("items", "waiters")
-
-    def __init__(self, bound: int) -> None:
-        self.items: deque[tuple[float, dict[str, Any]]] = deque(maxlen=bound)
-        self.waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
-
-    def take(self, now: float) -> dict[str, Any] | None:
-        items = self.items
-        while items:
-            expires_at, message = items.popleft()
-            if expires_at > now:
-                return message
-        return None
-
-    def hand_to_waiter(self, message: dict[str, Any]) -> bool:
-        waiters = self.waiters
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(message)
-                return True
-        return False
-
-    def deliver(self, message: dict[str, Any], expires_at: float) -> None:
-        if not self.hand_to_waiter(message):
-            if len(self.items) == self.items.maxlen:
-                logger.warning("local buffer full: dropping the oldest message")
-            self.items.append((expires_at, message))
-
-    def put_back(self, message: dict[str, Any], expires_at: float) -> None:
-        """Return a message a cancelled consumer had been handed, keeping it first."""
-        if not self.hand_to_waiter(message):
-            self.items.appendleft((expires_at, message))
-
-    def idle(self) -> bool:
-        return not self.items and not self.waiters
-
-
-class _LoopState:
-    """Everything a layer holds for one event loop: a backend, readers, mailboxes."""
-
-    def __init__(self, layer: ChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
-        self.layer = layer
-        self.loop = loop
-        self.backend: Backend = layer.backend_class(**layer._backend_options)
-        self.opened = False
-        self.open_lock = asyncio.Lock()
-        self.closing = False
-        self.mailboxes: dict[str, _Mailbox] = {}
-        self.demand: dict[str, int] = {}
-        self.readers: dict[str, asyncio.Task[None]] = {}
-        self.next_sweep = time.monotonic() + _SWEEP_INTERVAL
-
-    async def ready(self) -> Backend:
-        if not self.opened:
-            async with self.open_lock:
-                if self.closing:
-                    raise LayerClosed("the layer is closing")
-                if not self.opened:
-                    await self.backend.open()
-                    self.opened = True
-        return self.backend
-
-    def mailbox(self, channel: str) -> _Mailbox:
-        box = self.mailboxes.get(channel)
-        if box is None:
-            box = self.mailboxes[channel] = _Mailbox(self.layer.get_capacity(channel))
-        return box
-
-    def ensure_reader(self, queue: str) -> None:
-        task = self.readers.get(queue)
-        if task is None or task.done():
-            self.readers[queue] = self.loop.create_task(
-                self.read(queue), name=f"layers-reader:{queue}"
-            )
-
-    async def read(self, queue: str) -> None:
-        """Pop from ``queue`` while a consumer waits on it; exit when none does."""
-        layer = self.layer
-        inbox = queue.endswith("!")
-        backoff = 0.0
-        demand = self.demand
-        # No await between the last demand check and the pop from self.readers, so
-        # a consumer that arrives meanwhile always finds either this task running
-        # or no task (and starts one).
-        while demand.get(queue, 0) > 0 and not self.closing:
-            try:
-                backend = await self.ready()
-                limit = _INBOX_BATCH if inbox else demand[queue]
-                payloads = await backend.receive(queue, timeout=_POLL_TIMEOUT, limit=limit)
-            except (BackendError, OSError) as exc:
-                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
-                logger.warning(
-                    "receive from %r failed (%s); retrying in %.2fs", queue, exc, backoff
-                )
-                await asyncio.sleep(backoff)
-                continue
-            except LayerClosed:
-                break
-            except Exception:
-                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
-                logger.exception(
-                    "backend receive from %r raised; retrying in %.2fs", queue, backoff
-                )
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            if payloads:
-                self.dispatch(queue, payloads)
-        if self.readers.get(queue) is asyncio.current_task():
-            del self.readers[queue]
-
-    def dispatch(self, queue: str, payloads: list[bytes]) -> None:
-        layer = self.layer
-        now = time.monotonic()
-        expires_at = now + layer.expiry
-        loads = layer._serializer.loads
-        for payload in payloads:
-            try:
-                targets, body = _unpack(payload)
-                if targets is None:
-                    self.mailbox(queue).deliver(loads(body), expires_at)
-                else:
-                    for local in targets:
-                        self.mailbox(queue + local).deliver(loads(body), expires_at)
-            except Exception:
-                logger.exception("dropping a message on %r that could not be decoded", queue)
-        if now >= self.next_sweep:
-            self.sweep(now)
-
-    def sweep(self, now: float) -> None:
-        """Drop expired buffered messages and idle mailboxes (bounded local memory)."""
-        self.next_sweep = now + _SWEEP_INTERVAL
-        for name in list(self.mailboxes):
-            box = self.mailboxes[name]
-            while box.items and box.items[0][0] <= now:
-                box.items.popleft()
-            if box.idle():
-                del self.mailboxes[name]
-
-    async def aclose(self) -> None:
-        self.closing = True
-        readers = list(self.readers.values())
-        for task in readers:
-            task.cancel()
-        for box in self.mailboxes.values():
-            while box.waiters:
-                future = box.waiters.popleft()
-                if not future.done():
-                    future.set_exception(LayerClosed("the channel layer was closed"))
-        if readers:
-            await asyncio.gather(*readers, return_exceptions=True)
-        self.readers.clear()
-        self.mailboxes.clear()
-        async with self.open_lock:
-            await self.backend.aclose()
-            self.opened = False
 
 
 def _number(setting: str, value: object, *, minimum: float, integer: bool = False) -> Any:
@@ -349,7 +167,7 @@ class ChannelLayer:
     """
 
     #: The backend class subclasses bind (``MemoryChannelLayer`` sets it).
-    backend_class: ClassVar[type[Backend]]
+    backend_class: type[Backend]
 
     def __init__(
         self,
@@ -410,7 +228,7 @@ class ChannelLayer:
             {**url_backend_options, **backend_options}
         )
         self.client_id = make_client_id()
-        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
         self._states_lock = threading.Lock()
 
     # -- capabilities ---------------------------------------------------------------
@@ -465,14 +283,14 @@ class ChannelLayer:
 
     # -- per-loop state -------------------------------------------------------------
 
-    def _state(self) -> _LoopState:
+    def _state(self) -> LoopState:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
             with self._states_lock:
                 state = self._states.get(loop)
                 if state is None:
-                    state = self._states[loop] = _LoopState(self, loop)
+                    state = self._states[loop] = LoopState(self, loop)
                     self._close_with_loop(loop)
         return state
 
@@ -519,9 +337,9 @@ class ChannelLayer:
         body = self._encode(message)
         index = channel.find("!")
         if index < 0:
-            queue, payload = channel, _pack(None, body)
+            queue, payload = channel, pack(None, body)
         else:
-            queue, payload = channel[: index + 1], _pack([channel[index + 1 :]], body)
+            queue, payload = channel[: index + 1], pack([channel[index + 1 :]], body)
         backend = await self._state().ready()
         stored = await backend.send(
             queue, payload, expiry=self.expiry, capacity=self.get_capacity(channel)
@@ -539,27 +357,34 @@ class ChannelLayer:
         """
         require_valid_channel_name(channel, receive=True)
         index = channel.find("!")
-        if index < 0:
-            queue = channel
-        else:
-            queue = channel[: index + 1]
-            if not queue.endswith(f"{self.client_id}!"):
-                raise ChannelNotOwned(
-                    f"{channel!r} was not made by this layer's new_channel(); "
-                    "only the process that made a reply channel may receive on it"
-                )
+        queue = channel if index < 0 else channel[: index + 1]
+        if index >= 0 and not queue.endswith(f"{self.client_id}!"):
+            raise ChannelNotOwned(
+                f"{channel!r} was not made by this layer's new_channel(); "
+                "only the process that made a reply channel may receive on it"
+            )
         state = self._state()
         if state.closing:
             raise LayerClosed("the channel layer is closing")
-        box = state.mailbox(channel)
+        box = state.mailbox(channel, queue)
         if box.items:
             message = box.take(time.monotonic())
             if message is not None:
                 return message
+        if state.inline_receive and queue not in state.demand:
+            # The backend pops without suspending, so nothing can interrupt it:
+            # serve this call without waking a reader task.
+            backend = await state.ready()
+            limit = INBOX_BATCH if index >= 0 else 1
+            payloads = await backend.receive(queue, timeout=0, limit=limit)
+            if payloads:
+                state.dispatch(queue, payloads)
+                message = box.take(time.monotonic())
+                if message is not None:
+                    return message
         future: asyncio.Future[dict[str, Any]] = state.loop.create_future()
         box.waiters.append(future)
-        state.demand[queue] = state.demand.get(queue, 0) + 1
-        state.ensure_reader(queue)
+        state.want(queue)
         try:
             return await future
         except asyncio.CancelledError:
@@ -567,17 +392,11 @@ class ChannelLayer:
                 box.put_back(future.result(), time.monotonic() + self.expiry)
             raise
         finally:
-            remaining = state.demand[queue] - 1
-            if remaining:
-                state.demand[queue] = remaining
-            else:
-                del state.demand[queue]
             if not future.done():
                 future.cancel()
-            try:
-                box.waiters.remove(future)
-            except ValueError:
-                pass
+                box.release()
+                with contextlib.suppress(ValueError):
+                    box.waiters.remove(future)
             if box.idle() and state.mailboxes.get(channel) is box:
                 del state.mailboxes[channel]
 
@@ -640,7 +459,7 @@ class ChannelLayer:
                     first_member[queue] = channel
                 locals_.append(channel[index + 1 :])
         puts = [
-            Put(queue, _pack(locals_, body), self.expiry, self.get_capacity(first_member[queue]))
+            Put(queue, pack(locals_, body), self.expiry, self.get_capacity(first_member[queue]))
             for queue, locals_ in targets.items()
         ]
         stored = await backend.send_many(puts)

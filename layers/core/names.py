@@ -8,6 +8,7 @@ Invalid names raise :class:`TypeError`, as Django Channels does.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -39,11 +40,17 @@ def valid_channel_name(name: object, *, receive: bool = False) -> bool:
     With ``receive=True`` a reply-channel name must have a non-empty local part,
     since one receives on a full ``prefix!local`` name.
     """
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+    if type(name) is not str:
         return False
-    if _CHANNEL_RE.match(name) is None:
+    if not _matches_channel(name):
         return False
     return not (receive and name.endswith("!"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches_channel(name: str) -> bool:
+    # Names repeat (a consumer receives on one name thousands of times): cache.
+    return 0 < len(name) <= MAX_NAME_LENGTH and _CHANNEL_RE.match(name) is not None
 
 
 def valid_group_name(name: object) -> bool:

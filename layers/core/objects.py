@@ -65,7 +65,7 @@ class Channel:
 
     @property
     def sync(self) -> _Sync[Channel]:
-        """This channel's methods for sync code (``Channel(...).sync.send(msg)``)."""
+        """The channel's methods for sync code (``Channel(...).sync.send(msg)``)."""
         return _Sync(self)
 
     async def send(self, content: dict[str, Any]) -> None:
@@ -110,7 +110,7 @@ class Group:
 
     @property
     def sync(self) -> _Sync[Group]:
-        """This group's methods for sync code (``Group(...).sync.send(msg)``)."""
+        """The group's methods for sync code (``Group(...).sync.send(msg)``)."""
         return _Sync(self)
 
     async def add(self, channel: Channel | str) -> None:

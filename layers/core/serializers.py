@@ -38,6 +38,8 @@ __all__ = [
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1  # msgpack carries unsigned 64-bit too; the spec's floor is signed 64-bit
 _SCALARS = (str, bytes, float, bool, type(None))
+# Exact types that need no further check (subclasses of them take the slow path).
+_FLAT = frozenset({str, bytes, float, bool, type(None)})
 
 
 def _check_value(value: object, path: str) -> None:
@@ -48,10 +50,12 @@ def _check_value(value: object, path: str) -> None:
                 raise InvalidMessage(
                     f"message keys must be str; {path} has key {key!r} ({type(key).__name__})"
                 )
-            _check_value(item, f"{path}[{key!r}]")
+            if type(item) not in _FLAT:  # containers, ints and anything invalid
+                _check_value(item, f"{path}[{key!r}]")
     elif kind is list or kind is tuple:
         for index, item in enumerate(cast(Iterable[object], value)):
-            _check_value(item, f"{path}[{index}]")
+            if type(item) not in _FLAT:
+                _check_value(item, f"{path}[{index}]")
     elif kind is int:
         if not _INT_MIN <= cast(int, value) <= _INT_MAX:
             raise InvalidMessage(f"{path} = {value} does not fit in 64 bits")
