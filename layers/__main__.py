@@ -1,0 +1,7 @@
+"""``python -m layers``: the same as the ``layers`` command."""
+
+import sys
+
+from layers.cli import main
+
+sys.exit(main())
