@@ -8,11 +8,17 @@ Features
     are swept from the front of a last-written order, a bounded amount per call.
 
 Connection URL
-    ``memory://`` (query parameters become options: ``memory://?expiry=10``).
+    ``memory://`` gives the layer a private store. ``memory://NAME`` uses the store
+    called NAME, shared by every memory layer of this process made with the same name
+    (two such layers behave like two processes of one deployment: each has its own
+    reply channels, both see the same normal channels and groups). Query parameters
+    become layer options: ``memory://?expiry=10``.
 
 Options
-    None of its own; the layer options (``expiry``, ``capacity``, ``channel_capacity``,
-    ``group_expiry``...) all apply.
+    ``store``: the name of a shared store (as in ``memory://NAME``); default: private.
+    Named stores live as long as the process; ``flush()`` empties them. The layer
+    options (``expiry``, ``capacity``, ``channel_capacity``, ``group_expiry``...) all
+    apply.
 
 Capabilities
     ``groups``, ``flush``. Not cross-process: each layer instance has its own store.
@@ -37,7 +43,7 @@ from layers.core.backend import Backend, Capability, Put
 from layers.core.errors import ConfigurationError
 from layers.core.layer import ChannelLayer
 
-__all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore"]
+__all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
 
 _SWEEP_BATCH = 256
 _SWEEP_INTERVAL = 0.05
@@ -143,6 +149,19 @@ class MemoryStore:
             del groups[name]
 
 
+_named_stores: dict[str, MemoryStore] = {}
+_named_stores_lock = threading.Lock()
+
+
+def named_store(name: str) -> MemoryStore:
+    """Return the process-wide store called ``name``, creating it on first use."""
+    with _named_stores_lock:
+        store = _named_stores.get(name)
+        if store is None:
+            store = _named_stores[name] = MemoryStore()
+        return store
+
+
 class MemoryBackend(Backend):
     """The per-loop view of a :class:`MemoryStore`."""
 
@@ -155,18 +174,30 @@ class MemoryBackend(Backend):
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
-        """``memory://`` takes no backend options; anything else in the URL is an error."""
+        """``memory://`` (private store) or ``memory://NAME`` (a named, shared store)."""
         parts = urlsplit(url)
-        if parts.netloc or parts.path not in ("", "/") or parts.query:
-            raise ConfigurationError("url", f"memory:// takes no host, path or options: {url!r}")
-        return {}
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigurationError(
+                "url", f"memory:// takes only a store name (memory://NAME), not {url!r}"
+            )
+        return {"store": parts.netloc} if parts.netloc else {}
 
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Refuse unknown options and create the store the per-loop instances share."""
+        """Resolve the ``store`` option to the store the per-loop instances share."""
         for key in options:
-            raise ConfigurationError(key, "unknown option for the memory backend (it has none)")
-        return {"store": MemoryStore()}
+            if key != "store":
+                raise ConfigurationError(
+                    key, "unknown option for the memory backend (known options: store)"
+                )
+        name = options.get("store")
+        if name is None:
+            return {"store": MemoryStore()}
+        if isinstance(name, MemoryStore):
+            return {"store": name}
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("store", f"must be a non-empty store name, not {name!r}")
+        return {"store": named_store(name)}
 
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
         """Append atomically under the store lock; see :meth:`Backend.send`."""
