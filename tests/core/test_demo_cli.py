@@ -1,0 +1,48 @@
+"""The demo and the layers command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from layers.backends.memory import MemoryChannelLayer
+from layers.cli import main
+from layers.conformance_tests.plugin import async_test
+from layers.demo import run_demo
+
+
+@async_test
+async def test_demo_scenario_delivers_everything_once() -> None:
+    report = await run_demo(MemoryChannelLayer(), requests=60, listeners=4, broadcasts=5, fifo=100)
+    assert report.ok, report.lines()
+    assert len(report.latencies) == 60
+    assert sum(report.answered_by.values()) == 60
+    assert report.broadcasts_delivered == report.broadcasts_expected == 20
+    assert report.fifo_count == 100
+
+
+def test_layers_demo_command_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "layers", "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "result              OK" in result.stdout
+    assert "group broadcast" in result.stdout
+
+
+def test_demo_refuses_processes_on_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--processes", "2"]) == 2
+    assert "one process only" in capsys.readouterr().err
+
+
+def test_unknown_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nonsense"]) == 2
+    assert "usage: layers COMMAND" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+
+
+def test_backends_command_lists_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backends"]) == 0
+    assert "memory" in capsys.readouterr().out
