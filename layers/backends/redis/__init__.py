@@ -1,0 +1,284 @@
+"""Redis backend: lists per queue, single-key Lua scripts, sharding, Sentinel, TLS.
+
+Features
+    A drop-in for ``channels_redis.core.RedisChannelLayer``: every option of it is
+    accepted with the same meaning, so switching is changing the ``BACKEND`` path.
+    Per-channel FIFO by list position (no sender clocks); at-most-once delivery
+    (atomic pops, no "in-flight" re-queueing, nothing ever re-sent after a lost
+    reply); expiry and capacity checked atomically in one Lua script using the
+    server's ``TIME``; groups as sorted sets scored by membership expiry;
+    ``group_send`` writes once per receiving inbox, pipelined once per host.
+    Concurrent commands of one event loop are coalesced into one pipeline
+    (auto-pipelining); blocking pops run on one dedicated connection per queue.
+    Survives restarts and dropped connections: commands in flight fail with
+    :class:`~layers.BackendError`, the next call reconnects (connects are retried
+    with backoff), and the layer's readers resume. Needs Redis 6.2 or later
+    (7.0+ recommended: ``BLMPOP``) and redis-py 5 or later (hiredis used when
+    installed).
+
+Connection URL
+    ``redis://[[user]:password@]host[:port][/db][?options]``; ``rediss://`` for TLS
+    (``?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem``); ``unix:///path/redis.sock?db=1``.
+    Several comma-separated hosts are sharded:
+    ``redis://:secret@10.0.0.1:6379,10.0.0.2:6379/0`` (user, password, database
+    and options apply to every host). Sentinel:
+    ``redis+sentinel://[[user]:password@]s1:26379[,s2:26379]/master_name[/db]``
+    (``?sentinel_password=...`` authenticates to the sentinels). Query options:
+    ``prefix``, the layer options (``expiry``, ``capacity``...), and redis-py
+    connection options (``socket_timeout``, ``socket_keepalive``,
+    ``health_check_interval``, ``ssl_*``...). ``redis+cluster://`` raises
+    :class:`~layers.ConfigurationError` (not yet supported).
+
+Options
+    ``hosts``
+        A list of hosts (default ``["redis://localhost:6379"]``). Each entry is a
+        URL string (any form above), a ``(host, port)`` pair, a dict of redis-py
+        connection keyword arguments (``{"host": ..., "port": ..., "password": ...}``,
+        or ``{"address": "redis://...", **kwargs}``), or a Sentinel dict
+        ``{"sentinels": [(host, port), ...], "master_name": "mymaster",
+        "sentinel_kwargs": {...}, **master_connection_kwargs}``. A bare string is an
+        error, as in channels_redis. Several entries are sharded (below).
+    ``prefix``
+        Namespace of every key (default ``"asgi"``); must not contain ``{`` or ``}``.
+    ``expiry``, ``group_expiry``, ``capacity``, ``channel_capacity``,
+    ``symmetric_encryption_keys``, ``serializer_format``
+        The layer options, same meaning as in channels_redis (see
+        :class:`layers.ChannelLayer`).
+    ``random_prefix_length``
+        Accepted for compatibility and ignored: lists need no uniqueness prefix.
+
+Data layout (cluster-ready: every script touches one key, every key has a hash tag)
+    Queue (a normal channel, or one process's reply inbox ``prefix.ID!``): a LIST
+    ``<prefix>:q:{<queue>}`` whose elements are a 13-digit server-time expiry in ms
+    followed by the payload; the key's TTL follows its newest element. Group: a
+    ZSET ``<prefix>:g:{<group>}``, member = channel, score = membership expiry (ms,
+    server time).
+
+Sharding
+    With several hosts, each queue and group name goes to one host by rendezvous
+    hashing (:class:`~layers.backends.redis._config.Router`): every host scores
+    BLAKE2b-64 of the host id, a newline and the name, and the highest wins. A reply channel
+    is routed by its inbox (``prefix.ID!``) on both send and receive. Adding or
+    removing one of N hosts moves about 1/N of the names (their stored messages
+    are stranded until they expire).
+
+Capabilities
+    ``groups``, ``flush``, ``cross_process``, ``cross_host``.
+
+Use as a Django Channels ``BACKEND``::
+
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "layers.backends.redis.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://localhost:6379/0"]},
+        }
+    }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from layers.core.errors import BackendError, ConfigurationError, MissingDriver
+
+try:
+    import redis.asyncio  # noqa: F401 - the driver; fail early with the extra's name
+    from redis.exceptions import NoScriptError, ResponseError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDriver("redis", "redis", "redis") from exc
+
+from layers.backends.redis import _scripts
+from layers.backends.redis._config import HostSpec, Router, hosts_from_url, parse_hosts
+from layers.backends.redis._shard import Shard, translate
+from layers.core.backend import Backend, Capability, Put
+from layers.core.layer import ChannelLayer
+
+__all__ = ["RedisBackend", "RedisChannelLayer", "RedisConfig"]
+
+
+@dataclass(frozen=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+_SEND = _Script.of(_scripts.SEND)
+_GROUP_ADD = _Script.of(_scripts.GROUP_ADD)
+_GROUP_CHANNELS = _Script.of(_scripts.GROUP_CHANNELS)
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The validated options shared by every per-loop :class:`RedisBackend` of a layer."""
+
+    hosts: tuple[HostSpec, ...]
+    router: Router
+    prefix: str
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisBackend(Backend):
+    """Storage on one or more Redis servers for one event loop. See the module docs."""
+
+    name = "redis"
+    capabilities = frozenset(
+        {Capability.GROUPS, Capability.FLUSH, Capability.CROSS_PROCESS, Capability.CROSS_HOST}
+    )
+
+    def __init__(self, *, config: RedisConfig) -> None:
+        self._config = config
+        self._router = config.router
+        self._queue_prefix = f"{config.prefix}:q:"
+        self._group_prefix = f"{config.prefix}:g:"
+        self._shards: list[Shard] = []
+
+    # -- configuration ----------------------------------------------------------------
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """Map a ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL."""
+        specs, options = hosts_from_url(url)
+        return {"hosts": specs, **options}
+
+    @classmethod
+    def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``hosts`` and ``prefix`` once; build the shared router (no I/O)."""
+        allowed = {"hosts", "prefix", "random_prefix_length"}
+        for key in options:
+            if key not in allowed:
+                raise ConfigurationError(
+                    key,
+                    f"unknown option for the redis backend (known: {', '.join(sorted(allowed))})",
+                )
+        hosts = options.get("hosts")
+        if isinstance(hosts, Sequence) and hosts and all(isinstance(h, HostSpec) for h in hosts):
+            specs = list(hosts)
+        else:
+            specs = parse_hosts(hosts)
+        prefix = options.get("prefix", "asgi")
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                "prefix", f"must be a non-empty str without braces: {prefix!r}"
+            )
+        for spec in specs:
+            try:
+                pool, _ = spec.make_pool()
+                pool.make_connection()
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError("hosts", f"bad options for {spec.id}: {exc}") from exc
+        config = RedisConfig(tuple(specs), Router([s.id for s in specs]), prefix)
+        return {"config": config}
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _shard(self, name: str) -> Shard:
+        shards = self._shards
+        if not shards:
+            raise BackendError("the redis backend is not open")
+        return shards[0] if len(shards) == 1 else shards[self._router.index(name)]
+
+    async def _eval(self, shard: Shard, script: _Script, key: str, *args: Any) -> Any:
+        reply = await shard.execute("EVALSHA", script.sha, 1, key, *args)
+        if isinstance(reply, NoScriptError):
+            # Not run: the server lost its script cache (restart, failover, SCRIPT FLUSH).
+            reply = await shard.execute("EVAL", script.source, 1, key, *args)
+        if isinstance(reply, ResponseError):
+            raise translate(reply, shard.spec.id)
+        return reply
+
+    # -- the contract -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Prepare one connection set per host; connections open lazily on first use."""
+        if not self._shards:
+            self._shards = [Shard(spec) for spec in self._config.hosts]
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        """One ``SEND`` script on the queue's host: trim, check capacity, ``RPUSH``, ``PEXPIRE``.
+
+        Atomic on the server. Cancellation: stored once or not at all (the command
+        is never re-sent). Raises :class:`~layers.BackendError` if the host fails.
+        """
+        key = self._queue_prefix + "{" + queue + "}"
+        reply = await self._eval(self._shard(queue), _SEND, key, _ms(expiry), capacity, payload)
+        return bool(reply == 1)
+
+    async def send_many(self, puts: Sequence[Put]) -> list[bool]:
+        """One ``SEND`` script per put, one pipeline per host (see ``Backend.send_many``)."""
+        calls = []
+        for put in puts:
+            shard = self._shard(put.queue)
+            key = self._queue_prefix + "{" + put.queue + "}"
+            args = (_ms(put.expiry), put.capacity, put.payload)
+            calls.append(self._eval(shard, _SEND, key, *args))
+        # All calls are issued before the first await, so they share pipelines.
+        replies = await asyncio.gather(*calls)
+        return [reply == 1 for reply in replies]
+
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        """``BLMPOP`` (``LPOP`` when ``timeout <= 0``) on the queue's own connection.
+
+        Expired payloads are dropped. Cancellation closes that connection: a payload
+        already popped by the server is lost, never duplicated. A connection error
+        raises :class:`~layers.BackendError`; the next call reconnects.
+        """
+        key = self._queue_prefix + "{" + queue + "}"
+        return await self._shard(queue).pop(key, timeout, max(1, limit))
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        """``GROUP_ADD`` script: drop expired members, ``ZADD`` with the new expiry."""
+        key = self._group_prefix + "{" + group + "}"
+        await self._eval(self._shard(group), _GROUP_ADD, key, _ms(expiry), channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """``ZREM``; a no-op for a non-member. Removed or left as it was if cancelled."""
+        key = self._group_prefix + "{" + group + "}"
+        await self._shard(group).call("ZREM", key, channel)
+
+    async def group_channels(self, group: str) -> list[str]:
+        """``GROUP_CHANNELS`` script: drop expired members, return the rest."""
+        key = self._group_prefix + "{" + group + "}"
+        members = await self._eval(self._shard(group), _GROUP_CHANNELS, key)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def flush(self) -> None:
+        """``SCAN`` + ``UNLINK`` this prefix's keys on every host (never ``KEYS``)."""
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", self._config.prefix) + ":[qg]:{*"
+        for shard in self._shards:
+            cursor = b"0"
+            while True:
+                cursor, keys = await shard.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                if keys:
+                    await shard.call("UNLINK", *keys)
+                if int(cursor) == 0:
+                    break
+
+    async def aclose(self) -> None:
+        """Close every connection and pipeline of this loop. Idempotent, never raises."""
+        shards, self._shards = self._shards, []
+        for shard in shards:
+            await shard.aclose()
+
+
+class RedisChannelLayer(ChannelLayer):
+    """A :class:`~layers.ChannelLayer` on Redis: the Django Channels ``BACKEND`` path.
+
+    Accepts channels_redis's options (``hosts``, ``prefix``, ``expiry``,
+    ``group_expiry``, ``capacity``, ``channel_capacity``,
+    ``symmetric_encryption_keys``, ``serializer_format``) with the same meaning.
+    """
+
+    backend_class = RedisBackend

@@ -1,0 +1,84 @@
+"""The Lua scripts of the Redis backend. Each touches exactly one key (``KEYS[1]``).
+
+Single-key scripts are what makes the data layout cluster-ready: every call names
+its only key, which carries a hash tag, so it always runs on one slot. "Now" is
+read inside the script from ``TIME``, so order and expiry never depend on a
+client's clock (scripts replicate their effects, so writing after ``TIME`` is
+allowed on Redis 5 and later).
+
+Queue elements are ``EXPIRES_AT + payload`` where ``EXPIRES_AT`` is the server
+time in milliseconds at which the element expires, written as exactly
+:data:`STAMP_WIDTH` ASCII digits, so a script reads it with ``string.sub``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GROUP_ADD", "GROUP_CHANNELS", "SEND", "STAMP_WIDTH"]
+
+#: Width of the zero-padded expiry stamp in front of every queue element.
+STAMP_WIDTH = 13
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: KEYS[1] = queue key; ARGV = expiry ms, capacity, payload. Returns 1 if stored, 0 if full.
+#: When the list is at capacity it first drops expired heads, then (only if still
+#: full, which happens when senders use different expiries) counts and removes
+#: every expired element.
+SEND = (
+    _NOW
+    + """
+local key = KEYS[1]
+local expiry = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local n = redis.call('LLEN', key)
+if n >= capacity then
+  while n > 0 do
+    local head = redis.call('LINDEX', key, 0)
+    if tonumber(string.sub(head, 1, 13)) > now then break end
+    redis.call('LPOP', key)
+    n = n - 1
+  end
+  if n >= capacity then
+    local expired = {}
+    local live = 0
+    for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do
+      if tonumber(string.sub(item, 1, 13)) > now then
+        live = live + 1
+      else
+        expired[item] = true
+      end
+    end
+    if live >= capacity then return 0 end
+    for item, _ in pairs(expired) do redis.call('LREM', key, 0, item) end
+  end
+end
+redis.call('RPUSH', key, string.format('%013d', now + expiry) .. ARGV[3])
+if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
+return 1
+"""
+)
+
+#: KEYS[1] = group key; ARGV = membership expiry ms, channel. Adds or refreshes.
+GROUP_ADD = (
+    _NOW
+    + """
+local key = KEYS[1]
+local expiry = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+redis.call('ZADD', key, now + expiry, ARGV[2])
+if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
+return 1
+"""
+)
+
+#: KEYS[1] = group key. Drops expired memberships, returns the remaining members.
+GROUP_CHANNELS = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)

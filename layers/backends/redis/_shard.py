@@ -1,0 +1,275 @@
+"""One Redis host as seen from one event loop: a batching writer and blocking readers.
+
+Writes (every command except blocking pops) go through :meth:`Shard.execute`: the
+commands issued by all tasks during one event-loop iteration are written as one
+pipeline on one connection, so N concurrent ``send()`` calls cost one round trip
+(auto-pipelining). At most :data:`MAX_BATCHES` pipelines are in flight per host;
+beyond that, commands wait and join the next pipeline, which grows the batches
+under load instead of the connection count.
+
+Blocking pops run on a **dedicated connection per queue** (:meth:`Shard.pop`),
+never on a pipelining connection, with a server-side timeout and a client read
+timeout above it.
+
+No command is ever re-sent after it was written: a connection lost mid-flight fails
+the affected commands with :class:`~layers.BackendError`, because re-sending a
+push whose reply was lost could store it twice. Only connecting is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError, ResponseError
+
+from layers.backends.redis._config import HostSpec
+from layers.backends.redis._scripts import STAMP_WIDTH
+from layers.core.errors import BackendError, BackendUnavailable, LayerClosed, LayerError
+
+__all__ = ["MAX_BATCHES", "Shard", "translate"]
+
+#: Pipelines in flight per host and event loop (each holds one connection).
+MAX_BATCHES = 8
+#: Idle blocking-reader connections kept per host (least recently used are closed).
+MAX_IDLE_READERS = 64
+#: How much longer than the server-side block the client waits for a reply.
+READ_MARGIN = 5.0
+#: How often the estimate of the server clock is refreshed, in seconds.
+CLOCK_REFRESH = 30.0
+
+
+def translate(exc: BaseException, where: str) -> LayerError:
+    """Return our error for a driver failure, chained to it (``__cause__``)."""
+    if isinstance(exc, LayerError):
+        return exc
+    error: LayerError
+    if isinstance(exc, asyncio.CancelledError):
+        error = LayerClosed("the channel layer was closed")
+    elif isinstance(exc, ResponseError):
+        error = BackendError(f"redis {where}: {exc}")
+    else:
+        error = BackendUnavailable(f"redis {where}: {exc or type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
+class Shard:
+    """Connections to one host for one event loop. Create and use it inside the loop."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self.loop = asyncio.get_running_loop()
+        self.pool: ConnectionPool
+        self.sentinel: Sentinel | None
+        self.pool, self.sentinel = spec.make_pool()
+        self.idle: list[AbstractConnection] = []
+        self.busy: set[AbstractConnection] = set()
+        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.scheduled = False
+        self.running = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.readers: OrderedDict[str, AbstractConnection] = OrderedDict()
+        self.clock_offset = 0.0
+        self.clock_checked = -math.inf
+        self.blmpop = True
+        self.closed = False
+
+    # -- pipelined commands -----------------------------------------------------------
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command for the next pipeline; the future gets its reply.
+
+        A Redis error reply is the *result* (a :class:`redis.ResponseError`), so the
+        caller decides; a lost connection is the future's exception, a
+        :class:`~layers.BackendError`. Cancelling the future does not unsend the
+        command: it runs once or not at all.
+        """
+        if self.closed:
+            raise LayerClosed("the channel layer was closed")
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.pending.append((args, future))
+        if not self.scheduled and self.running < MAX_BATCHES:
+            # The task starts on the next loop iteration, so every command issued
+            # during this iteration joins the same pipeline.
+            self.scheduled = True
+            task = self.loop.create_task(self._drain())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return future
+
+    async def _drain(self) -> None:
+        self.scheduled = False
+        self.running += 1
+        try:
+            while self.pending and not self.closed:
+                batch, self.pending = self.pending, []
+                await self._run(batch)
+        finally:
+            self.running -= 1
+
+    async def _connection(self) -> AbstractConnection:
+        conn = self.idle.pop() if self.idle else self.pool.make_connection()  # type: ignore[no-untyped-call]
+        self.busy.add(conn)
+        if not conn.is_connected:
+            try:
+                await conn.connect()
+            except BaseException:
+                self.busy.discard(conn)
+                raise
+        return conn
+
+    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        conn: AbstractConnection | None = None
+        try:
+            conn = await self._connection()
+            await conn.send_packed_command(
+                conn.pack_commands([args for args, _ in batch]), check_health=False
+            )
+            for _, future in batch:
+                try:
+                    reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
+                except ResponseError as exc:
+                    reply = exc
+                if not future.done():
+                    future.set_result(reply)
+        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            if conn is not None:
+                self.busy.discard(conn)
+                await conn.disconnect(nowait=True)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(translate(exc, self.spec.id))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            self.busy.discard(conn)
+            if len(self.idle) < MAX_BATCHES and not self.closed:
+                self.idle.append(conn)
+            else:
+                await conn.disconnect()
+
+    async def call(self, *args: Any) -> Any:
+        """Run one command through the pipeline; raise :class:`~layers.BackendError` on error."""
+        reply = await self.execute(*args)
+        if isinstance(reply, ResponseError):
+            raise translate(reply, self.spec.id)
+        return reply
+
+    # -- blocking pops ----------------------------------------------------------------
+
+    async def pop(self, key: str, timeout: float, limit: int) -> list[bytes]:
+        """Pop up to ``limit`` unexpired payloads from ``key``, waiting up to ``timeout``.
+
+        Runs on the queue's dedicated connection. Cancellation closes that
+        connection (redis-py does): a payload the server already popped is lost,
+        never duplicated.
+        """
+        conn = self.readers.pop(key, None) or self.pool.make_connection()  # type: ignore[no-untyped-call]
+        self.busy.add(conn)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if not conn.is_connected or time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+                    await self._sync_clock(conn)
+                wait = max(0.0, deadline - time.monotonic())
+                items = await self._pop_once(conn, key, wait, limit)
+                now_ms = time.time() * 1000.0 + self.clock_offset
+                live = [item[STAMP_WIDTH:] for item in items if int(item[:STAMP_WIDTH]) > now_ms]
+                if live or time.monotonic() >= deadline:
+                    break
+        except (RedisError, OSError, ValueError) as exc:
+            self.busy.discard(conn)
+            await conn.disconnect(nowait=True)
+            raise translate(exc, self.spec.id) from exc
+        except BaseException:
+            self.busy.discard(conn)
+            await conn.disconnect(nowait=True)
+            raise
+        self.busy.discard(conn)
+        await self._keep_reader(key, conn)
+        return live
+
+    async def _keep_reader(self, key: str, conn: AbstractConnection) -> None:
+        if self.closed:
+            await conn.disconnect()
+            return
+        self.readers[key] = conn
+        while len(self.readers) > MAX_IDLE_READERS:
+            _, oldest = self.readers.popitem(last=False)
+            await oldest.disconnect()
+
+    async def _command(self, conn: AbstractConnection, wait: float | None, *args: Any) -> Any:
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        await conn.send_command(*args, check_health=False)
+        if wait is None:
+            return await conn.read_response(disable_decoding=True, timeout=math.inf)
+        # Our own deadline, not read_response(timeout=...): that one returns None on
+        # timeout and keeps the connection, which would leave a reply unread on it.
+        async with asyncio.timeout(wait + READ_MARGIN):
+            return await conn.read_response(disable_decoding=True, timeout=math.inf)
+
+    async def _pop_once(
+        self, conn: AbstractConnection, key: str, wait: float, limit: int
+    ) -> list[bytes]:
+        if wait <= 0:
+            reply = await self._command(conn, None, "LPOP", key, limit)
+            return list(reply or ())
+        if self.blmpop:
+            try:
+                reply = await self._command(
+                    conn, wait, "BLMPOP", f"{wait:.3f}", 1, key, "LEFT", "COUNT", limit
+                )
+                return list(reply[1]) if reply else []
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self.blmpop = False  # Redis 6.2: BLPOP, then LPOP for the rest
+        reply = await self._command(conn, wait, "BLPOP", key, f"{wait:.3f}")
+        if not reply:
+            return []
+        items = [reply[1]]
+        if limit > 1:
+            items.extend(await self._command(conn, None, "LPOP", key, limit - 1) or ())
+        return items
+
+    async def _sync_clock(self, conn: AbstractConnection) -> None:
+        """Estimate server time minus local wall time (ms), to the round trip's half."""
+        before = time.time()
+        seconds, micros = await self._command(conn, READ_MARGIN, "TIME")
+        after = time.time()
+        server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
+        self.clock_offset = server_ms - (before + after) * 500.0
+        self.clock_checked = time.monotonic()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop the pipelines, fail queued commands, close every connection. Idempotent."""
+        self.closed = True
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for _, future in self.pending:
+            if not future.done():
+                future.set_exception(LayerClosed("the channel layer was closed"))
+        self.pending.clear()
+        conns = [*self.idle, *self.readers.values(), *self.busy]
+        self.idle.clear()
+        self.readers.clear()
+        self.busy.clear()
+        for conn in conns:
+            with contextlib.suppress(RedisError, OSError):  # already broken: nothing to release
+                await conn.disconnect()
+        await self.pool.disconnect()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
