@@ -1,0 +1,402 @@
+"""The PostgreSQL backend class (see the package docstring for the user-facing summary)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from layers.backends.postgres import _options, _sql
+from layers.backends.postgres._listener import Listener, notify_channel
+from layers.core.backend import Backend, Capability, Put
+from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
+from layers.core.layer import ChannelLayer
+
+__all__ = ["PostgresBackend", "PostgresChannelLayer"]
+
+logger = logging.getLogger("layers.postgres")
+
+# (conninfo, schema) pairs whose schema this process has already checked.
+_READY: set[tuple[str, str]] = set()
+_READY_LOCK = threading.Lock()
+
+_Params = Sequence[Any] | Mapping[str, Any] | None
+
+
+class PostgresBackend(Backend):
+    """Storage in PostgreSQL for one layer in one event loop.
+
+    One :class:`psycopg_pool.AsyncConnectionPool` (autocommit connections) runs the
+    statements; one extra connection LISTENs for wake-ups (none in poll-only mode).
+    Construction does no I/O; :meth:`open` creates the pool and the schema.
+    """
+
+    name = "postgres"
+    capabilities = frozenset(
+        {
+            Capability.GROUPS,
+            Capability.FLUSH,
+            Capability.CROSS_PROCESS,
+            Capability.CROSS_HOST,
+            Capability.PERSISTENT,
+        }
+    )
+
+    def __init__(self, *, conninfo: str, settings: _options.Settings) -> None:
+        self._conninfo = conninfo
+        self._settings = settings
+        self._sql = _sql.statements(settings.schema)
+        self._poll = settings.effective_poll_interval()
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._listener: Listener | None = None
+        self._local: dict[str, asyncio.Event] = {}  # poll-only: in-process wake-ups
+        self._cleanup: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
+        self._channels: dict[str, str] = {}
+
+    # -- configuration ----------------------------------------------------------------
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """Map the backend's query parameters to options; keep the rest for libpq."""
+        return _options.from_url(url)
+
+    @classmethod
+    def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate every option and build the libpq connection string, without I/O.
+
+        Unknown keys are taken as libpq keywords and rejected by libpq's own parser
+        with :class:`layers.ConfigurationError` when they are not.
+        """
+        return _options.normalise(options)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the pool (connecting in the background) and check the schema.
+
+        Raises :class:`layers.BackendError` when the server cannot be reached within
+        ``pool_timeout``. A cancelled or failed ``open`` closes what it opened.
+        """
+        s = self._settings
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if s.poll_only:
+            kwargs["prepare_threshold"] = None  # transaction poolers: no named statements
+        configure = None if s.poll_only or s.synchronous_commit is None else self._configure
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self._conninfo,
+            kwargs=kwargs,
+            min_size=s.pool_min_size,
+            max_size=s.pool_max_size,
+            timeout=s.pool_timeout,
+            configure=configure,
+            open=False,
+            name=f"channel-layers:{s.schema}",
+        )
+        try:
+            await pool.open(wait=False)
+            self._pool = pool
+            await self._ensure_schema()
+        except BaseException:
+            self._pool = None
+            await pool.close(timeout=1.0)
+            raise
+        if not s.poll_only:
+            self._listener = Listener(self._conninfo, {})
+        self._cleanup = asyncio.get_running_loop().create_task(
+            self._cleanup_loop(), name="layers-postgres-cleanup"
+        )
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        value = self._settings.synchronous_commit
+        await conn.execute(sql.SQL("SET synchronous_commit TO {}").format(sql.Literal(value)))
+
+    async def aclose(self) -> None:
+        """Stop the listener and cleanup tasks, close the pool. Idempotent, never raises."""
+        for task in (self._cleanup, self._checking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._cleanup = self._checking = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.aclose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close(timeout=2.0)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _channel(self, queue: str) -> str:
+        channel = self._channels.get(queue)
+        if channel is None:
+            if len(self._channels) > 4096:
+                self._channels.clear()
+            channel = self._channels[queue] = notify_channel(self._settings.schema, queue)
+        return channel
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        """Map driver errors to ours; start a pool check after a lost connection."""
+        try:
+            yield
+        except PoolTimeout as exc:
+            raise BackendUnavailable(f"no PostgreSQL connection available: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            self._check_pool()
+            raise BackendError(f"PostgreSQL connection failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise BackendError(f"PostgreSQL error: {exc}") from exc
+
+    def _check_pool(self) -> None:
+        """Drop the pool's other broken idle connections (after a restart) in the background."""
+        pool = self._pool
+        if pool is not None and (self._checking is None or self._checking.done()):
+
+            async def check() -> None:
+                with contextlib.suppress(Exception):
+                    await pool.check()
+
+            self._checking = asyncio.get_running_loop().create_task(check())
+
+    async def _query(
+        self, query: sql.Composed | str, params: _Params = None, *, rows: bool = True
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement on a pooled connection; re-create a dropped schema once."""
+        pool = self._pool
+        if pool is None:
+            raise BackendError("the PostgreSQL backend is not open")
+        for attempt in (0, 1):
+            try:
+                with self._translate():
+                    async with pool.connection() as conn:
+                        cur = await conn.execute(query, params, binary=params is not None)
+                        return await cur.fetchall() if rows else []
+            except BackendError as exc:
+                missing = (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
+                if attempt or not isinstance(exc.__cause__, missing):
+                    raise
+            # The statement failed before doing anything: safe to run it again.
+            self._forget_schema()
+            await self._ensure_schema()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _forget_schema(self) -> None:
+        with _READY_LOCK:
+            _READY.discard((self._conninfo, self._settings.schema))
+
+    async def _ensure_schema(self) -> None:
+        """Create or migrate the schema once per process, under an advisory lock."""
+        key = (self._conninfo, self._settings.schema)
+        if key in _READY or self._pool is None:
+            return
+        s = self._settings
+        with self._translate():
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(self._sql.lock)
+                await conn.execute(self._sql.create_schema)
+                await conn.execute(self._sql.create_meta)
+                row = await (await conn.execute(self._sql.read_version)).fetchone()
+                version = int(row[0]) if row else 0
+                if version > _sql.SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        "schema",
+                        f"{s.schema!r} has schema version {version}, newer than this "
+                        f"release's {_sql.SCHEMA_VERSION}: upgrade channel-layers",
+                    )
+                steps = _sql.migrations(s.schema, unlogged=s.unlogged)
+                for step in range(version + 1, _sql.SCHEMA_VERSION + 1):
+                    for statement in steps[step]:
+                        await conn.execute(statement)
+                if version != _sql.SCHEMA_VERSION:
+                    await conn.execute(self._sql.write_version, (str(_sql.SCHEMA_VERSION),))
+                row = await (await conn.execute(self._sql.persistence)).fetchone()
+        if row is not None and bool(row[0]) != s.unlogged:
+            logger.warning(
+                "table %s.messages is %s but the unlogged option is %s; the existing "
+                "table is kept (change it with ALTER TABLE … SET %s)",
+                s.schema,
+                "UNLOGGED" if row[0] else "LOGGED",
+                s.unlogged,
+                "UNLOGGED" if s.unlogged else "LOGGED",
+            )
+        with _READY_LOCK:
+            _READY.add(key)
+
+    # -- primitives -------------------------------------------------------------------
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        """Count, insert and maybe NOTIFY in one autocommit statement; see :meth:`Backend.send`.
+
+        Capacity is checked in the statement; concurrent senders to one nearly full
+        queue may overshoot it by their number (READ COMMITTED). Cancellation: the
+        statement commits entirely or not at all.
+        """
+        params = {
+            "queue": queue,
+            "cap": capacity,
+            "expiry": float(expiry),
+            "payload": payload,
+            "channel": self._channel(queue) if self._settings.notify else None,
+        }
+        rows = await self._query(self._sql.send, params)
+        count, stored = rows[0][0], bool(rows[0][1])
+        if stored and count == 0:
+            self._wake_local(queue)
+        return stored
+
+    async def send_many(self, puts: Sequence[Put]) -> list[bool]:
+        """All puts in one statement (one row per queue); see :meth:`Backend.send_many`.
+
+        Puts to distinct queues (what ``group_send`` makes) are one round trip;
+        repeated queues fall back to one statement per put to keep their order and
+        capacity exact. Cancellation: the statement commits entirely or not at all.
+        """
+        queues = [p.queue for p in puts]
+        if len(set(queues)) != len(queues):
+            return await super().send_many(puts)
+        if not puts:
+            return []
+        notify = self._settings.notify
+        params = {
+            "queues": queues,
+            "payloads": [p.payload for p in puts],
+            "expiries": [float(p.expiry) for p in puts],
+            "caps": [p.capacity for p in puts],
+            "channels": [self._channel(q) if notify else None for q in queues],
+        }
+        rows = await self._query(self._sql.send_many, params)
+        stored = {row[0] for row in rows}
+        for queue in stored:
+            self._wake_local(queue)
+        return [q in stored for q in queues]
+
+    def _wake_local(self, queue: str) -> None:
+        event = self._local.get(queue)
+        if event is not None:
+            event.set()
+
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        """Claim and delete up to ``limit`` rows, else wait for a wake-up or the poll.
+
+        See :meth:`Backend.receive`. Each attempt is one autocommit ``DELETE …
+        RETURNING`` whose claim skips rows other readers hold, so a payload is
+        returned once at most. Cancellation while waiting loses nothing; a cancelled
+        ``DELETE`` is rolled back by the server unless it had already committed, in
+        which case its rows are lost (never duplicated).
+        """
+        deadline = time.monotonic() + timeout
+        listener = self._listener
+        channel = self._channel(queue)
+        if listener is not None:
+            watch = listener.watch(channel)
+            event = watch.event
+        else:
+            event = self._local.setdefault(queue, asyncio.Event())
+        try:
+            if listener is not None and not watch.listening.is_set():
+                # LISTEN before the first drain, or a send in between waits a poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(timeout, self._poll)):
+                        await watch.listening.wait()
+            return await self._claim_loop(queue, limit, event, deadline)
+        finally:
+            if listener is not None:
+                listener.release(channel)
+            elif self._local.get(queue) is event:
+                del self._local[queue]
+
+    async def _claim_loop(
+        self, queue: str, limit: int, event: asyncio.Event, deadline: float
+    ) -> list[bytes]:
+        while True:
+            event.clear()
+            rows = await self._query(self._sql.receive, (queue, limit))
+            if rows:
+                rows.sort()
+                return [row[1] for row in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                async with asyncio.timeout(min(remaining, self._poll)):
+                    await event.wait()
+            except TimeoutError:
+                if deadline - time.monotonic() <= 0:
+                    return []  # the caller's next receive drains first anyway
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        """Upsert the membership with a new server-clock expiry; see :meth:`Backend.group_add`."""
+        await self._query(self._sql.group_add, (group, channel, float(expiry)), rows=False)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Delete the membership row if any; see :meth:`Backend.group_discard`."""
+        await self._query(self._sql.group_discard, (group, channel), rows=False)
+
+    async def group_channels(self, group: str) -> list[str]:
+        """Return the unexpired members; see :meth:`Backend.group_channels`."""
+        return [row[0] for row in await self._query(self._sql.group_channels, (group,))]
+
+    async def flush(self) -> None:
+        """Delete every message and membership in this layer's schema (nothing else)."""
+        await self._query(self._sql.flush, rows=False)
+
+    # -- maintenance ------------------------------------------------------------------
+
+    async def _cleanup_loop(self) -> None:
+        """Delete expired rows in batches every ``cleanup_interval`` (with jitter)."""
+        s = self._settings
+        while True:
+            await asyncio.sleep(s.cleanup_interval * random.uniform(0.8, 1.2))
+            try:
+                await self.cleanup()
+            except BackendError as exc:
+                logger.warning("cleanup of expired rows failed: %s", exc)
+
+    async def cleanup(self, *, max_batches: int = 20) -> int:
+        """Delete expired messages and memberships, ``cleanup_batch`` rows at a time.
+
+        Returns how many message rows were deleted. Rows other sessions hold are
+        skipped. Cancellation: batches already committed stay deleted.
+        """
+        batch = self._settings.cleanup_batch
+        total = 0
+        for _ in range(max_batches):
+            deleted = await self._rowcount(self._sql.cleanup_messages, (batch,))
+            total += deleted
+            if deleted < batch:
+                break
+        for _ in range(max_batches):
+            if await self._rowcount(self._sql.cleanup_groups, (batch,)) < batch:
+                break
+        return total
+
+    async def _rowcount(self, query: sql.Composed, params: _Params) -> int:
+        pool = self._pool
+        if pool is None:
+            raise BackendError("the PostgreSQL backend is not open")
+        with self._translate():
+            async with pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return int(cur.rowcount)
+
+
+class PostgresChannelLayer(ChannelLayer):
+    """A :class:`~layers.ChannelLayer` on PostgreSQL: a Django Channels ``BACKEND``.
+
+    ``CONFIG`` takes the layer options plus the backend's (``url``, ``schema``...).
+    """
+
+    backend_class = PostgresBackend

@@ -1,0 +1,181 @@
+"""The wake-up side of the PostgreSQL backend: one LISTEN connection per instance.
+
+NOTIFY is only a hint that a queue may have rows; the receive loop's poll is the
+guarantee. The :class:`Listener` owns one autocommit connection outside the pool,
+LISTENs on the hashed channel of every queue this instance receives from, and sets
+that queue's :class:`asyncio.Event` when a notification arrives. After a reconnect
+it re-LISTENs and sets *every* event, because notifications sent while it was away
+are gone for good and readers must drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+__all__ = ["Listener", "notify_channel"]
+
+logger = logging.getLogger("layers.postgres")
+
+#: How long a LISTEN channel nobody waited on stays registered.
+_IDLE_UNLISTEN = 60.0
+#: A quiet connection is checked with ``SELECT 1`` this often.
+_HEALTH_INTERVAL = 30.0
+_MAX_BACKOFF = 5.0
+
+
+def notify_channel(schema: str, queue: str) -> str:
+    """Return the NOTIFY channel of ``queue``: ``lq_`` + 24 hex digits (27 bytes < 63)."""
+    digest = hashlib.blake2b(f"{schema}\0{queue}".encode(), digest_size=12).hexdigest()
+    return f"lq_{digest}"
+
+
+class _Watch:
+    __slots__ = ("event", "last_used", "listening", "users")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.listening = asyncio.Event()
+        self.users = 0
+        self.last_used = time.monotonic()
+
+
+class Listener:
+    """One LISTEN connection that turns notifications into per-queue events.
+
+    Started lazily by the first :meth:`watch`; stopped by :meth:`aclose`. Never
+    raises to its callers: connection failures are logged and retried with backoff
+    while readers keep polling.
+    """
+
+    def __init__(self, conninfo: str, connect_kwargs: dict[str, Any]) -> None:
+        self._conninfo = conninfo
+        self._connect_kwargs = connect_kwargs
+        self._watches: dict[str, _Watch] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def watch(self, channel: str) -> _Watch:
+        """Register interest in ``channel``; the caller must :meth:`release` it."""
+        w = self._watches.get(channel)
+        if w is None:
+            w = self._watches[channel] = _Watch()
+            self._changed.set()
+        w.users += 1
+        w.last_used = time.monotonic()
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="layers-postgres-listener"
+            )
+        return w
+
+    def release(self, channel: str) -> None:
+        """Drop one user of ``channel``; it is UNLISTENed after a quiet while."""
+        w = self._watches.get(channel)
+        if w is not None:
+            w.users -= 1
+            w.last_used = time.monotonic()
+
+    async def aclose(self) -> None:
+        """Stop the task and close the connection. Idempotent."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        while not self._closing:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, **self._connect_kwargs
+                )
+            except (psycopg.Error, OSError) as exc:
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.1)
+                logger.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                continue
+            try:
+                await self._serve(conn)
+                backoff = 0.0
+            except (psycopg.Error, OSError) as exc:
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
+                logger.warning("LISTEN connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+            finally:
+                for w in self._watches.values():
+                    w.listening.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        listened: set[str] = set()
+        first = True
+        while not self._closing:
+            self._changed.clear()
+            await self._sync_listens(conn, listened)
+            if first:
+                # Notifications sent while we were not listening are lost: make
+                # every reader drain once now that LISTEN is in place again.
+                first = False
+                for w in self._watches.values():
+                    w.event.set()
+            consume = asyncio.ensure_future(self._consume(conn))
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({consume, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                if not consume.done():
+                    consume.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consume
+            if consume.done() and not consume.cancelled():
+                consume.result()  # re-raise a connection error
+
+    async def _sync_listens(self, conn: psycopg.AsyncConnection[Any], listened: set[str]) -> None:
+        now = time.monotonic()
+        stale = [
+            ch
+            for ch, w in self._watches.items()
+            if w.users <= 0 and now - w.last_used > _IDLE_UNLISTEN
+        ]
+        for ch in stale:
+            del self._watches[ch]
+        drop = [ch for ch in listened if ch not in self._watches]
+        add = [ch for ch in self._watches if ch not in listened]
+        commands = [sql.SQL("UNLISTEN {}").format(sql.Identifier(ch)) for ch in drop]
+        commands += [sql.SQL("LISTEN {}").format(sql.Identifier(ch)) for ch in add]
+        if commands:
+            await conn.execute(sql.SQL("; ").join(commands))
+            listened.difference_update(drop)
+            listened.update(add)
+        for ch in add:
+            w = self._watches.get(ch)
+            if w is not None:
+                w.listening.set()
+
+    async def _consume(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wake readers until cancelled; check the connection when quiet."""
+        watches = self._watches
+        while True:
+            got = False
+            async for note in conn.notifies(timeout=_HEALTH_INTERVAL):
+                got = True
+                w = watches.get(note.channel)
+                if w is not None:
+                    w.event.set()
+            if not got:
+                await conn.execute("SELECT 1")
+                if any(w.users <= 0 for w in watches.values()):
+                    self._changed.set()  # let _serve UNLISTEN idle channels

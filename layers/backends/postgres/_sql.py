@@ -1,0 +1,182 @@
+"""The SQL of the PostgreSQL backend: schema, migrations and the hot statements.
+
+Every statement is built once per backend instance by :func:`statements` for one
+schema name (quoted with :class:`psycopg.sql.Identifier`), so the hot path only
+executes pre-composed text that psycopg prepares server-side after a few uses.
+
+Tables (in the layer's own schema)
+    ``meta``
+        ``key``/``value`` rows; ``schema_version`` says which migrations ran.
+    ``messages``
+        ``id`` (identity: the arrival order), ``queue``, ``expires_at`` (server
+        clock), ``payload``. Index ``(queue, id)`` serves receive and the capacity
+        count; index ``(expires_at)`` serves the batched cleanup. No primary key:
+        receive deletes by ``ctid`` of rows it has locked, which needs no index.
+    ``group_members``
+        Primary key ``(group_name, channel)``; ``group_add`` upserts ``expires_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+__all__ = ["SCHEMA_VERSION", "Statements", "migrations", "statements"]
+
+#: The schema version this code writes and reads.
+SCHEMA_VERSION = 1
+
+# Queue tables churn: every message leaves a dead tuple. Vacuum them early and often
+# so receive's index scan does not wade through dead entries.
+_AUTOVACUUM = (
+    "autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000, "
+    "autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 5000, "
+    "autovacuum_analyze_scale_factor = 0.05, fillfactor = 90"
+)
+
+
+def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composable]]:
+    """Return ``{version: [statements]}``: what brings a schema from ``version - 1`` up."""
+    s = sql.Identifier(schema)
+    persistence = sql.SQL("UNLOGGED " if unlogged else "")
+    return {
+        1: [
+            sql.SQL(
+                "CREATE {p}TABLE IF NOT EXISTS {s}.messages ("
+                " id bigint GENERATED ALWAYS AS IDENTITY,"
+                ' queue text COLLATE "C" NOT NULL,'
+                " expires_at timestamptz NOT NULL,"
+                " payload bytea NOT NULL"
+                ") WITH ({av})"
+            ).format(p=persistence, s=s, av=sql.SQL(_AUTOVACUUM)),
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS messages_queue_id ON {s}.messages (queue, id)"
+            ).format(s=s),
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS messages_expires_at ON {s}.messages (expires_at)"
+            ).format(s=s),
+            sql.SQL(
+                "CREATE {p}TABLE IF NOT EXISTS {s}.group_members ("
+                ' group_name text COLLATE "C" NOT NULL,'
+                ' channel text COLLATE "C" NOT NULL,'
+                " expires_at timestamptz NOT NULL,"
+                " PRIMARY KEY (group_name, channel)"
+                ")"
+            ).format(p=persistence, s=s),
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS group_members_expires_at"
+                " ON {s}.group_members (expires_at)"
+            ).format(s=s),
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The composed statements of one schema (see :func:`statements`)."""
+
+    lock: sql.Composed
+    create_schema: sql.Composed
+    create_meta: sql.Composed
+    read_version: sql.Composed
+    write_version: sql.Composed
+    persistence: sql.Composed
+    send: sql.Composed
+    send_many: sql.Composed
+    receive: sql.Composed
+    group_add: sql.Composed
+    group_discard: sql.Composed
+    group_channels: sql.Composed
+    flush: sql.Composed
+    cleanup_messages: sql.Composed
+    cleanup_groups: sql.Composed
+
+
+def statements(schema: str) -> Statements:
+    """Compose every statement for ``schema`` (an unquoted, validated identifier)."""
+    s = sql.Identifier(schema)
+    lit = sql.Literal(schema)
+
+    def q(text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=s, lit=lit)
+
+    # Count at most ``cap`` live rows: the capacity check never scans a whole backlog.
+    live = (
+        "(SELECT count(*) FROM (SELECT 1 FROM {s}.messages m"
+        " WHERE m.queue = {queue} AND m.expires_at > now() LIMIT {cap}) AS c)"
+    )
+    return Statements(
+        lock=q("SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}, 0))"),
+        create_schema=q("CREATE SCHEMA IF NOT EXISTS {s}"),
+        create_meta=q(
+            "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)"
+        ),
+        read_version=q("SELECT value FROM {s}.meta WHERE key = 'schema_version'"),
+        write_version=q(
+            "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+        ),
+        persistence=q(
+            "SELECT c.relpersistence = 'u' FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = {lit} AND c.relname = 'messages'"
+        ),
+        # One statement: count (bounded), insert if below capacity, and NOTIFY only
+        # when the queue was empty (the edge a waiting reader needs; see listener).
+        send=q(
+            "WITH c AS (SELECT "
+            + live.replace("{queue}", "%(queue)s").replace("{cap}", "%(cap)s")
+            + " AS n),"
+            " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
+            " SELECT %(queue)s, now() + make_interval(secs => %(expiry)s), %(payload)b"
+            " FROM c WHERE c.n < %(cap)s RETURNING 1)"
+            " SELECT c.n, EXISTS (SELECT FROM ins),"
+            " CASE WHEN c.n = 0 AND %(channel)s::text IS NOT NULL"
+            " AND EXISTS (SELECT FROM ins)"
+            " THEN pg_notify(%(channel)s::text, '') IS NULL END"
+            " FROM c"
+        ),
+        # Many queues in one statement: one row per put, each with its own check.
+        send_many=q(
+            "WITH p AS (SELECT * FROM unnest(%(queues)s::text[], %(payloads)s::bytea[],"
+            " %(expiries)s::float8[], %(caps)s::int[], %(channels)s::text[])"
+            " WITH ORDINALITY AS t(queue, payload, expiry, cap, channel, ord)),"
+            " c AS (SELECT p.*, "
+            + live.replace("{queue}", "p.queue").replace("{cap}", "p.cap")
+            + " AS n FROM p),"
+            " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
+            " SELECT c.queue, now() + make_interval(secs => c.expiry), c.payload"
+            " FROM c WHERE c.n < c.cap ORDER BY c.ord RETURNING queue)"
+            " SELECT c.queue, CASE WHEN c.n = 0 AND c.channel IS NOT NULL"
+            " THEN pg_notify(c.channel, '') IS NULL END"
+            " FROM c JOIN ins ON ins.queue = c.queue"
+        ),
+        # Claim with SKIP LOCKED in an InitPlan (runs once: no extra rows locked),
+        # delete by ctid. RETURNING order is unspecified: the caller sorts by id.
+        receive=q(
+            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM {s}.messages WHERE queue = %s AND expires_at > now()"
+            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING id, payload"
+        ),
+        group_add=q(
+            "INSERT INTO {s}.group_members (group_name, channel, expires_at)"
+            " VALUES (%s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (group_name, channel) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+        ),
+        group_discard=q("DELETE FROM {s}.group_members WHERE group_name = %s AND channel = %s"),
+        group_channels=q(
+            "SELECT channel FROM {s}.group_members WHERE group_name = %s AND expires_at > now()"
+        ),
+        flush=q("DELETE FROM {s}.messages; DELETE FROM {s}.group_members"),
+        cleanup_messages=q(
+            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM {s}.messages WHERE expires_at <= now()"
+            " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED))"
+        ),
+        cleanup_groups=q(
+            "DELETE FROM {s}.group_members WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM {s}.group_members WHERE expires_at <= now()"
+            " LIMIT %s FOR UPDATE SKIP LOCKED))"
+        ),
+    )
