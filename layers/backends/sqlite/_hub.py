@@ -1,0 +1,260 @@
+"""Wake-ups for receivers waiting on one SQLite file, in this process and across processes.
+
+One :class:`Hub` per database file per process, shared by every backend instance
+(every layer and event loop) that uses the file.
+
+In-process
+    A send that stored a payload calls :meth:`Hub.notify` for its queue, which wakes
+    the receivers waiting on that queue at once, in any event loop or thread.
+
+Across processes
+    SQLite has no notifications, so a *watcher* thread polls ``PRAGMA data_version``
+    on its own read-only connection every ``poll_interval`` seconds while some
+    receiver waits (and for a short linger after, so a receiver that comes straight
+    back does not pay for a restart). ``data_version`` changes whenever *another*
+    connection commits; since the watcher never writes, that is any commit by any
+    process, this one included. On a change the watcher asks which of the waited-on
+    queues now hold an unexpired payload and wakes only their receivers.
+
+Why nothing is missed
+    A receiver registers *before* it tries to take, and waits only if the attempt
+    found nothing. A commit either happened before the attempt's snapshot (the
+    attempt sees it) or after the registration; in the second case the watcher,
+    which reads its first ``data_version`` only after it started running for this
+    receiver, sees the change on a later poll and finds the queue non-empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+
+from layers.backends.sqlite import _sql
+
+__all__ = ["Hub", "Waiter", "attach", "detach"]
+
+logger = logging.getLogger("layers.sqlite")
+
+#: How long the watcher keeps polling after the last receiver stopped waiting.
+WATCH_LINGER = 2.0
+#: The most queue names the watcher puts in one query.
+_QUERY_CHUNK = 500
+#: Pause after a failed poll (the file vanished, the schema is not there yet...).
+_ERROR_PAUSE = 0.1
+
+Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _set_none(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake(waiters: list[Waiter]) -> None:
+    """Resolve each waiter's future in its own loop (thread-safe)."""
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for loop, future in waiters:
+        if loop is current:
+            _set_none(future)
+        else:
+            # A closed loop raises RuntimeError; its waiter is gone with it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_none, future)
+
+
+class Hub:
+    """Waiting receivers of one database file in this process, and their watcher.
+
+    Thread-safe: every method may be called from any thread or event loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        #: Set once this process has created or checked the schema of the file.
+        self.schema_ready = False
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[Waiter]] = {}
+        # token -> (poll_interval, busy_timeout) of each attached backend instance
+        self._users: dict[int, tuple[float, float]] = {}
+        self._next_token = 0
+        self._thread: threading.Thread | None = None
+
+    # -- attachment ---------------------------------------------------------------
+
+    def _attach(self, poll_interval: float, busy_timeout: float) -> int:
+        with self._lock:
+            self._next_token += 1
+            self._users[self._next_token] = (poll_interval, busy_timeout)
+            return self._next_token
+
+    def _detach(self, token: int) -> bool:
+        """Forget an instance; True when no instance uses the hub any more."""
+        with self._lock:
+            self._users.pop(token, None)
+            return not self._users
+
+    # -- waiting and waking -------------------------------------------------------
+
+    def register(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
+        """Start waiting on ``queue``: the returned future resolves on a wake-up.
+
+        Call before trying to take, and :meth:`unregister` when done.
+        """
+        waiter: Waiter = (loop, loop.create_future())
+        with self._lock:
+            self._waiters.setdefault(queue, []).append(waiter)
+            if self._thread is None and self._users:
+                self._thread = threading.Thread(
+                    target=self._watch, name=f"layers-sqlite-watch:{self.path}", daemon=True
+                )
+                self._thread.start()
+        return waiter
+
+    def unregister(self, queue: str, waiter: Waiter) -> None:
+        """Stop waiting (idempotent)."""
+        with self._lock:
+            waiting = self._waiters.get(queue)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiters[queue]
+
+    def notify(self, queue: str) -> None:
+        """Wake every receiver of this process waiting on ``queue`` (after a commit)."""
+        with self._lock:
+            waiting = self._waiters.pop(queue, None)
+        if waiting:
+            _wake(waiting)
+
+    def _wake_queues(self, queues: set[str] | None) -> None:
+        """Wake the waiters of ``queues`` (of every queue when None)."""
+        with self._lock:
+            if queues is None:
+                woken = [w for waiting in self._waiters.values() for w in waiting]
+                self._waiters.clear()
+            else:
+                woken = [w for q in queues for w in self._waiters.pop(q, ())]
+        if woken:
+            _wake(woken)
+
+    # -- the watcher thread -------------------------------------------------------
+
+    def _snapshot(self) -> tuple[list[str], float, float] | None:
+        """Return (waited queues, poll interval, busy timeout), or None to stop.
+
+        Called by the watcher under no lock; stops it (and lets a later
+        :meth:`register` start a new one) after WATCH_LINGER without waiters.
+        """
+        with self._lock:
+            if not self._users:
+                self._thread = None
+                return None
+            interval = min(u[0] for u in self._users.values())
+            busy = max(u[1] for u in self._users.values())
+            return list(self._waiters), interval, busy
+
+    def _stop_if_idle(self, idle_since: float) -> bool:
+        with self._lock:
+            if self._waiters or time.monotonic() - idle_since < WATCH_LINGER:
+                return False
+            self._thread = None
+            return True
+
+    def _watch(self) -> None:
+        """Poll ``data_version`` while receivers wait; wake those with something to take."""
+        conn: sqlite3.Connection | None = None
+        version: int | None = None
+        idle_since: float | None = None
+        try:
+            while True:
+                snapshot = self._snapshot()
+                if snapshot is None:
+                    return
+                queues, interval, busy = snapshot
+                if queues:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif self._stop_if_idle(idle_since):
+                    return
+                try:
+                    if conn is None:
+                        conn = _watch_connection(self.path, busy)
+                    current = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if current != version and queues:
+                        self._wake_queues(_ready_queues(conn, queues))
+                    version = current
+                except sqlite3.Error as exc:
+                    # Let the receivers try (and report) themselves; poll again later.
+                    logger.debug("watcher of %s failed: %s", self.path, exc)
+                    version = None
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    self._wake_queues(None)
+                    interval = max(interval, _ERROR_PAUSE)
+                time.sleep(interval)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _watch_connection(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open the watcher's connection: read-only use, autocommit, no statement cache."""
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _ready_queues(conn: sqlite3.Connection, queues: list[str]) -> set[str]:
+    """Return which of ``queues`` hold an unexpired payload now."""
+    now = time.time()
+    ready: set[str] = set()
+    for start in range(0, len(queues), _QUERY_CHUNK):
+        chunk = queues[start : start + _QUERY_CHUNK]
+        rows = conn.execute(_sql.waiting_queues(len(chunk)), [*chunk, now]).fetchall()
+        ready.update(row[0] for row in rows)
+    return ready
+
+
+# -- the registry: one hub per file per process ------------------------------------
+
+_hubs: dict[str, Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def attach(path: str, poll_interval: float, busy_timeout: float) -> tuple[Hub, int]:
+    """Return the hub of ``path`` (made on first use) and a token for :func:`detach`."""
+    key = os.path.realpath(path)
+    with _hubs_lock:
+        hub = _hubs.get(key)
+        if hub is None:
+            hub = _hubs[key] = Hub(key)
+        return hub, hub._attach(poll_interval, busy_timeout)
+
+
+def detach(hub: Hub, token: int) -> None:
+    """Release a token from :func:`attach`; the last one drops the hub and its watcher."""
+    with _hubs_lock:
+        if hub._detach(token) and _hubs.get(hub.path) is hub:
+            del _hubs[hub.path]
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has the parent's hubs but none of their threads or loops.
+    global _hubs_lock
+    _hubs.clear()
+    _hubs_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

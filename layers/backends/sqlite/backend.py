@@ -1,0 +1,473 @@
+"""The SQLite backend class: storage primitives over one aiosqlite connection per loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+from layers.core.backend import Backend, Capability, Put
+from layers.core.errors import BackendError, ConfigurationError, LayerClosed, MissingDriver
+
+try:
+    import aiosqlite
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDriver("sqlite", "sqlite", "aiosqlite") from exc
+
+from layers.backends.sqlite import _hub, _options, _sql
+
+__all__ = ["SqliteBackend"]
+
+logger = logging.getLogger("layers.sqlite")
+
+#: ``DELETE ... RETURNING`` and ``INSERT ... RETURNING`` need SQLite 3.35.0.
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+#: The most puts in one ``send_many`` statement (4 parameters each, under 999).
+_SEND_MANY_CHUNK = 200
+#: Expired rows deleted per statement by the periodic cleanup.
+_CLEANUP_BATCH = 500
+#: The WAL file is truncated to this size when SQLite resets it after a checkpoint.
+_JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+_Row = tuple[float, bytes]  # (expires_at, payload)
+
+
+@contextlib.contextmanager
+def _translate(path: str) -> Iterator[None]:
+    """Turn driver errors into ours, naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise BackendError(f"SQLite error on {path}: {exc}") from exc
+    except ValueError as exc:  # aiosqlite: "Connection closed" / "no active connection"
+        raise LayerClosed(f"the SQLite connection to {path} is closed") from exc
+
+
+class SqliteBackend(Backend):
+    """One SQLite file shared by every process on one host.
+
+    One instance per event loop owns one aiosqlite connection (one thread); an
+    ``asyncio.Lock`` serializes its statements so concurrent tasks never interleave
+    inside a transaction. Writes are single autocommit statements or ``BEGIN
+    IMMEDIATE`` transactions. Receivers wait on the file's :class:`_hub.Hub`.
+    """
+
+    name = "sqlite"
+    capabilities = frozenset(
+        {Capability.GROUPS, Capability.FLUSH, Capability.CROSS_PROCESS, Capability.PERSISTENT}
+    )
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        poll_interval: float = _options.DEFAULTS["poll_interval"],
+        busy_timeout: float = _options.DEFAULTS["busy_timeout"],
+        cleanup_interval: float = _options.DEFAULTS["cleanup_interval"],
+    ) -> None:
+        self.path = path
+        self.poll_interval = poll_interval
+        self.busy_timeout = busy_timeout
+        self.cleanup_interval = cleanup_interval
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._hub: _hub.Hub | None = None
+        self._token = 0
+        self._returning = HAS_RETURNING
+        self._next_cleanup = 0.0
+        # Rows taken by a receive that was cancelled meanwhile, kept for the next one.
+        self._stash: dict[str, deque[_Row]] = {}
+        self._taking: dict[str, asyncio.Task[list[_Row]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- configuration --------------------------------------------------------------
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """``sqlite:///relative.db``, ``sqlite:////abs/path.db``; query = options."""
+        return _options.options_from_url(url)
+
+    @classmethod
+    def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check options; make ``path`` absolute; refuse ``:memory:`` and missing folders."""
+        return _options.prepare_options(options)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, switch the file to WAL and create the schema if needed.
+
+        Safe when several processes start at once on a new file. Raises
+        :class:`~layers.ConfigurationError` (setting ``path``) when the file cannot
+        be opened or cannot use WAL, :class:`~layers.BackendError` for other store
+        failures. A cancelled ``open`` leaves nothing open.
+        """
+        if self._conn is not None:
+            return
+        self._hub, self._token = _hub.attach(self.path, self.poll_interval, self.busy_timeout)
+        try:
+            self._conn = await self._connect()
+            if not self._hub.schema_ready:
+                await self._create_schema(self._conn)
+                self._hub.schema_ready = True
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _connect(self) -> aiosqlite.Connection:
+        try:
+            conn = await aiosqlite.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise ConfigurationError("path", f"cannot open {self.path}: {exc}") from exc
+        try:
+            await self._set_wal(conn)
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        return conn
+
+    async def _set_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch to WAL, retrying while another process does the same."""
+        deadline = time.monotonic() + max(self.busy_timeout, 1.0)
+        while True:
+            try:
+                rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise ConfigurationError("path", f"cannot use {self.path}: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise BackendError(f"{self.path} stayed locked: {exc}") from exc
+                await asyncio.sleep(0.01)
+        mode = str(rows[0][0]).lower() if rows else ""
+        if mode != "wal":
+            raise ConfigurationError(
+                "path",
+                f"SQLite could not switch {self.path} to WAL mode (it reports {mode!r}). "
+                "The sqlite backend needs WAL: put the file on a local disk (not a network "
+                "filesystem) and use an SQLite build with WAL support.",
+            )
+
+    async def _create_schema(self, conn: aiosqlite.Connection) -> None:
+        """Create the tables in one ``BEGIN IMMEDIATE`` (other processes wait for it)."""
+        async with self._lock, self._transaction(conn):
+            rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+            version = int(rows[0][0]) if rows else 0
+            if version > _sql.SCHEMA_VERSION:
+                raise ConfigurationError(
+                    "path",
+                    f"{self.path} was made by a newer channel-layers (schema {version}, "
+                    f"this one knows {_sql.SCHEMA_VERSION}); upgrade or use another file",
+                )
+            for statement in _sql.SCHEMA.split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            if version < _sql.SCHEMA_VERSION:
+                await conn.execute(f"PRAGMA user_version = {_sql.SCHEMA_VERSION}")
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, conn: aiosqlite.Connection) -> AsyncIterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+        with _translate(self.path):
+            await conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
+        with _translate(self.path):
+            await conn.execute("COMMIT")
+
+    async def aclose(self) -> None:
+        """Close the connection and stop waiting on the file. Idempotent, never raises.
+
+        Work already handed to the connection (a take or a flush in flight) runs to
+        its end first. Stored payloads stay in the file.
+        """
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            _hub.detach(hub, self._token)
+        self._stash.clear()
+
+    def _connection(self) -> aiosqlite.Connection:
+        conn = self._conn
+        if conn is None:
+            raise LayerClosed(f"the SQLite backend for {self.path} is not open")
+        return conn
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` to its end even if the caller is cancelled (kept for aclose)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- sending --------------------------------------------------------------------
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        """Append with the capacity check in the same INSERT; see :meth:`Backend.send`.
+
+        The check and the insert are one statement under SQLite's write lock, so
+        they are exact across processes. Cancellation: the statement runs or not
+        (never twice); receivers of another loop may then wake only on the next poll.
+        """
+        conn = self._connection()
+        now = time.time()
+        async with self._lock:
+            with _translate(self.path):
+                cursor = await conn.execute(
+                    _sql.INSERT, (queue, now + expiry, payload, queue, now, capacity)
+                )
+        stored: bool = cursor.rowcount == 1
+        if stored and self._hub is not None:
+            self._hub.notify(queue)
+        await self._maybe_cleanup()
+        return stored
+
+    async def send_many(self, puts: Sequence[Put]) -> list[bool]:
+        """Store each put unless its queue is full; one statement per chunk of queues.
+
+        Puts to the same queue keep their order (they go into successive
+        statements). Cancellation: each put is stored once or not at all.
+        """
+        conn = self._connection()
+        results = [False] * len(puts)
+        stored_queues: set[str] = set()
+        now = time.time()
+        async with self._lock:
+            for chunk in _chunks(puts):
+                with _translate(self.path):
+                    if self._returning:
+                        stored = await self._insert_chunk(conn, [puts[i] for i in chunk], now)
+                    else:
+                        stored = await self._insert_each(conn, [puts[i] for i in chunk], now)
+                for i in chunk:
+                    results[i] = puts[i].queue in stored
+                stored_queues |= stored
+        if self._hub is not None:
+            for queue in stored_queues:
+                self._hub.notify(queue)
+        await self._maybe_cleanup()
+        return results
+
+    @staticmethod
+    async def _insert_chunk(conn: aiosqlite.Connection, puts: list[Put], now: float) -> set[str]:
+        params: list[Any] = []
+        for p in puts:
+            params += (p.queue, now + p.expiry, p.payload, p.capacity)
+        params.append(now)
+        rows = await conn.execute_fetchall(_sql.insert_many(len(puts)), params)
+        return {row[0] for row in rows}
+
+    @staticmethod
+    async def _insert_each(conn: aiosqlite.Connection, puts: list[Put], now: float) -> set[str]:
+        stored: set[str] = set()
+        for p in puts:
+            params = (p.queue, now + p.expiry, p.payload, p.queue, now, p.capacity)
+            cursor = await conn.execute(_sql.INSERT, params)
+            if cursor.rowcount == 1:
+                stored.add(p.queue)
+        return stored
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        """Atomically take up to ``limit`` oldest unexpired payloads; see :meth:`Backend.receive`.
+
+        One ``DELETE ... RETURNING`` (or, before SQLite 3.35, ``BEGIN IMMEDIATE``,
+        SELECT, DELETE, COMMIT), so a payload is returned by one call in one process
+        only. Waits for an in-process send to wake it at once, or for the watcher to
+        see another process's commit (within ``poll_interval``).
+
+        Cancellation loses nothing: while waiting no payload is held; a take already
+        handed to the connection runs to its end and its payloads are kept for the
+        next ``receive`` of ``queue`` on this instance.
+        """
+        conn = self._connection()
+        taking = self._taking.get(queue)
+        if taking is not None:
+            await asyncio.wait([taking])  # a cancelled call's take: its rows go to the stash
+        stashed = self._from_stash(queue, limit)
+        if stashed:
+            return stashed
+        hub = self._hub
+        if hub is None:
+            raise LayerClosed(f"the SQLite backend for {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while True:
+            waiter = hub.register(queue, loop)
+            try:
+                rows = await self._take(conn, queue, limit)
+                if rows:
+                    return [payload for _, payload in rows]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                try:
+                    async with asyncio.timeout(remaining):
+                        await waiter[1]
+                except TimeoutError:
+                    return []
+            finally:
+                hub.unregister(queue, waiter)
+
+    async def _take(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
+        """Run one take shielded from the caller's cancellation (see :meth:`receive`)."""
+        task = self._spawn(self._take_rows(conn, queue, limit))
+        self._taking[queue] = task
+        try:
+            rows: list[_Row] = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._keep_orphan, queue))
+            raise
+        except BaseException:
+            self._forget_take(queue, task)
+            raise
+        self._forget_take(queue, task)
+        return rows
+
+    def _forget_take(self, queue: str, task: asyncio.Task[list[_Row]]) -> None:
+        if self._taking.get(queue) is task:
+            del self._taking[queue]
+
+    def _keep_orphan(self, queue: str, task: asyncio.Task[list[_Row]]) -> None:
+        """Stash the rows of a take whose caller was cancelled."""
+        self._forget_take(queue, task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        rows = task.result()
+        if rows:
+            self._stash.setdefault(queue, deque()).extend(rows)
+
+    def _from_stash(self, queue: str, limit: int) -> list[bytes]:
+        stash = self._stash.get(queue)
+        if not stash:
+            return []
+        now = time.time()
+        out: list[bytes] = []
+        while stash and len(out) < limit:
+            expires_at, payload = stash.popleft()
+            if expires_at > now:
+                out.append(payload)
+        if not stash:
+            del self._stash[queue]
+        return out
+
+    async def _take_rows(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
+        now = time.time()
+        async with self._lock:
+            with _translate(self.path):
+                if self._returning:
+                    rows = list(await conn.execute_fetchall(_sql.TAKE, (queue, now, limit)))
+                    rows.sort()  # RETURNING order is unspecified; id order is FIFO
+                else:
+                    async with self._transaction(conn):
+                        rows = list(
+                            await conn.execute_fetchall(_sql.SELECT_OLDEST, (queue, now, limit))
+                        )
+                        if rows:
+                            await conn.execute(_sql.delete_ids(len(rows)), [r[0] for r in rows])
+        return [(expires_at, payload) for _, expires_at, payload in rows]
+
+    # -- groups ---------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        """Add or refresh a membership (one statement); see :meth:`Backend.group_add`."""
+        conn = self._connection()
+        async with self._lock:
+            with _translate(self.path):
+                await conn.execute(_sql.GROUP_ADD, (group, channel, time.time() + expiry))
+        await self._maybe_cleanup()
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove a membership (one statement); see :meth:`Backend.group_discard`."""
+        conn = self._connection()
+        async with self._lock:
+            with _translate(self.path):
+                await conn.execute(_sql.GROUP_DISCARD, (group, channel))
+
+    async def group_channels(self, group: str) -> list[str]:
+        """Return the unexpired members (read-only); see :meth:`Backend.group_channels`."""
+        conn = self._connection()
+        async with self._lock:
+            with _translate(self.path):
+                rows = await conn.execute_fetchall(_sql.GROUP_CHANNELS, (group, time.time()))
+        return [row[0] for row in rows]
+
+    # -- maintenance ----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Delete every message and membership in the file, in one transaction.
+
+        Cancellation: the transaction still runs to its end (all or nothing).
+        """
+        conn = self._connection()
+        self._stash.clear()
+        await asyncio.shield(self._spawn(self._flush(conn)))
+
+    async def _flush(self, conn: aiosqlite.Connection) -> None:
+        async with self._lock, self._transaction(conn):
+            with _translate(self.path):
+                for statement in _sql.FLUSH:
+                    await conn.execute(statement)
+
+    async def _maybe_cleanup(self) -> None:
+        """Every ``cleanup_interval``: delete a batch of expired rows, checkpoint the WAL.
+
+        Never raises: a failed cleanup is logged and retried next interval.
+        """
+        now = time.monotonic()
+        if now < self._next_cleanup:
+            return
+        self._next_cleanup = now + self.cleanup_interval
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            async with self._lock:
+                wall = time.time()
+                cursor = await conn.execute(_sql.DELETE_EXPIRED_MESSAGES, (wall, _CLEANUP_BATCH))
+                full = cursor.rowcount >= _CLEANUP_BATCH
+                cursor = await conn.execute(_sql.DELETE_EXPIRED_GROUPS, (wall, _CLEANUP_BATCH))
+                full = full or cursor.rowcount >= _CLEANUP_BATCH
+                await conn.execute(_sql.CHECKPOINT)
+        except (sqlite3.Error, ValueError) as exc:
+            logger.warning("cleanup of %s failed: %s", self.path, exc)
+            return
+        if full:  # more to delete: do the next batch on the next call
+            self._next_cleanup = now
+
+
+def _chunks(puts: Sequence[Put]) -> list[list[int]]:
+    """Split put indices into chunks in which every queue appears at most once."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    seen: set[str] = set()
+    for i, put in enumerate(puts):
+        if put.queue in seen or len(current) >= _SEND_MANY_CHUNK:
+            chunks.append(current)
+            current, seen = [], set()
+        current.append(i)
+        seen.add(put.queue)
+    if current:
+        chunks.append(current)
+    return chunks
