@@ -336,10 +336,11 @@ class ChannelLayer:
         require_valid_channel_name(channel)
         body = self._encode(message)
         index = channel.find("!")
+        deadline = time.time() + self.expiry
         if index < 0:
-            queue, payload = channel, pack(None, body)
+            queue, payload = channel, pack(None, body, deadline)
         else:
-            queue, payload = channel[: index + 1], pack([channel[index + 1 :]], body)
+            queue, payload = channel[: index + 1], pack([channel[index + 1 :]], body, deadline)
         backend = await self._state().ready()
         stored = await backend.send(
             queue, payload, expiry=self.expiry, capacity=self.get_capacity(channel)
@@ -458,8 +459,14 @@ class ChannelLayer:
                     locals_ = targets[queue] = []
                     first_member[queue] = channel
                 locals_.append(channel[index + 1 :])
+        deadline = time.time() + self.expiry
         puts = [
-            Put(queue, pack(locals_, body), self.expiry, self.get_capacity(first_member[queue]))
+            Put(
+                queue,
+                pack(locals_, body, deadline),
+                self.expiry,
+                self.get_capacity(first_member[queue]),
+            )
             for queue, locals_ in targets.items()
         ]
         stored = await backend.send_many(puts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ logger = logging.getLogger("layers")
 
 _PLAIN = b"\x01"
 _TARGETED = b"\x02"
+_DEADLINE = struct.Struct("!d")
+_BODY = 1 + _DEADLINE.size
 #: How long a reader waits in one backend call before re-checking demand.
 POLL_TIMEOUT = 1.0
 #: How long an idle reader waits for new demand before it exits.
@@ -43,26 +46,33 @@ SWEEP_INTERVAL = 5.0
 MAX_BACKOFF = 2.0
 
 
-def pack(targets: list[str] | None, body: bytes) -> bytes:
-    r"""Wrap a serialized body with its local target names (None for a normal channel).
+def pack(targets: list[str] | None, body: bytes, deadline: float) -> bytes:
+    r"""Wrap a serialized body with its local targets and its expiry deadline.
 
-    Format: ``b"\x01" + body`` for a normal channel; ``b"\x02" + b",".join(local
-    names) + b"\n" + body`` for reply channels (local names never hold ``,`` or a
-    newline). The first byte leaves room for later formats.
+    ``deadline`` is the sender's wall-clock time (``time.time()``) at which the
+    message expires. It never orders anything and the store enforces expiry with its
+    own clock; the receiver uses it only to cap how long a popped message may wait in
+    a local buffer, so buffering never makes a message outlive its expiry.
+
+    Format: a kind byte, the deadline as a big-endian double, then ``body`` for a
+    normal channel (kind 1), or the comma-joined local names, a newline and ``body``
+    for reply channels (kind 2; local names never hold ``,`` or a newline).
     """
+    header = _DEADLINE.pack(deadline)
     if targets is None:
-        return _PLAIN + body
-    return b"".join((_TARGETED, ",".join(targets).encode("ascii"), b"\n", body))
+        return b"".join((_PLAIN, header, body))
+    return b"".join((_TARGETED, header, ",".join(targets).encode("ascii"), b"\n", body))
 
 
-def unpack(payload: bytes) -> tuple[list[str] | None, bytes]:
-    """Inverse of :func:`pack`; raises ValueError for an unknown envelope."""
+def unpack(payload: bytes) -> tuple[list[str] | None, float, bytes]:
+    """Inverse of :func:`pack`: ``(targets, deadline, body)``; ValueError if unknown."""
     kind = payload[:1]
+    (deadline,) = _DEADLINE.unpack_from(payload, 1)
     if kind == _PLAIN:
-        return None, payload[1:]
+        return None, deadline, payload[_BODY:]
     if kind == _TARGETED:
-        end = payload.index(b"\n", 1)
-        return payload[1:end].decode("ascii").split(","), payload[end + 1 :]
+        end = payload.index(b"\n", _BODY)
+        return payload[_BODY:end].decode("ascii").split(","), deadline, payload[end + 1 :]
     raise ValueError(f"unknown envelope format {kind!r}")
 
 
@@ -222,11 +232,16 @@ class LoopState:
     def dispatch(self, queue: str, payloads: list[bytes]) -> None:
         """Decode payloads popped from ``queue`` and deliver them to mailboxes."""
         now = time.monotonic()
-        expires_at = now + self.layer.expiry
+        wall = time.time()
+        expiry = self.layer.expiry
         loads = self.layer._serializer.loads
         for payload in payloads:
             try:
-                targets, body = unpack(payload)
+                targets, deadline, body = unpack(payload)
+                # Buffered locally for what is left of its life, never longer.
+                expires_at = now + min(expiry, deadline - wall)
+                if expires_at <= now:
+                    continue
                 if targets is None:
                     self.mailbox(queue, queue).deliver(loads(body), expires_at)
                 else:
