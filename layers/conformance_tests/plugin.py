@@ -4,14 +4,36 @@ Fixtures a plugin author may override (in a ``conftest.py``):
 
 ``layer_factory``
     A callable ``factory(**options) -> ChannelLayer``. The suite passes layer
-    options such as ``expiry=0.5`` or ``capacity=3`` to test time- and
-    capacity-dependent rules quickly. Every layer it returns must share one store
-    (two layers from the factory are two "processes" of one deployment).
-    Default: ``layers.from_url(--layer-url, **options)``.
+    options such as ``expiry=0.5``, ``group_expiry=1``, ``capacity=3`` or
+    ``channel_capacity={...}`` to test time- and capacity-dependent rules quickly.
+    Every layer it returns must belong to one deployment: two layers from one
+    factory act as two processes sharing one store. Default:
+    ``layers.from_url(--layer-url, **options)``; for a backend that is not
+    ``cross_process`` (``memory://``), every later layer of one factory shares the
+    first layer's backend options, hence its in-process store.
 ``layer_url``
-    The URL given with ``--layer-url`` (or ``LAYERS_CONFORMANCE_URL``). Tests that
-    start other OS processes need it, to build an equivalent layer there; without
+    The URL given with ``--layer-url`` (or ``$LAYERS_CONFORMANCE_URL``). Tests that
+    start other OS processes need it to build an equivalent layer there; without
     one they skip, saying so.
+``layer``
+    One layer with default options.
+``conformance_known_bugs``
+    A mapping ``{test function name: reason}``. Each named test is marked
+    ``xfail(strict=True)``: it must keep failing until the bug is fixed, and the
+    reason shows in the report.
+
+What a backend cannot do
+    Skip or replace a test. Tests skip only on a capability the backend declares it
+    lacks (``Backend.capabilities``), with the reason shown. The plugin refuses to
+    run (a usage error) when a test of the suite is collected from anywhere but
+    the shipped modules or with a different body, when any module or conftest
+    defines a function with the name of a conformance test, or when a fixture
+    other than the four above is overridden.
+
+Collection
+    When the plugin is enabled and the command line does not already name the
+    suite, the plugin adds the shipped test package to the run, so enabling the
+    plugin in a ``conftest.py`` is enough. ``--no-conformance-suite`` turns that off.
 
 Each test gets a fresh event loop. Tests are plain functions wrapped by
 :func:`async_test`, so the suite needs no async pytest plugin.
@@ -21,43 +43,73 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
-from collections.abc import Awaitable, Callable, Iterator
+import pkgutil
+import types
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, ParamSpec, Protocol
 
 import pytest
 
+from layers.core.backend import Capability
 from layers.core.layer import ChannelLayer
 
 __all__ = [
+    "OVERRIDABLE_FIXTURES",
     "LayerFactory",
     "async_test",
+    "conformance_known_bugs",
     "layer",
     "layer_factory",
     "layer_url",
     "pytest_addoption",
+    "pytest_collection_modifyitems",
     "pytest_configure",
+    "pytest_runtest_setup",
+    "requires",
+    "settings",
 ]
 
 P = ParamSpec("P")
 
-#: The longest any single conformance test may run before it fails as hung.
-TEST_TIMEOUT = float(os.environ.get("LAYERS_CONFORMANCE_TIMEOUT", "60"))
+PACKAGE = "layers.conformance_tests"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: The fixtures a backend's test suite may override; any other override is refused.
+OVERRIDABLE_FIXTURES = frozenset({"layer_factory", "layer_url", "layer", "conformance_known_bugs"})
+
+
+class _Settings:
+    """Run-wide timing settings, set from the command line when pytest configures."""
+
+    #: The longest any single conformance test may run before it fails as hung.
+    test_timeout: float = float(os.environ.get("LAYERS_CONFORMANCE_TIMEOUT", "60"))
+    #: How long "nothing arrives" is waited for (raise it for poll-only backends).
+    quiet: float = float(os.environ.get("LAYERS_CONFORMANCE_QUIET", "0.25"))
+    #: How long a message that must arrive may take.
+    wait: float = float(os.environ.get("LAYERS_CONFORMANCE_WAIT", "10"))
+
+
+settings = _Settings()
 
 
 class LayerFactory(Protocol):
     """Makes layers of the deployment under test: ``factory(**layer_options)``."""
 
-    def __call__(self, **options: Any) -> ChannelLayer: ...
+    def __call__(self, **options: Any) -> ChannelLayer:
+        """Return a new layer of the deployment, made with ``options``."""
+        ...
 
 
 def async_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
-    """Run an ``async def`` test in a fresh event loop, failing it after TEST_TIMEOUT."""
+    """Run an ``async def`` test in a fresh event loop, failing it after the test timeout."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
         async def bounded() -> None:
-            async with asyncio.timeout(TEST_TIMEOUT):
+            async with asyncio.timeout(settings.test_timeout):
                 await fn(*args, **kwargs)
 
         asyncio.run(bounded())
@@ -65,8 +117,13 @@ def async_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
     return wrapper
 
 
+def requires(*capabilities: Capability) -> pytest.MarkDecorator:
+    """Mark a test as needing backend capabilities; it skips, with the reason, without them."""
+    return pytest.mark.requires(*capabilities)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add ``--layer-url``."""
+    """Add ``--layer-url``, ``--conformance-quiet`` and ``--no-conformance-suite``."""
     group = parser.getgroup("layers", "channel-layers conformance suite")
     group.addoption(
         "--layer-url",
@@ -74,11 +131,45 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="URL of the layer under test, e.g. redis://localhost:6379/0 "
         "(default: $LAYERS_CONFORMANCE_URL)",
     )
+    group.addoption(
+        "--conformance-quiet",
+        type=float,
+        default=None,
+        help="seconds to wait when checking that nothing arrives "
+        "(default $LAYERS_CONFORMANCE_QUIET or 0.25; raise it for poll-only backends)",
+    )
+    group.addoption(
+        "--no-conformance-suite",
+        action="store_true",
+        default=False,
+        help="do not add the conformance test modules to the run automatically",
+    )
+
+
+def _suite_named(config: pytest.Config) -> bool:
+    for arg in config.args:
+        name = str(arg).split("::")[0]
+        if name == PACKAGE or name.startswith(PACKAGE + "."):
+            return True
+        try:
+            path = Path(name).resolve()
+        except OSError:  # pragma: no cover - odd argument
+            continue
+        if path == PACKAGE_DIR or PACKAGE_DIR in path.parents or path in PACKAGE_DIR.parents:
+            return True
+    return False
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the suite's markers."""
-    config.addinivalue_line("markers", "requires(capability): needs a backend capability")
+    """Register the markers, read the timing options and add the suite to the run."""
+    config.addinivalue_line(
+        "markers", "requires(*capabilities): needs backend capabilities (skips without)"
+    )
+    quiet = config.getoption("--conformance-quiet", default=None)
+    if quiet is not None:
+        settings.quiet = float(quiet)
+    if not config.getoption("--no-conformance-suite", default=False) and not _suite_named(config):
+        config.args.append(str(PACKAGE_DIR))
 
 
 @pytest.fixture
@@ -89,8 +180,13 @@ def layer_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def layer_factory(layer_url: str | None) -> Iterator[LayerFactory]:
-    """Make layers from ``--layer-url``; override this fixture to test your own layer."""
+def layer_factory(layer_url: str | None) -> LayerFactory:
+    """Make layers from ``--layer-url``; override this fixture to test your own layer.
+
+    Layers of a backend without ``cross_process`` share the first layer's backend
+    options (its in-process store), so two layers act as two processes of one
+    deployment.
+    """
     if layer_url is None:
         pytest.fail(
             "the conformance suite needs a layer: pass --layer-url URL or override "
@@ -98,15 +194,132 @@ def layer_factory(layer_url: str | None) -> Iterator[LayerFactory]:
         )
     from layers.core.config import from_url
 
-    def factory(**options: Any) -> ChannelLayer:
-        return from_url(layer_url, **options)
+    made: list[ChannelLayer] = []
 
-    yield factory
+    def factory(**options: Any) -> ChannelLayer:
+        new = from_url(layer_url, **options)
+        if made and Capability.CROSS_PROCESS not in new.capabilities:
+            new._backend_options = made[0]._backend_options
+        made.append(new)
+        return new
+
+    return factory
 
 
 @pytest.fixture
-def layer(layer_factory: LayerFactory) -> Iterator[ChannelLayer]:
-    """A layer with default options. Tests flush it inside their own loop when needed."""
-    yield layer_factory()
+def layer(layer_factory: LayerFactory) -> ChannelLayer:
+    """A layer with default options. Tests open and close it in their own event loop."""
+    return layer_factory()
 
 
+@pytest.fixture
+def conformance_known_bugs() -> Mapping[str, str]:
+    """Known bugs of the backend under test: ``{test name: reason}``, run as strict xfail."""
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _conformance_gate(request: pytest.FixtureRequest) -> None:
+    """Apply capability skips and declared known bugs to the suite's own tests."""
+    item = request.node
+    if not isinstance(item, pytest.Function) or not _is_suite_item(item):
+        return
+    known: Mapping[str, str] = request.getfixturevalue("conformance_known_bugs")
+    reason = known.get(item.originalname)
+    if reason:
+        request.applymarker(pytest.mark.xfail(reason=f"known bug: {reason}", strict=True))
+    needed = [c for mark in item.iter_markers("requires") for c in mark.args]
+    if not needed:
+        return
+    factory: LayerFactory = request.getfixturevalue("layer_factory")
+    declared = factory().capabilities
+    missing = sorted(str(Capability(c)) for c in needed if Capability(c) not in declared)
+    if missing:
+        pytest.skip(f"backend lacks capability {', '.join(missing)} (not declared in capabilities)")
+
+
+def _is_suite_item(item: pytest.Function) -> bool:
+    module = getattr(item, "module", None)
+    return module is not None and module.__name__.startswith(PACKAGE + ".test_")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a suite test whose ``requires`` marker names an unknown capability."""
+    for mark in item.iter_markers("requires"):
+        for capability in mark.args:
+            Capability(capability)
+
+
+# -- anti-override ---------------------------------------------------------------------
+
+
+@functools.cache
+def shipped_tests() -> dict[str, types.CodeType]:
+    """Return every test function of the shipped modules: name -> code object."""
+    import importlib
+
+    found: dict[str, types.CodeType] = {}
+    for info in pkgutil.iter_modules([str(PACKAGE_DIR)]):
+        if not info.name.startswith("test_"):
+            continue
+        module = importlib.import_module(f"{PACKAGE}.{info.name}")
+        for name, obj in vars(module).items():
+            if name.startswith("test_") and callable(obj):
+                func = inspect.unwrap(obj)
+                code = getattr(func, "__code__", None)
+                if code is not None and getattr(obj, "__module__", "") == module.__name__:
+                    found[name] = code
+    return found
+
+
+def _override_problems(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    canonical = shipped_tests()
+    problems: list[str] = []
+    for plugin in config.pluginmanager.get_plugins():
+        if not isinstance(plugin, types.ModuleType) or plugin.__name__.startswith(PACKAGE):
+            continue
+        clash = sorted(set(vars(plugin)) & set(canonical))
+        if clash:
+            problems.append(f"{plugin.__name__} defines conformance test(s) {', '.join(clash)}")
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        name = item.originalname
+        if name not in canonical:
+            continue
+        code = getattr(inspect.unwrap(item.obj), "__code__", None)
+        if item.module is None or not item.module.__name__.startswith(PACKAGE + ".test_"):
+            problems.append(f"{item.nodeid} redefines the conformance test {name}")
+        elif code is not canonical[name]:
+            problems.append(f"{item.nodeid} has been replaced at run time")
+        problems.extend(_fixture_problems(item))
+    return problems
+
+
+def _fixture_problems(item: pytest.Function) -> list[str]:
+    info = getattr(item, "_fixtureinfo", None)
+    name2defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
+    problems = []
+    for name, defs in name2defs.items():
+        if not defs or name in OVERRIDABLE_FIXTURES:
+            continue
+        first = getattr(getattr(defs[0], "func", None), "__module__", "") or ""
+        origin = getattr(getattr(defs[-1], "func", None), "__module__", "") or ""
+        if first.startswith(PACKAGE) and not origin.startswith(PACKAGE):
+            problems.append(f"{item.nodeid}: fixture {name!r} is overridden by {origin}")
+    return problems
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Refuse a run in which a conformance test or internal fixture was overridden."""
+    problems = _override_problems(config, items)
+    if problems:
+        listing = "\n  ".join(dict.fromkeys(problems))
+        raise pytest.UsageError(
+            "the conformance suite cannot be overridden:\n  "
+            + listing
+            + "\nDeclare missing features in Backend.capabilities (the test skips with its "
+            "reason) and known bugs with the conformance_known_bugs fixture (strict xfail)."
+        )

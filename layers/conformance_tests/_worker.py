@@ -1,0 +1,63 @@
+"""A helper process for the multi-process tests: ``python -m layers.conformance_tests._worker``.
+
+It takes one JSON argument and prints one JSON line of results:
+
+``{"mode": "drain", "url": ..., "channel": ..., "quiet": s}``
+    Prints ``ready``, then receives ``{"i": n}`` messages until none came for
+    ``quiet`` seconds after a first one, and prints the list of ``n``.
+``{"mode": "steal", "url": ..., "channel": ...}``
+    Tries to receive on another process's reply channel and prints the name of
+    the exception raised (or the message received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from layers.core.config import from_url
+
+
+async def _drain(url: str, channel: str, quiet: float, wait: float) -> list[int]:
+    got: list[int] = []
+    async with from_url(url) as layer:
+        print("ready", flush=True)
+        timeout = wait
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await layer.receive(channel)
+            except TimeoutError:
+                return got
+            got.append(message["i"])
+            timeout = quiet
+
+
+async def _steal(url: str, channel: str) -> dict[str, Any]:
+    async with from_url(url) as layer:
+        try:
+            async with asyncio.timeout(3):
+                message = await layer.receive(channel)
+        except Exception as exc:  # report any error by name
+            return {"error": type(exc).__name__}
+        return {"received": message}
+
+
+def main(argv: list[str]) -> int:
+    """Run one worker job described by ``argv[0]`` (JSON) and print its result."""
+    job = json.loads(argv[0])
+    result: object
+    if job["mode"] == "drain":
+        result = asyncio.run(
+            _drain(job["url"], job["channel"], job.get("quiet", 1.0), job.get("wait", 20.0))
+        )
+    else:
+        result = asyncio.run(_steal(job["url"], job["channel"]))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,93 @@
+"""Cancellation: a cancelled ``receive`` loses nothing; a cancelled ``send`` happened or not."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from layers.conformance_tests.helpers import drain, receive_within, unique
+from layers.conformance_tests.plugin import LayerFactory, async_test
+
+
+async def _cancel_after(task: asyncio.Task[object], rng: random.Random) -> None:
+    for _ in range(rng.randrange(0, 4)):
+        await asyncio.sleep(0)
+    if rng.random() < 0.3:
+        await asyncio.sleep(rng.random() * 0.002)
+    task.cancel()
+
+
+@async_test
+async def test_cancelled_receive_loses_nothing(layer_factory: LayerFactory) -> None:
+    """A receive cancelled before a message arrives does not swallow the message."""
+    channel = unique()
+    async with layer_factory() as layer:
+        waiting = asyncio.create_task(layer.receive(channel))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await layer.send(channel, {"kept": True})
+        assert await receive_within(layer, channel) == {"kept": True}
+
+
+async def _storm(layer_factory: LayerFactory, channel_of: object, total: int, seed: int) -> None:
+    rng = random.Random(seed)
+    async with layer_factory(capacity=total) as layer:
+        channel = await layer.new_channel() if channel_of == "reply" else unique("storm")
+        got: list[int] = []
+
+        async def produce() -> None:
+            for i in range(total):
+                await layer.send(channel, {"i": i})
+                if rng.random() < 0.2:
+                    await asyncio.sleep(0)
+
+        producer = asyncio.create_task(produce())
+        while not producer.done() or len(got) < total:
+            task: asyncio.Task[object] = asyncio.create_task(layer.receive(channel))
+            await _cancel_after(task, rng)
+            try:
+                message = await task
+            except asyncio.CancelledError:
+                if producer.done():
+                    break
+                continue
+            got.append(message["i"])  # type: ignore[index]
+        await producer
+        got.extend(m["i"] for m in await drain(layer, channel))
+        assert len(got) == len(set(got)), "a message was delivered twice"
+        assert got == sorted(got), "order changed"
+        assert got == list(range(total)), f"lost {sorted(set(range(total)) - set(got))[:10]}"
+
+
+@async_test
+async def test_cancellation_storm_plain_channel(layer_factory: LayerFactory) -> None:
+    """Receives cancelled at random moments while messages flow lose and duplicate nothing."""
+    await _storm(layer_factory, "plain", 600, seed=1)
+
+
+@async_test
+async def test_cancellation_storm_reply_channel(layer_factory: LayerFactory) -> None:
+    """The same storm on a reply channel (served through the shared inbox)."""
+    await _storm(layer_factory, "reply", 600, seed=2)
+
+
+@async_test
+async def test_cancelled_send_happened_or_not(layer_factory: LayerFactory) -> None:
+    """A send cancelled at a random moment is stored once or not at all; completed sends arrive."""
+    rng = random.Random(3)
+    channel = unique()
+    async with layer_factory(capacity=500) as layer:
+        completed: list[int] = []
+        for i in range(200):
+            task = asyncio.create_task(layer.send(channel, {"i": i}))
+            await _cancel_after(task, rng)
+            try:
+                await task
+            except asyncio.CancelledError:
+                continue
+            completed.append(i)
+        got = [m["i"] for m in await drain(layer, channel)]
+        assert len(got) == len(set(got)), "a cancelled send was stored twice"
+        assert got == sorted(got)
+        assert set(completed) <= set(got), "a completed send was lost"
