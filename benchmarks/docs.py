@@ -1,0 +1,141 @@
+"""Write the documentation's Performance page from a run (``python -m benchmarks --docs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import write_charts
+from benchmarks.specs import Spec
+
+__all__ = ["write_docs"]
+
+_INTRO = """\
+# Performance
+
+Speed claims here are measured side by side: every layer below ran on the same
+machine, in the same run, through the same scenarios, interleaved (A B C, then
+B C A, ...) so that the drift of a shared machine hits all of them alike. Absolute
+numbers drift from run to run; the ratios are what to read.
+
+**This page is one {mode} run on a {cpus}-core machine shared with other work**
+(Python {python}, {platform}). Expect other machines to give other numbers and
+similar ratios. Redis and PostgreSQL ran on the same host as the clients.
+
+Made with:
+
+```console
+$ {command}
+```
+
+(`nox -s bench -- --full --docs` runs the same command in the benchmark
+environment, where the peers are installed from PyPI.)
+
+## How to read the tables
+
+- One table per backend family; the columns are our layer, the peers (other
+  packages' channel layers) and bare-driver baselines (the driver alone moving a
+  msgpack payload: the ceiling a layer over that driver can approach).
+- Each cell is the median over {repeat} repetition(s), and in brackets its ratio to
+  the family's reference (marked *ref*). Ratios always read "times better":
+  throughput divided by the reference's, the reference's latency divided by this one's.
+- Every scenario counts **lost**, **duplicated** and **reordered** messages; a cell
+  with any shows **WRONG** and the counts next to its speed. A fast wrong answer is
+  not a fast answer.
+- A peer that fails a scenario shows the error (or timeout) in its cell; `n/a` means
+  the layer does not offer what the scenario needs (a baseline has no groups and no
+  reply channels; an in-process layer has no cross-process variant).
+
+## Scenarios
+
+| scenario | what it does |
+|---|---|
+| sequential | one producer task, one consumer task, one channel, {messages} small messages |
+| concurrent | N = {concurrency} producers and N consumers on N channels |
+| request/reply | request to a server channel, reply on a fresh `new_channel()`: p50, p99 |
+| group_send | `group_send` to a group of {group_size} reply channels, each with its own consumer |
+| 1 KB / 64 KB payload | sequential with bigger bodies (64 KB: a tenth of the messages) |
+| cross-process | the producer in another OS process (only for layers that declare it) |
+
+"CPU s per 1,000 msg" is the client processes' CPU time (user + system, all
+threads, the producer process included in the cross-process scenario) over every
+successful scenario, divided by the messages delivered; the servers' CPU is not
+counted. "peak RSS" is the peak resident memory of the process that ran the layer.
+Before the clock starts a warm-up message reaches every consumer, so subscriptions,
+reader tasks and connections exist for every layer alike. Each layer gets a capacity
+of 100,000 where it has one, so no scenario measures back-pressure.
+
+## Results
+
+"""
+
+_OUTRO = """
+## Charts
+
+![Throughput per scenario, one panel per family](_static/bench/throughput.png)
+
+![Request/reply latency, p50 and p99](_static/bench/latency.png)
+
+## Contract violations seen in this run
+
+{violations}
+
+## Running it yourself
+
+```console
+$ nox -s bench -- --quick            # seconds: a small run of every spec
+$ nox -s bench -- --full             # minutes: the run on this page
+$ python -m benchmarks --quick --family redis
+$ python -m benchmarks --quick --spec layers-redis=redis://127.0.0.1:6379/8 \\
+      --spec 'peer=channels_redis.core.RedisChannelLayer:{{"hosts": ["redis://127.0.0.1:6379/8"]}}'
+```
+
+A spec is a URL, a dotted class path with an optional JSON object of keyword
+arguments, or `baseline:NAME`. Results (every repetition, as JSON), the Markdown
+table and the charts go to `benchmarks/results/`. The servers are found through
+`LAYERS_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379/8`) and
+`LAYERS_BENCH_POSTGRES_URL` (default `postgresql://postgres@127.0.0.1:5432/test`);
+every layer writes to its own keys, schema or file. A layer whose import or set-up
+fails is reported as unavailable, with the reason, instead of being left out.
+"""
+
+
+def _violations(cells: list[dict[str, Any]]) -> str:
+    lines = []
+    for cell in cells:
+        counts = {k: cell.get(k, 0) for k in ("lost", "duplicated", "reordered") if cell.get(k)}
+        if counts:
+            what = ", ".join(f"{k} {v}" for k, v in counts.items())
+            lines.append(
+                f"- `{cell['spec']}`, {cell['scenario']}, repetition {cell['rep']}: {what}"
+            )
+    return "\n".join(lines) if lines else "None."
+
+
+def write_docs(
+    root: Path,
+    table: str,
+    meta: dict[str, Any],
+    cells: list[dict[str, Any]],
+    specs: list[Spec],
+    statuses: dict[str, dict[str, Any]],
+) -> Path:
+    """Write ``docs/performance.md`` and ``docs/_static/bench/*.png``; return the page's path."""
+    write_charts(root / "docs" / "_static" / "bench", cells, specs, statuses)
+    params = meta["params"]
+    intro = _INTRO.format(
+        mode=meta["mode"],
+        cpus=meta["cpus"],
+        python=meta["python"],
+        platform=meta["platform"].split("-with-")[0],
+        command=meta["command"],
+        repeat=meta["repeat"],
+        messages=params["messages"],
+        concurrency=params["concurrency"],
+        group_size=params["group_size"],
+    )
+    page = root / "docs" / "performance.md"
+    page.write_text(
+        intro + table.replace("### ", "### Family: ") + _OUTRO.format(violations=_violations(cells))
+    )
+    return page

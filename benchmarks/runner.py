@@ -1,0 +1,175 @@
+"""Run specs through scenarios, interleaved, one worker process per spec.
+
+Specs are run family by family (memory, redis, postgres, sqlite, other). Within a
+family every spec's worker is started first (imports, connections, migrations are
+never timed), then each repetition runs each scenario on every spec in turn
+(A B C, then B C A, ...), so the drift of a shared machine hits every spec alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from benchmarks.scenarios import SCENARIOS, Params
+from benchmarks.specs import FAMILIES, Spec
+
+__all__ = ["MODES", "Mode", "Worker", "run"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How much work each scenario does and how often it repeats."""
+
+    name: str
+    repeat: int
+    params: Params
+
+
+MODES = {
+    "quick": Mode(
+        "quick", 1, Params(messages=200, concurrency=32, idle_timeout=2.0, cell_timeout=15.0)
+    ),
+    "full": Mode(
+        "full", 3, Params(messages=2000, concurrency=32, idle_timeout=5.0, cell_timeout=60.0)
+    ),
+}
+
+
+class Worker:
+    """A worker process measuring one spec (see :mod:`benchmarks.worker`)."""
+
+    def __init__(self, spec: Spec, tmp: str, log: IO[str]) -> None:
+        self.spec = spec
+        env = dict(os.environ)
+        # The harness is not installed: make it importable wherever we were started from.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", "serve", spec.to_json(), tmp],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+        )
+        self.status: dict[str, Any] = {}
+
+    def hello(self) -> dict[str, Any]:
+        """Wait for the worker's first line: ready, or unavailable with a reason."""
+        line = self._readline()
+        self.status = json.loads(line) if line else {"unavailable": "the worker process exited"}
+        return self.status
+
+    @property
+    def available(self) -> bool:
+        return bool(self.status.get("ready"))
+
+    def run(self, scenario: str, params: Params) -> dict[str, Any]:
+        """Run one scenario in the worker and return its result."""
+        if self.proc.stdin is None:
+            raise RuntimeError("worker has no stdin")
+        self.proc.stdin.write(json.dumps({"scenario": scenario, "params": asdict(params)}) + "\n")
+        self.proc.stdin.flush()
+        line = self._readline()
+        if not line:
+            self.status = {"unavailable": "the worker process died during a scenario"}
+            return {"status": "error", "error": "the worker process died"}
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def _readline(self) -> str:
+        return self.proc.stdout.readline() if self.proc.stdout is not None else ""
+
+    def stop(self) -> None:
+        """Ask the worker to close its layer and exit; kill it if it hangs."""
+        try:
+            if self.proc.stdin is not None and self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+                self.proc.stdin.close()
+            self.proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _cell(worker: Worker, scenario: str, params: Params, rep: int, echo: bool) -> dict[str, Any]:
+    spec = worker.spec
+    base = {"spec": spec.label, "family": spec.family, "scenario": scenario, "rep": rep}
+    if not worker.available:
+        result = {"status": "unavailable", "error": worker.status.get("unavailable", "")}
+    elif scenario == "cross_process" and not worker.status.get("cross_process"):
+        result = {"status": "n/a", "error": "not cross-process"}
+    elif spec.kind == "baseline" and scenario in ("request_reply", "group"):
+        result = {"status": "n/a", "error": "no reply channels or groups in a bare driver"}
+    else:
+        result = worker.run(scenario, params)
+    if echo:
+        _echo(base, result)
+    return {**base, **result}
+
+
+def _echo(base: dict[str, Any], result: dict[str, Any]) -> None:
+    status = result.get("status")
+    if status in ("ok",):
+        rate = result.get("delivered", 0) / result["seconds"] if result.get("seconds") else 0
+        note = f"{rate:,.0f}/s"
+        bad = [k for k in ("lost", "duplicated", "reordered") if result.get(k)]
+        if bad:
+            note += " " + ", ".join(f"{k} {result[k]}" for k in bad)
+    elif status == "n/a":
+        return
+    else:
+        note = f"{status}: {result.get('error', '')}"[:120]
+    print(f"  {base['spec']:<24} {base['scenario']:<14} rep {base['rep']}  {note}", file=sys.stderr)
+
+
+def run(
+    specs: list[Spec],
+    mode: Mode,
+    scenarios: list[str],
+    tmp: str,
+    log: IO[str],
+    *,
+    echo: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Run every spec through every scenario; return (cells, spec statuses)."""
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    cells: list[dict[str, Any]] = []
+    statuses: dict[str, dict[str, Any]] = {}
+    for family in FAMILIES:
+        members = [s for s in specs if s.family == family]
+        if not members:
+            continue
+        if echo:
+            print(f"[{family}] starting {len(members)} workers", file=sys.stderr)
+        workers = [Worker(spec, tmp, log) for spec in members]
+        try:
+            for worker in workers:
+                statuses[worker.spec.label] = worker.hello()
+            for rep in range(mode.repeat):
+                for scenario in scenarios:
+                    shift = (rep + scenarios.index(scenario)) % len(workers)
+                    for worker in workers[shift:] + workers[:shift]:
+                        cells.append(_cell(worker, scenario, mode.params, rep, echo))
+        finally:
+            for worker in workers:
+                worker.stop()
+    return cells, statuses
+
+
+def now() -> str:
+    """UTC timestamp for result file names."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -1,0 +1,355 @@
+"""The scenarios: the same workloads for every layer, each counting what went wrong.
+
+Every scenario returns a result dict with its speed *and* its correctness counters:
+``lost`` (sent, never received before the idle timeout), ``duplicated`` (received
+more than once) and ``reordered`` (received after a later message of the same
+producer). Before the clock starts, a warm-up message is sent to every consumer
+until it arrives, so subscriptions and reader tasks exist for every layer alike.
+
+A layer here is anything with the Channels layer API (``send``, ``receive``,
+``new_channel``, ``group_add``, ``group_send``); a baseline may add ``send_batch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SCENARIOS", "Params", "Tally", "run_scenario"]
+
+WARM = "bench.warm"
+
+
+@dataclass
+class Params:
+    """Sizes for one scenario run (quick and full modes pick different values)."""
+
+    messages: int = 200
+    concurrency: int = 32
+    group_size: int = 100
+    idle_timeout: float = 2.0
+    cell_timeout: float = 20.0
+    payload: int = 16
+
+
+@dataclass
+class Tally:
+    """Correctness counters for messages tagged with (stream, sequence number)."""
+
+    expected: int
+    seen: dict[Any, set[int]] = field(default_factory=dict)
+    last: dict[Any, int] = field(default_factory=dict)
+    duplicated: int = 0
+    reordered: int = 0
+    received: int = 0
+    last_at: float = 0.0
+
+    def record(self, stream: Any, seq: int) -> None:
+        seen = self.seen.setdefault(stream, set())
+        self.received += 1
+        self.last_at = time.perf_counter()
+        if seq in seen:
+            self.duplicated += 1
+            return
+        seen.add(seq)
+        if seq < self.last.get(stream, -1):
+            self.reordered += 1
+        self.last[stream] = max(seq, self.last.get(stream, -1))
+
+    @property
+    def unique(self) -> int:
+        return sum(len(s) for s in self.seen.values())
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "delivered": self.unique,
+            "lost": max(self.expected - self.unique, 0),
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
+        }
+
+
+class _Cell:
+    """Shared state of one running scenario: tally, warm-up events and tasks."""
+
+    def __init__(self, layer: Any, params: Params, expected: int) -> None:
+        self.layer = layer
+        self.params = params
+        self.tally = Tally(expected)
+        self.warm: dict[str, asyncio.Event] = {}
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.started = 0.0
+
+    async def consume(self, channel: str, stream: Any, count: int) -> None:
+        """Receive ``count`` bench messages on ``channel`` (or stop after the idle timeout)."""
+        layer, tally, event = self.layer, self.tally, self.warm.setdefault(channel, asyncio.Event())
+        seen = tally.seen.setdefault(stream, set())
+        # Stop on distinct messages, so a duplicate never hides a later one as "lost".
+        while len(seen) < count:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), self._idle())
+            except TimeoutError:
+                return
+            if message.get("type") == WARM:
+                event.set()
+                continue
+            tally.record(message.get("s", stream), message["i"])
+
+    def _idle(self) -> float:
+        # Until the clock starts, wait as long as the cell allows.
+        return self.params.idle_timeout if self.started else self.params.cell_timeout
+
+    async def warm_up(self, send: Callable[[], Awaitable[None]], channels: list[str]) -> None:
+        """Call ``send`` until every consumer on ``channels`` saw a warm-up message."""
+        events = [self.warm.setdefault(ch, asyncio.Event()) for ch in channels]
+        for _ in range(100):
+            await send()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 0.2)
+            if all(e.is_set() for e in events):
+                return
+        raise RuntimeError("the consumers never received a warm-up message")
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+    def start_clock(self) -> None:
+        self.started = time.perf_counter()
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        elapsed = max(self.tally.last_at - self.started, 1e-9) if self.tally.received else 0.0
+        return {
+            "seconds": elapsed,
+            "messages": self.tally.expected,
+            **self.tally.counters(),
+            **extra,
+        }
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _message(stream: int, seq: int, body: str) -> dict[str, Any]:
+    return {"type": "bench.msg", "s": stream, "i": seq, "body": body}
+
+
+async def _produce(layer: Any, channel: str, stream: int, count: int, body: str) -> None:
+    batch = getattr(layer, "bench_batch", 0)
+    if batch:
+        for start in range(0, count, batch):
+            stop = min(start + batch, count)
+            await layer.send_batch(channel, [_message(stream, i, body) for i in range(start, stop)])
+        return
+    for i in range(count):
+        await layer.send(channel, _message(stream, i, body))
+
+
+async def _streams(cell: _Cell, channels: list[str], per_channel: int) -> dict[str, Any]:
+    """N producers, N consumers, one channel each; the clock runs until the last delivery."""
+    layer, body = cell.layer, "x" * cell.params.payload
+    consumers = [cell.spawn(cell.consume(ch, k, per_channel)) for k, ch in enumerate(channels)]
+
+    async def warm_all() -> None:
+        for ch in channels:
+            if not cell.warm[ch].is_set():
+                await layer.send(ch, {"type": WARM})
+
+    await cell.warm_up(warm_all, channels)
+    cell.start_clock()
+    await asyncio.gather(
+        *(_produce(layer, ch, k, per_channel, body) for k, ch in enumerate(channels))
+    )
+    await asyncio.gather(*consumers)
+    payload_bytes = cell.tally.unique * cell.params.payload
+    return cell.result(bytes=payload_bytes)
+
+
+def _channel(tag: str) -> str:
+    return f"bench.{tag}.{os.getpid()}.{time.monotonic_ns() % 10**9}"
+
+
+async def sequential(layer: Any, params: Params) -> dict[str, Any]:
+    """One producer and one consumer on one channel."""
+    cell = _Cell(layer, params, params.messages)
+    try:
+        return await _streams(cell, [_channel("seq")], params.messages)
+    finally:
+        await cell.cancel()
+
+
+async def concurrent(layer: Any, params: Params) -> dict[str, Any]:
+    """``concurrency`` producers and consumers on as many channels."""
+    per = max(params.messages // params.concurrency, 1)
+    cell = _Cell(layer, params, per * params.concurrency)
+    base = _channel("conc")
+    try:
+        return await _streams(cell, [f"{base}.{k}" for k in range(params.concurrency)], per)
+    finally:
+        await cell.cancel()
+
+
+async def _serve(layer: Any, channel: str, cell: _Cell) -> None:
+    while True:
+        message = await layer.receive(channel)
+        if message.get("type") == WARM:
+            cell.warm[channel].set()
+            continue
+        await layer.send(message["reply"], {"type": "bench.reply", "i": message["i"]})
+
+
+async def request_reply(layer: Any, params: Params) -> dict[str, Any]:
+    """Round trips: a request to a server channel, the reply on a fresh ``new_channel()``."""
+    count = max(params.messages // 4, 10)
+    cell = _Cell(layer, params, count)
+    server = _channel("rpc")
+    cell.warm[server] = asyncio.Event()
+    cell.spawn(_serve(layer, server, cell))
+    latencies: list[float] = []
+    try:
+        await cell.warm_up(lambda: layer.send(server, {"type": WARM}), [server])
+        cell.start_clock()
+        for i in range(count):
+            reply = await layer.new_channel()
+            sent = time.perf_counter()
+            await layer.send(server, {"type": "bench.req", "i": i, "reply": reply})
+            try:
+                message = await asyncio.wait_for(layer.receive(reply), params.idle_timeout)
+            except TimeoutError:
+                continue
+            latencies.append((time.perf_counter() - sent) * 1e6)
+            if message.get("i") == i:
+                cell.tally.record("rpc", i)
+            else:  # a reply meant for another request: wrong, counted as reordered
+                cell.tally.reordered += 1
+        return cell.result(**_percentiles(latencies))
+    finally:
+        await cell.cancel()
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_us": None, "p99_us": None}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"p50_us": statistics.median(ordered), "p99_us": p99}
+
+
+async def group_fanout(layer: Any, params: Params) -> dict[str, Any]:
+    """``group_send`` to a group of ``group_size`` reply channels, each with a consumer."""
+    sends = max(params.messages // params.group_size, 5)
+    cell = _Cell(layer, params, sends * params.group_size)
+    group = _channel("grp").replace("bench.", "benchgrp", 1)
+    members = [await layer.new_channel() for _ in range(params.group_size)]
+    try:
+        for member in members:
+            await layer.group_add(group, member)
+        for member in members:
+            cell.spawn(cell.consume(member, member, sends))
+        consumers = list(cell.tasks)
+        await cell.warm_up(lambda: layer.group_send(group, {"type": WARM}), members)
+        cell.start_clock()
+        body = "x" * params.payload
+        for i in range(sends):
+            await layer.group_send(group, {"type": "bench.msg", "i": i, "body": body})
+        await asyncio.gather(*consumers)
+        return cell.result()
+    finally:
+        await cell.cancel()
+        for member in members:
+            with contextlib.suppress(Exception):
+                await layer.group_discard(group, member)
+
+
+async def payload_1k(layer: Any, params: Params) -> dict[str, Any]:
+    """The sequential scenario with 1 KB message bodies."""
+    return await sequential(layer, _with(params, payload=1024))
+
+
+async def payload_64k(layer: Any, params: Params) -> dict[str, Any]:
+    """The sequential scenario with 64 KB message bodies (a tenth of the messages)."""
+    return await sequential(
+        layer, _with(params, payload=64 * 1024, messages=max(params.messages // 10, 20))
+    )
+
+
+def _with(params: Params, **changes: Any) -> Params:
+    return Params(**{**params.__dict__, **changes})
+
+
+async def cross_process(
+    layer: Any, params: Params, spec_json: str = "", tmp: str = ""
+) -> dict[str, Any]:
+    """One producer in another OS process, one consumer here, one channel."""
+    cell = _Cell(layer, params, params.messages)
+    channel = _channel("xproc")
+    consumer = cell.spawn(cell.consume(channel, 0, params.messages))
+    args = json.dumps({"channel": channel, "messages": params.messages, "payload": params.payload})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.worker", "produce", spec_json, tmp, args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        if proc.stdout is None or proc.stdin is None:
+            raise RuntimeError("no pipe to the producer process")
+        ready = await proc.stdout.readline()
+        if not ready.startswith(b"ready"):
+            raise RuntimeError(f"the producer process failed to start: {ready.decode()[-300:]}")
+        await cell.warm_up(lambda: layer.send(channel, {"type": WARM}), [channel])
+        cell.start_clock()
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        await consumer
+        report = json.loads((await proc.stdout.readline()) or b"{}")
+        if "error" in report:
+            raise RuntimeError(f"producer process: {report['error']}")
+        return cell.result(
+            child_cpu_s=report.get("cpu_s", 0.0), bytes=cell.tally.unique * params.payload
+        )
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
+        await cell.cancel()
+
+
+SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "sequential": sequential,
+    "concurrent": concurrent,
+    "request_reply": request_reply,
+    "group": group_fanout,
+    "payload_1k": payload_1k,
+    "payload_64k": payload_64k,
+    "cross_process": cross_process,
+}
+
+
+async def run_scenario(
+    name: str, layer: Any, params: Params, *, spec_json: str = "", tmp: str = ""
+) -> dict[str, Any]:
+    """Run one scenario under the cell timeout; errors become the cell's status, never a crash."""
+    func = SCENARIOS[name]
+    kwargs = {"spec_json": spec_json, "tmp": tmp} if name == "cross_process" else {}
+    cpu = time.process_time()
+    try:
+        async with asyncio.timeout(params.cell_timeout):
+            result = await func(layer, params, **kwargs)
+        result["status"] = "ok"
+    except TimeoutError:
+        result = {"status": "timeout", "error": f"timeout after {params.cell_timeout:g} s"}
+    except Exception as exc:
+        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    result["cpu_s"] = time.process_time() - cpu + result.get("child_cpu_s", 0.0)
+    return result

@@ -1,0 +1,111 @@
+"""Smoke tests of the benchmark harness: it runs, and its correctness counters work.
+
+No timing is asserted: only that the harness completes on the memory backend with a
+few hundred messages, and that deliberately broken layers show up as wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("benchmarks") is None:  # the harness is not installed
+    sys.path.insert(0, str(ROOT))
+
+import layers  # noqa: E402
+from benchmarks import cli  # noqa: E402
+from benchmarks.broken import DuplicatingLayer, LosingLayer, ReorderingLayer  # noqa: E402
+from benchmarks.scenarios import Params, Tally, run_scenario  # noqa: E402
+from benchmarks.specs import parse_spec  # noqa: E402
+
+SMALL = Params(messages=200, concurrency=4, group_size=10, idle_timeout=0.5, cell_timeout=20)
+
+
+def run(name: str, layer: Any, params: Params = SMALL) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        try:
+            return await run_scenario(name, layer, params)
+        finally:
+            await layer.aclose()
+
+    return asyncio.run(main())
+
+
+def test_tally_counts_each_kind_of_error() -> None:
+    tally = Tally(expected=5)
+    for seq in (0, 2, 1, 2, 4):
+        tally.record("s", seq)
+    assert tally.counters() == {"delivered": 4, "lost": 1, "duplicated": 1, "reordered": 1}
+
+
+@pytest.mark.parametrize(
+    "scenario", ["sequential", "concurrent", "request_reply", "group", "payload_1k"]
+)
+def test_memory_layer_is_correct_in_every_scenario(scenario: str) -> None:
+    result = run(scenario, layers.from_url("memory://?capacity=10000"))
+    assert result["status"] == "ok", result
+    assert (result["lost"], result["duplicated"], result["reordered"]) == (0, 0, 0)
+    assert result["delivered"] == result["messages"] > 0
+    assert result["seconds"] > 0
+
+
+def test_duplicates_are_counted() -> None:
+    result = run("sequential", DuplicatingLayer())
+    assert result["duplicated"] == 200 // 7
+    assert result["lost"] == 0
+
+
+def test_reordering_is_counted() -> None:
+    result = run("sequential", ReorderingLayer())
+    assert result["reordered"] == 200 // 10 - 1  # the 200th message is held, never sent
+    assert result["lost"] == 1
+
+
+def test_losses_are_counted() -> None:
+    result = run("concurrent", LosingLayer())
+    assert result["lost"] == 200 // 10
+    assert result["duplicated"] == 0
+
+
+def test_an_unavailable_spec_is_reported_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli.main(
+        [
+            "--quick", "--messages", "100", "--concurrency", "4", "--no-charts",
+            "--out", str(tmp_path),
+            "--scenario", "sequential", "--scenario", "cross_process",
+            "--spec", "ours=memory://?capacity=10000",
+            "--spec", "dup=benchmarks.broken.DuplicatingLayer:{}",
+            "--spec", "missing=nowhere.NoLayer:{}",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    table = capsys.readouterr().out
+    assert "unavailable: ModuleNotFoundError" in table
+    assert "**WRONG: duplicated 14**" in table
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "n/a" in rows["| cross-process (msg/s)"]
+    (result_file,) = tmp_path.glob("bench-*.json")
+    cells = json.loads(result_file.read_text())["cells"]
+    ours = [c for c in cells if c["spec"] == "ours" and c["scenario"] == "sequential"]
+    assert ours[0]["status"] == "ok"
+    assert ours[0]["lost"] == 0
+
+
+def test_spec_parsing() -> None:
+    spec = parse_spec('peer=channels_redis.core.RedisChannelLayer:{"hosts": ["redis://h:1/8"]}')
+    assert (spec.label, spec.kind, spec.family) == ("peer", "class", "redis")
+    assert spec.config == {"hosts": ["redis://h:1/8"]}
+    url = parse_spec("redis://127.0.0.1:6379/8?prefix=x")
+    assert (url.kind, url.family, url.cross_process) == ("url", "redis", None)
+    assert parse_spec("baseline:redis-pipelined").family == "redis"
+    with pytest.raises(ValueError, match="unknown baseline"):
+        parse_spec("baseline:nope")
