@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from layers.conformance_tests.helpers import expect_nothing, receive_within, unique
 from layers.conformance_tests.plugin import LayerFactory, async_test, requires
 from layers.core.backend import Capability
@@ -56,11 +54,6 @@ async def test_reply_channel_message_expires(layer_factory: LayerFactory) -> Non
         await expect_nothing(layer, reply)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the inbox reader buffers a popped reply message with a fresh expiry "
-    "(pop time + expiry), so it can outlive its expiry by up to one expiry",
-)
 @async_test
 async def test_reply_message_expires_even_when_buffered_locally(
     layer_factory: LayerFactory,
