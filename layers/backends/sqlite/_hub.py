@@ -86,6 +86,8 @@ class Hub:
         self._users: dict[int, tuple[float, float]] = {}
         self._next_token = 0
         self._thread: threading.Thread | None = None
+        # Set when the last instance detached: the watcher stops without finishing its sleep.
+        self._closed = threading.Event()
 
     # -- attachment ---------------------------------------------------------------
 
@@ -99,6 +101,8 @@ class Hub:
         """Forget an instance; True when no instance uses the hub any more."""
         with self._lock:
             self._users.pop(token, None)
+            if not self._users:
+                self._closed.set()
             return not self._users
 
     # -- waiting and waking -------------------------------------------------------
@@ -201,7 +205,7 @@ class Hub:
                         conn = None
                     self._wake_queues(None)
                     interval = max(interval, _ERROR_PAUSE)
-                time.sleep(interval)
+                self._closed.wait(interval)
         finally:
             if conn is not None:
                 conn.close()

@@ -144,8 +144,11 @@ class SqliteBackend(Backend):
             try:
                 rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
                 break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+            except sqlite3.DatabaseError as exc:
+                busy = isinstance(exc, sqlite3.OperationalError) and (
+                    "locked" in str(exc) or "busy" in str(exc)
+                )
+                if not busy:
                     raise ConfigurationError("path", f"cannot use {self.path}: {exc}") from exc
                 if time.monotonic() > deadline:
                     raise BackendError(f"{self.path} stayed locked: {exc}") from exc

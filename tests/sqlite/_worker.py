@@ -1,0 +1,72 @@
+"""A child process for the SQLite multi-process tests: ``python _worker.py JSON``.
+
+Modes: ``produce`` (wait for a start file, then send ``count`` messages), ``drain``
+(print ``ready``, receive until quiet, print the received numbers as JSON) and
+``echo`` (answer requests on a channel until told to stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+async def _produce(job: dict[str, Any]) -> None:
+    from layers.backends.sqlite import SqliteChannelLayer
+
+    async with SqliteChannelLayer(path=job["path"], capacity=10_000) as layer:
+        for i in range(job["start"], job["start"] + job["count"]):
+            await layer.send(job["channel"], {"i": i})
+    print(json.dumps("done"), flush=True)
+
+
+async def _drain(job: dict[str, Any]) -> None:
+    from layers.backends.sqlite import SqliteChannelLayer
+    from layers.backends.sqlite import backend as backend_module
+
+    if job.get("fallback"):
+        backend_module.HAS_RETURNING = False  # the pre-3.35 take: BEGIN IMMEDIATE, SELECT, DELETE
+    got: list[int] = []
+    async with SqliteChannelLayer(path=job["path"]) as layer:
+        await layer.group_add("ready", "ready")  # opens the backend before "ready"
+        print("ready", flush=True)
+        quiet = 3.0  # the first message may take a while; then stop after 1 s of silence
+        while True:
+            try:
+                async with asyncio.timeout(quiet):
+                    got.append((await layer.receive(job["channel"]))["i"])
+                quiet = 1.0
+            except TimeoutError:
+                break
+    print(json.dumps(got), flush=True)
+
+
+async def _echo(job: dict[str, Any]) -> None:
+    from layers.backends.sqlite import SqliteChannelLayer
+
+    async with SqliteChannelLayer(path=job["path"]) as layer:
+        await layer.group_add("ready", "ready")
+        print("ready", flush=True)
+        while True:
+            message = await layer.receive(job["channel"])
+            if message.get("stop"):
+                break
+            await layer.send(message["reply"], {"n": message["n"]})
+    print(json.dumps("stopped"), flush=True)
+
+
+def main() -> None:
+    """Run the job given as JSON in argv[1]."""
+    job = json.loads(sys.argv[1])
+    while "go" in job and not os.path.exists(job["go"]):  # start all producers at once
+        time.sleep(0.001)
+    modes = {"produce": _produce, "drain": _drain, "echo": _echo}
+    asyncio.run(modes[job["mode"]](job))
+
+
+if __name__ == "__main__":
+    main()
