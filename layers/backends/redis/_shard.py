@@ -2,10 +2,10 @@
 
 Writes (every command except blocking pops) go through :meth:`Shard.execute`: the
 commands issued by all tasks during one event-loop iteration are written as one
-pipeline on one connection, so N concurrent ``send()`` calls cost one round trip
-(auto-pipelining). At most :data:`MAX_BATCHES` pipelines are in flight per host;
-beyond that, commands wait and join the next pipeline, which grows the batches
-under load instead of the connection count.
+pipeline, so N concurrent ``send()`` calls cost one round trip (auto-pipelining).
+Each host has **one** writing connection per event loop (a :class:`Pipe`): batches
+are written in queue order while earlier replies are still being read, so the
+server sees commands exactly in the order they were issued, cancelled or not.
 
 Blocking pops run on a **dedicated connection per queue** (:meth:`Shard.pop`),
 never on a pipelining connection, with a server-side timeout and a client read
@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -33,10 +33,8 @@ from layers.backends.redis._config import HostSpec
 from layers.backends.redis._scripts import STAMP_WIDTH
 from layers.core.errors import BackendError, BackendUnavailable, LayerClosed, LayerError
 
-__all__ = ["MAX_BATCHES", "Shard", "translate"]
+__all__ = ["Pipe", "Shard", "translate"]
 
-#: Pipelines in flight per host and event loop (each holds one connection).
-MAX_BATCHES = 8
 #: Idle blocking-reader connections kept per host (least recently used are closed).
 MAX_IDLE_READERS = 64
 #: How much longer than the server-side block the client waits for a reply.
@@ -60,6 +58,85 @@ def translate(exc: BaseException, where: str) -> LayerError:
     return error
 
 
+class Pipe:
+    """One connection carrying pipelined commands: written in order, replies read in order.
+
+    :meth:`write` is called by one task at a time; a reader task matches replies to
+    futures. Any connection failure breaks the pipe and fails every command in
+    flight with :class:`~layers.BackendError` (none is re-sent).
+    """
+
+    def __init__(self, conn: AbstractConnection, where: str) -> None:
+        self.conn = conn
+        self.where = where
+        self.loop = asyncio.get_running_loop()
+        self.inflight: deque[asyncio.Future[Any]] = deque()
+        self.broken = False
+        self.reader: asyncio.Task[None] | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+
+    async def write(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        """Send ``batch`` as one pipeline; its futures resolve as replies arrive."""
+        conn = self.conn
+        try:
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            packed = conn.pack_commands([args for args, _ in batch])
+            await conn.send_packed_command(packed, check_health=False)
+        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(translate(exc, self.where))
+            self.fail(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self.inflight.extend(future for _, future in batch)
+        if self.reader is None:
+            self.reader = self.loop.create_task(self._read())
+        elif self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    async def _read(self) -> None:
+        conn, inflight = self.conn, self.inflight
+        try:
+            while not self.broken:
+                if not inflight:
+                    self.wakeup = self.loop.create_future()
+                    await self.wakeup
+                    continue
+                try:
+                    reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
+                except ResponseError as exc:
+                    reply = exc
+                future = inflight.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            self.fail(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark the pipe broken and fail every command in flight."""
+        self.broken = True
+        while self.inflight:
+            future = self.inflight.popleft()
+            if not future.done():
+                future.set_exception(translate(exc, self.where))
+
+    async def close(self) -> None:
+        """Stop reading, fail what is in flight, close the connection. Idempotent."""
+        self.broken = True
+        reader, self.reader = self.reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        self.fail(asyncio.CancelledError())
+        with contextlib.suppress(RedisError, OSError):
+            await self.conn.disconnect()
+
+
 class Shard:
     """Connections to one host for one event loop. Create and use it inside the loop."""
 
@@ -69,11 +146,10 @@ class Shard:
         self.pool: ConnectionPool
         self.sentinel: Sentinel | None
         self.pool, self.sentinel = spec.make_pool()
-        self.idle: list[AbstractConnection] = []
+        self.pipe: Pipe | None = None
         self.busy: set[AbstractConnection] = set()
         self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self.scheduled = False
-        self.running = 0
+        self.draining = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.readers: OrderedDict[str, AbstractConnection] = OrderedDict()
         self.clock_offset = 0.0
@@ -89,71 +165,38 @@ class Shard:
         A Redis error reply is the *result* (a :class:`redis.ResponseError`), so the
         caller decides; a lost connection is the future's exception, a
         :class:`~layers.BackendError`. Cancelling the future does not unsend the
-        command: it runs once or not at all.
+        command: it runs once or not at all, in the order it was queued.
         """
         if self.closed:
             raise LayerClosed("the channel layer was closed")
         future: asyncio.Future[Any] = self.loop.create_future()
         self.pending.append((args, future))
-        if not self.scheduled and self.running < MAX_BATCHES:
-            # The task starts on the next loop iteration, so every command issued
+        if not self.draining:
+            # The writer starts on the next loop iteration, so every command issued
             # during this iteration joins the same pipeline.
-            self.scheduled = True
+            self.draining = True
             task = self.loop.create_task(self._drain())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return future
 
     async def _drain(self) -> None:
-        self.scheduled = False
-        self.running += 1
+        # One writer at a time per host: commands reach the server in queue order,
+        # even when the caller of an earlier one was cancelled.
         try:
             while self.pending and not self.closed:
+                pipe = self.pipe
+                if pipe is None or pipe.broken:
+                    if pipe is not None:
+                        await pipe.close()
+                    pipe = self.pipe = Pipe(
+                        self.pool.make_connection(),  # type: ignore[no-untyped-call]
+                        self.spec.id,
+                    )
                 batch, self.pending = self.pending, []
-                await self._run(batch)
+                await pipe.write(batch)
         finally:
-            self.running -= 1
-
-    async def _connection(self) -> AbstractConnection:
-        conn = self.idle.pop() if self.idle else self.pool.make_connection()  # type: ignore[no-untyped-call]
-        self.busy.add(conn)
-        if not conn.is_connected:
-            try:
-                await conn.connect()
-            except BaseException:
-                self.busy.discard(conn)
-                raise
-        return conn
-
-    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        conn: AbstractConnection | None = None
-        try:
-            conn = await self._connection()
-            await conn.send_packed_command(
-                conn.pack_commands([args for args, _ in batch]), check_health=False
-            )
-            for _, future in batch:
-                try:
-                    reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
-                except ResponseError as exc:
-                    reply = exc
-                if not future.done():
-                    future.set_result(reply)
-        except (RedisError, OSError, asyncio.CancelledError) as exc:
-            if conn is not None:
-                self.busy.discard(conn)
-                await conn.disconnect(nowait=True)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(translate(exc, self.spec.id))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        else:
-            self.busy.discard(conn)
-            if len(self.idle) < MAX_BATCHES and not self.closed:
-                self.idle.append(conn)
-            else:
-                await conn.disconnect()
+            self.draining = False
 
     async def call(self, *args: Any) -> Any:
         """Run one command through the pipeline; raise :class:`~layers.BackendError` on error."""
@@ -263,8 +306,9 @@ class Shard:
             if not future.done():
                 future.set_exception(LayerClosed("the channel layer was closed"))
         self.pending.clear()
-        conns = [*self.idle, *self.readers.values(), *self.busy]
-        self.idle.clear()
+        if self.pipe is not None:
+            await self.pipe.close()
+        conns = [*self.readers.values(), *self.busy]
         self.readers.clear()
         self.busy.clear()
         for conn in conns:

@@ -1,0 +1,164 @@
+"""The Redis backend against a real server: layout, atomicity, pipelining, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+from asgiref.sync import async_to_sync
+
+import layers
+from layers.backends.redis import RedisChannelLayer
+from layers.core.errors import BackendError, ChannelFull
+
+
+def client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url.split("?")[0])
+
+
+def named_clients(url: str, name: str, *, settle: int | None = None) -> int:
+    """Count the server's clients called ``name``; with ``settle``, wait for that count."""
+    for _ in range(50):
+        count = sum(1 for c in client(url).client_list() if c.get("name") == name)
+        if settle is None or count == settle:
+            break
+        time.sleep(0.05)  # the server notices a closed socket a moment later
+    return count
+
+
+def test_keys_carry_hash_tags_and_a_ttl(shared_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(shared_url, expiry=30) as layer:
+            await layer.send("chat.room", {"n": 1})
+            reply = await layer.new_channel()
+            await layer.send(reply, {"n": 2})
+            await layer.group_add("room", reply)
+            prefix = layer._backend_options["config"].prefix
+            r = client(shared_url)
+            keys = sorted(k.decode() for k in r.scan_iter(f"{prefix}:*"))
+            inbox = reply[: reply.index("!") + 1]
+            assert keys == sorted(
+                [f"{prefix}:q:{{chat.room}}", f"{prefix}:q:{{{inbox}}}", f"{prefix}:g:{{room}}"]
+            )
+            assert 0 < r.pttl(f"{prefix}:q:{{chat.room}}") <= 30_000
+            await layer.flush()
+            assert list(r.scan_iter(f"{prefix}:*")) == []
+
+    asyncio.run(main())
+
+
+def test_capacity_is_atomic_under_concurrent_sends(shared_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(shared_url, capacity=10) as layer:
+            results = await asyncio.gather(
+                *(layer.send("full.chan", {"i": i}) for i in range(60)), return_exceptions=True
+            )
+            stored = [r for r in results if r is None]
+            assert len(stored) == 10
+            assert all(isinstance(r, ChannelFull) for r in results if r is not None)
+            got = [(await layer.receive("full.chan"))["i"] for _ in range(10)]
+            assert got == list(range(10))
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_concurrent_sends_share_pipelines(shared_url: str) -> None:
+    name = "layers-test-pipelining"
+    url = shared_url + f"&client_name={name}"
+
+    async def main() -> None:
+        async with layers.from_url(url, capacity=1000) as layer:
+            await asyncio.gather(*(layer.send("pipe.chan", {"i": i}) for i in range(500)))
+            # 500 concurrent sends share one pipelining connection.
+            assert named_clients(shared_url, name) == 1
+            await layer.flush()
+        assert named_clients(shared_url, name, settle=0) == 0
+
+    asyncio.run(main())
+
+
+def test_group_send_writes_once_per_inbox(shared_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            members = [await layer.new_channel() for _ in range(5)]
+            for member in members:
+                await layer.group_add("fan", member)
+            await layer.group_add("fan", "plain.chan")
+            await layer.group_send("fan", {"hello": True})
+            prefix = layer._backend_options["config"].prefix
+            inbox = members[0][: members[0].index("!") + 1]
+            r = client(shared_url)
+            assert r.llen(f"{prefix}:q:{{{inbox}}}") == 1
+            assert r.llen(f"{prefix}:q:{{plain.chan}}") == 1
+            for member in members:
+                assert await layer.receive(member) == {"hello": True}
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_flush_leaves_other_prefixes_alone(shared_url: str) -> None:
+    other_url = shared_url.replace("prefix=", "prefix=other")
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as a, layers.from_url(other_url) as b:
+            await a.send("same.name", {"from": "a"})
+            await b.send("same.name", {"from": "b"})
+            await a.flush()
+            assert await b.receive("same.name") == {"from": "b"}
+            await b.flush()
+
+    asyncio.run(main())
+
+
+def test_server_errors_are_ours_and_chained(shared_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            prefix = layer._backend_options["config"].prefix
+            client(shared_url).set(f"{prefix}:q:{{wrong.type}}", "not a list")
+            with pytest.raises(BackendError) as info:
+                await layer.send("wrong.type", {})
+            assert isinstance(info.value.__cause__, redis.ResponseError)
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_async_to_sync_many_times_leaks_nothing(shared_url: str) -> None:
+    name = "layers-test-loops"
+    layer = RedisChannelLayer(
+        hosts=[{"address": shared_url.split("?")[0], "client_name": name}],
+        prefix=shared_url.rsplit("prefix=", 1)[1],
+    )
+    for i in range(15):
+        async_to_sync(layer.send)("loops.chan", {"i": i})
+        assert async_to_sync(layer.receive)("loops.chan") == {"i": i}
+    assert named_clients(shared_url, name, settle=0) == 0
+    async_to_sync(layer.flush)()
+
+
+def test_sharded_reply_channels_route_by_inbox(spawn) -> None:  # type: ignore[no-untyped-def]
+    one, two = spawn(), spawn()
+    url = f"redis://127.0.0.1:{one.port},127.0.0.1:{two.port}/0"
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            replies = [await layer.new_channel() for _ in range(20)]
+            for i, reply in enumerate(replies):
+                await layer.send(reply, {"i": i})
+                await layer.send(f"plain.{i}", {"i": i})
+            for i, reply in enumerate(replies):
+                assert await layer.receive(reply) == {"i": i}
+                assert await layer.receive(f"plain.{i}") == {"i": i}
+            # Normal channels spread over both hosts.
+            for i in range(20):
+                await layer.send(f"plain.{i}", {"i": i})
+            sizes = [client(s.url).dbsize() for s in (one, two)]
+            assert sum(sizes) == 20 and min(sizes) > 0
+            await layer.flush()
+            assert [client(s.url).dbsize() for s in (one, two)] == [0, 0]
+
+    asyncio.run(main())
