@@ -111,8 +111,12 @@ async def _many_readers(
         for i, layer in enumerate(layers)
         for j in range(readers_per_layer)
     ]
+    # Let every reader wait first, then yield after each send so that readers of
+    # different layers race for each message.
+    await asyncio.sleep(0.1)
     for i in range(total):
-        await layer_send(layers[0], channel, i)
+        await layer_send(layers[i % 2], channel, i)
+        await asyncio.sleep(0)
     try:
         async with asyncio.timeout(20):
             await done.wait()
