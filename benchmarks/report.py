@@ -97,8 +97,8 @@ def _cell_text(cells: list[dict[str, Any]], spec: str, metric: Metric, ref: floa
     failed = [c for c in runs if c["status"] != "ok"]
     if failed and len(failed) == len(runs):
         first = failed[0]
-        if first["status"] == "n/a":
-            return "n/a"
+        if first["status"] in ("n/a", "unavailable"):
+            return str(first["status"])
         return _escape(f"{first['status']}: {first.get('error', '')}"[:90])
     value = median_value(cells, spec, metric)
     text = NONE if value is None else _fmt(value)
@@ -192,7 +192,11 @@ def _bars(ax: Any, cells: list[dict[str, Any]], labels: list[str], metrics: list
     for k, label in enumerate(labels):
         values = [median_value(cells, label, m) or 0.0 for m in metrics]
         xs = [i + k * width for i in range(len(metrics))]
-        ax.bar(xs, values, width, label=label)
+        bars = ax.bar(xs, values, width, label=label)
+        for bar, metric in zip(bars, metrics, strict=True):
+            if _flags(_cells_for(cells, label, metric.scenario)):
+                bar.set_hatch("xx")  # a wrong answer: lost, duplicated or reordered
+                bar.set_edgecolor("red")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))])
     ax.set_xticklabels(
         [m.label.split(" (")[0] for m in metrics], rotation=20, ha="right", fontsize=8
@@ -228,7 +232,7 @@ def write_charts(
         fig, axes = plt.subplots(len(families), 1, figsize=(9, 3.2 * len(families)), squeeze=False)
         for ax, (family, labels) in zip(axes[:, 0], families.items(), strict=True):
             _bars(ax, cells, labels, metrics)
-            ax.set_title(family)
+            ax.set_title(f"{family} (hatched red: wrong answers)", fontsize=10)
             ax.set_ylabel(ylabel, fontsize=8)
         fig.tight_layout()
         fig.savefig(directory / name, dpi=90)

@@ -4,12 +4,16 @@ Specs are run family by family (memory, redis, postgres, sqlite, other). Within 
 family every spec's worker is started first (imports, connections, migrations are
 never timed), then each repetition runs each scenario on every spec in turn
 (A B C, then B C A, ...), so the drift of a shared machine hits every spec alike.
+Workers not being measured are frozen with SIGSTOP, so a peer's idle polling task
+never slows down the spec being measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,11 +40,9 @@ class Mode:
 
 MODES = {
     "quick": Mode(
-        "quick", 1, Params(messages=200, concurrency=32, idle_timeout=2.0, cell_timeout=15.0)
+        "quick", 1, Params(messages=200, budget=1.0, idle_timeout=2.0, cell_timeout=15.0)
     ),
-    "full": Mode(
-        "full", 3, Params(messages=2000, concurrency=32, idle_timeout=5.0, cell_timeout=60.0)
-    ),
+    "full": Mode("full", 3, Params(messages=5000, budget=2.5, idle_timeout=5.0, cell_timeout=45.0)),
 }
 
 
@@ -72,12 +74,36 @@ class Worker:
     def available(self) -> bool:
         return bool(self.status.get("ready"))
 
+    def pause(self) -> None:
+        """Freeze the worker (SIGSTOP) so its idle background tasks cost the others nothing."""
+        self._signal(getattr(signal, "SIGSTOP", None))
+
+    def resume(self) -> None:
+        """Let a paused worker run again (SIGCONT)."""
+        self._signal(getattr(signal, "SIGCONT", None))
+
+    def _signal(self, signum: int | None) -> None:
+        if signum is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signum)
+
     def run(self, scenario: str, params: Params) -> dict[str, Any]:
-        """Run one scenario in the worker and return its result."""
-        if self.proc.stdin is None:
+        """Run one scenario in the (resumed) worker and return its result; pause it again."""
+        self.resume()
+        try:
+            return self._run(scenario, params)
+        finally:
+            self.pause()
+
+    def _run(self, scenario: str, params: Params) -> dict[str, Any]:
+        stdin = self.proc.stdin
+        if stdin is None:
             raise RuntimeError("worker has no stdin")
-        self.proc.stdin.write(json.dumps({"scenario": scenario, "params": asdict(params)}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            stdin.write(json.dumps({"scenario": scenario, "params": asdict(params)}) + "\n")
+            stdin.flush()
+        except OSError:
+            pass  # the worker died: reported below
         line = self._readline()
         if not line:
             self.status = {"unavailable": "the worker process died during a scenario"}
@@ -90,6 +116,7 @@ class Worker:
 
     def stop(self) -> None:
         """Ask the worker to close its layer and exit; kill it if it hangs."""
+        self.resume()
         try:
             if self.proc.stdin is not None and self.proc.poll() is None:
                 self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
@@ -159,6 +186,7 @@ def run(
         try:
             for worker in workers:
                 statuses[worker.spec.label] = worker.hello()
+                worker.pause()  # idle workers must not steal CPU from the measured one
             for rep in range(mode.repeat):
                 for scenario in scenarios:
                     shift = (rep + scenarios.index(scenario)) % len(workers)

@@ -33,6 +33,9 @@ class Params:
     """Sizes for one scenario run (quick and full modes pick different values)."""
 
     messages: int = 200
+    """At most this many messages (deliveries for ``group``, a tenth for round trips)."""
+    budget: float = 2.0
+    """Producers stop sending after this many seconds, even below ``messages``."""
     concurrency: int = 32
     group_size: int = 100
     idle_timeout: float = 2.0
@@ -80,20 +83,27 @@ class Tally:
 class _Cell:
     """Shared state of one running scenario: tally, warm-up events and tasks."""
 
-    def __init__(self, layer: Any, params: Params, expected: int) -> None:
+    def __init__(self, layer: Any, params: Params) -> None:
         self.layer = layer
         self.params = params
-        self.tally = Tally(expected)
+        self.tally = Tally(0)
         self.warm: dict[str, asyncio.Event] = {}
         self.tasks: list[asyncio.Task[Any]] = []
+        self.targets: dict[Any, int] = {}
         self.started = 0.0
 
-    async def consume(self, channel: str, stream: Any, count: int) -> None:
-        """Receive ``count`` bench messages on ``channel`` (or stop after the idle timeout)."""
+    @property
+    def deadline(self) -> float:
+        """When producers stop sending (the clock's start plus the budget)."""
+        return self.started + self.params.budget
+
+    async def consume(self, channel: str, stream: Any, target: int) -> None:
+        """Receive bench messages on ``channel`` until the stream's target or the idle timeout."""
         layer, tally, event = self.layer, self.tally, self.warm.setdefault(channel, asyncio.Event())
         seen = tally.seen.setdefault(stream, set())
+        self.targets[stream] = target
         # Stop on distinct messages, so a duplicate never hides a later one as "lost".
-        while len(seen) < count:
+        while len(seen) < self.targets[stream]:
             try:
                 message = await asyncio.wait_for(layer.receive(channel), self._idle())
             except TimeoutError:
@@ -126,6 +136,19 @@ class _Cell:
     def start_clock(self) -> None:
         self.started = time.perf_counter()
 
+    async def drain(self, consumers: list[asyncio.Task[Any]], sent: dict[Any, int]) -> None:
+        """Tell consumers how many messages each stream really got, then wait for them.
+
+        A consumer that already has them all may be blocked in ``receive``: it is
+        cancelled (the run is over); the others stop at their target or the idle timeout.
+        """
+        self.targets.update(sent)
+        self.tally.expected = sum(sent.values())
+        for task, stream in zip(consumers, sent, strict=True):
+            if len(self.tally.seen.get(stream, ())) >= sent[stream]:
+                task.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+
     def result(self, **extra: Any) -> dict[str, Any]:
         elapsed = max(self.tally.last_at - self.started, 1e-9) if self.tally.received else 0.0
         return {
@@ -145,15 +168,21 @@ def _message(stream: int, seq: int, body: str) -> dict[str, Any]:
     return {"type": "bench.msg", "s": stream, "i": seq, "body": body}
 
 
-async def _produce(layer: Any, channel: str, stream: int, count: int, body: str) -> None:
+async def _produce(
+    layer: Any, channel: str, stream: int, count: int, body: str, deadline: float
+) -> int:
+    """Send up to ``count`` messages, stopping at ``deadline``; return how many were sent."""
     batch = getattr(layer, "bench_batch", 0)
-    if batch:
-        for start in range(0, count, batch):
-            stop = min(start + batch, count)
-            await layer.send_batch(channel, [_message(stream, i, body) for i in range(start, stop)])
-        return
-    for i in range(count):
-        await layer.send(channel, _message(stream, i, body))
+    sent = 0
+    while sent < count and time.perf_counter() < deadline:
+        if batch:
+            stop = min(sent + batch, count)
+            await layer.send_batch(channel, [_message(stream, i, body) for i in range(sent, stop)])
+            sent = stop
+        else:
+            await layer.send(channel, _message(stream, sent, body))
+            sent += 1
+    return sent
 
 
 async def _streams(cell: _Cell, channels: list[str], per_channel: int) -> dict[str, Any]:
@@ -168,10 +197,10 @@ async def _streams(cell: _Cell, channels: list[str], per_channel: int) -> dict[s
 
     await cell.warm_up(warm_all, channels)
     cell.start_clock()
-    await asyncio.gather(
-        *(_produce(layer, ch, k, per_channel, body) for k, ch in enumerate(channels))
+    counts = await asyncio.gather(
+        *(_produce(layer, ch, k, per_channel, body, cell.deadline) for k, ch in enumerate(channels))
     )
-    await asyncio.gather(*consumers)
+    await cell.drain(consumers, dict(enumerate(counts)))
     payload_bytes = cell.tally.unique * cell.params.payload
     return cell.result(bytes=payload_bytes)
 
@@ -182,7 +211,7 @@ def _channel(tag: str) -> str:
 
 async def sequential(layer: Any, params: Params) -> dict[str, Any]:
     """One producer and one consumer on one channel."""
-    cell = _Cell(layer, params, params.messages)
+    cell = _Cell(layer, params)
     try:
         return await _streams(cell, [_channel("seq")], params.messages)
     finally:
@@ -192,7 +221,7 @@ async def sequential(layer: Any, params: Params) -> dict[str, Any]:
 async def concurrent(layer: Any, params: Params) -> dict[str, Any]:
     """``concurrency`` producers and consumers on as many channels."""
     per = max(params.messages // params.concurrency, 1)
-    cell = _Cell(layer, params, per * params.concurrency)
+    cell = _Cell(layer, params)
     base = _channel("conc")
     try:
         return await _streams(cell, [f"{base}.{k}" for k in range(params.concurrency)], per)
@@ -211,8 +240,8 @@ async def _serve(layer: Any, channel: str, cell: _Cell) -> None:
 
 async def request_reply(layer: Any, params: Params) -> dict[str, Any]:
     """Round trips: a request to a server channel, the reply on a fresh ``new_channel()``."""
-    count = max(params.messages // 4, 10)
-    cell = _Cell(layer, params, count)
+    count = max(params.messages // 10, 10)
+    cell = _Cell(layer, params)
     server = _channel("rpc")
     cell.warm[server] = asyncio.Event()
     cell.spawn(_serve(layer, server, cell))
@@ -221,6 +250,9 @@ async def request_reply(layer: Any, params: Params) -> dict[str, Any]:
         await cell.warm_up(lambda: layer.send(server, {"type": WARM}), [server])
         cell.start_clock()
         for i in range(count):
+            if time.perf_counter() > cell.deadline:
+                break
+            cell.tally.expected += 1
             reply = await layer.new_channel()
             sent = time.perf_counter()
             await layer.send(server, {"type": "bench.req", "i": i, "reply": reply})
@@ -249,7 +281,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 async def group_fanout(layer: Any, params: Params) -> dict[str, Any]:
     """``group_send`` to a group of ``group_size`` reply channels, each with a consumer."""
     sends = max(params.messages // params.group_size, 5)
-    cell = _Cell(layer, params, sends * params.group_size)
+    cell = _Cell(layer, params)
     group = _channel("grp").replace("bench.", "benchgrp", 1)
     members = [await layer.new_channel() for _ in range(params.group_size)]
     try:
@@ -261,9 +293,11 @@ async def group_fanout(layer: Any, params: Params) -> dict[str, Any]:
         await cell.warm_up(lambda: layer.group_send(group, {"type": WARM}), members)
         cell.start_clock()
         body = "x" * params.payload
-        for i in range(sends):
-            await layer.group_send(group, {"type": "bench.msg", "i": i, "body": body})
-        await asyncio.gather(*consumers)
+        done = 0
+        while done < sends and time.perf_counter() < cell.deadline:
+            await layer.group_send(group, {"type": "bench.msg", "i": done, "body": body})
+            done += 1
+        await cell.drain(consumers, dict.fromkeys(members, done))
         return cell.result()
     finally:
         await cell.cancel()
@@ -292,10 +326,17 @@ async def cross_process(
     layer: Any, params: Params, spec_json: str = "", tmp: str = ""
 ) -> dict[str, Any]:
     """One producer in another OS process, one consumer here, one channel."""
-    cell = _Cell(layer, params, params.messages)
+    cell = _Cell(layer, params)
     channel = _channel("xproc")
     consumer = cell.spawn(cell.consume(channel, 0, params.messages))
-    args = json.dumps({"channel": channel, "messages": params.messages, "payload": params.payload})
+    args = json.dumps(
+        {
+            "channel": channel,
+            "messages": params.messages,
+            "payload": params.payload,
+            "budget": params.budget,
+        }
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.worker", "produce", spec_json, tmp, args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -310,10 +351,10 @@ async def cross_process(
         cell.start_clock()
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
-        await consumer
         report = json.loads((await proc.stdout.readline()) or b"{}")
         if "error" in report:
             raise RuntimeError(f"producer process: {report['error']}")
+        await cell.drain([consumer], {0: report.get("sent", 0)})
         return cell.result(
             child_cpu_s=report.get("cpu_s", 0.0), bytes=cell.tally.unique * params.payload
         )

@@ -148,16 +148,21 @@ def serve(spec_json: str, tmp: str) -> int:
     return 0
 
 
-async def _produce_main(spec: Spec, tmp: str, args: dict[str, Any], out: TextIO) -> float:
+async def _produce_main(
+    spec: Spec, tmp: str, args: dict[str, Any], out: TextIO
+) -> tuple[float, int]:
     layer = await build_layer(spec, tmp)
     out.write("ready\n")
     out.flush()
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     cpu = time.process_time()
-    await _produce(layer, args["channel"], 0, args["messages"], "x" * args["payload"])
+    deadline = time.perf_counter() + args["budget"]
+    sent = await _produce(
+        layer, args["channel"], 0, args["messages"], "x" * args["payload"], deadline
+    )
     used = time.process_time() - cpu
     await close_layer_quietly(layer)
-    return used
+    return used, sent
 
 
 async def close_layer_quietly(layer: Any) -> None:
@@ -177,13 +182,13 @@ def produce(spec_json: str, tmp: str, args_json: str) -> int:
     out = _protocol_out()
     try:
         prepare(Spec.from_json(spec_json), tmp)
-        used = asyncio.run(
+        used, sent = asyncio.run(
             _produce_main(Spec.from_json(spec_json), tmp, json.loads(args_json), out)
         )
     except Exception as exc:
         _emit(out, {"error": f"{type(exc).__name__}: {exc}"[:300]})
         return 1
-    _emit(out, {"cpu_s": used})
+    _emit(out, {"cpu_s": used, "sent": sent})
     return 0
 
 
