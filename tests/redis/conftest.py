@@ -120,7 +120,7 @@ class RedisProcess:
 
 @pytest.fixture
 def redis_servers(tmp_path: Path) -> Iterator[list[RedisProcess]]:
-    """A factory list: call ``start_servers(n)`` through ``spawn`` below."""
+    """The throwaway servers started by ``spawn`` in this test; stopped afterwards."""
     servers: list[RedisProcess] = []
     yield servers
     for server in servers:

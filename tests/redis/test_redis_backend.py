@@ -157,7 +157,8 @@ def test_sharded_reply_channels_route_by_inbox(spawn) -> None:  # type: ignore[n
             for i in range(20):
                 await layer.send(f"plain.{i}", {"i": i})
             sizes = [client(s.url).dbsize() for s in (one, two)]
-            assert sum(sizes) == 20 and min(sizes) > 0
+            assert sum(sizes) == 20
+            assert min(sizes) > 0
             await layer.flush()
             assert [client(s.url).dbsize() for s in (one, two)] == [0, 0]
 

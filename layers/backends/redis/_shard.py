@@ -61,9 +61,10 @@ def translate(exc: BaseException, where: str) -> LayerError:
 class Pipe:
     """One connection carrying pipelined commands: written in order, replies read in order.
 
-    :meth:`write` is called by one task at a time; a reader task matches replies to
-    futures. Any connection failure breaks the pipe and fails every command in
-    flight with :class:`~layers.BackendError` (none is re-sent).
+    One task or callback writes at a time; a reader task, started on connect, reads
+    every reply and resolves the oldest command in flight. Any connection failure
+    breaks the pipe and fails every command in flight with
+    :class:`~layers.BackendError` (none is re-sent).
     """
 
     def __init__(self, conn: AbstractConnection, where: str) -> None:
@@ -73,45 +74,64 @@ class Pipe:
         self.inflight: deque[asyncio.Future[Any]] = deque()
         self.broken = False
         self.reader: asyncio.Task[None] | None = None
-        self.wakeup: asyncio.Future[None] | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
-    async def write(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        """Send ``batch`` as one pipeline; its futures resolve as replies arrive."""
-        conn = self.conn
+    @property
+    def ready(self) -> bool:
+        """Connected and unbroken: :meth:`write_nowait` may be used."""
+        return self.writer is not None and not self.broken and self.conn.is_connected
+
+    async def connect(self) -> None:
+        """Connect (redis-py retries connecting with backoff) and start the reader."""
+        await self.conn.connect()  # type: ignore[no-untyped-call]
+        # redis-py's stream writer, used to write without an extra task switch.
+        self.writer = getattr(self.conn, "_writer", None)
+        self.reader = self.loop.create_task(self._read())
+
+    def write_nowait(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        """Write ``batch`` as one pipeline now (the transport buffers it)."""
         try:
-            if not conn.is_connected:
-                await conn.connect()  # type: ignore[no-untyped-call]
-            packed = conn.pack_commands([args for args, _ in batch])
-            await conn.send_packed_command(packed, check_health=False)
-        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            if self.writer is None or self.broken:
+                raise ConnectionError("the pipelining connection is closed")
+            self.writer.writelines(self.conn.pack_commands([args for args, _ in batch]))
+        except (RedisError, OSError) as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(translate(exc, self.where))
             self.fail(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             return
         self.inflight.extend(future for _, future in batch)
-        if self.reader is None:
-            self.reader = self.loop.create_task(self._read())
-        elif self.wakeup is not None and not self.wakeup.done():
-            self.wakeup.set_result(None)
+
+    async def write(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        """Connect if needed, write ``batch``, and wait while the socket buffer is full."""
+        try:
+            if self.reader is None:
+                await self.connect()
+        except (RedisError, OSError) as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(translate(exc, self.where))
+            self.fail(exc)
+            return
+        self.write_nowait(batch)
+        if self.writer is not None and not self.broken:
+            try:
+                await self.writer.drain()
+            except OSError as exc:
+                self.fail(exc)
 
     async def _read(self) -> None:
         conn, inflight = self.conn, self.inflight
         try:
             while not self.broken:
-                if not inflight:
-                    self.wakeup = self.loop.create_future()
-                    await self.wakeup
-                    continue
                 try:
                     reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
                 except ResponseError as exc:
                     reply = exc
-                future = inflight.popleft()
-                if not future.done():
-                    future.set_result(reply)
+                if inflight:
+                    future = inflight.popleft()
+                    if not future.done():
+                        future.set_result(reply)
         except (RedisError, OSError, asyncio.CancelledError) as exc:
             self.fail(exc)
             if isinstance(exc, asyncio.CancelledError):
@@ -170,15 +190,34 @@ class Shard:
         if self.closed:
             raise LayerClosed("the channel layer was closed")
         future: asyncio.Future[Any] = self.loop.create_future()
-        self.pending.append((args, future))
         if not self.draining:
-            # The writer starts on the next loop iteration, so every command issued
-            # during this iteration joins the same pipeline.
             self.draining = True
-            task = self.loop.create_task(self._drain())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            pipe = self.pipe
+            if pipe is not None and pipe.ready:
+                # The first command of a loop iteration is written at once; the
+                # others issued during this iteration are written together by
+                # _flush_now on the next one (one pipeline, one round trip).
+                pipe.write_nowait([(args, future)])
+                self.loop.call_soon(self._flush_now)
+                return future
+            self._start_drain()
+        self.pending.append((args, future))
         return future
+
+    def _flush_now(self) -> None:
+        pipe = self.pipe
+        if pipe is None or not pipe.ready:
+            self._start_drain()
+            return
+        batch, self.pending = self.pending, []
+        self.draining = False
+        if batch:
+            pipe.write_nowait(batch)
+
+    def _start_drain(self) -> None:
+        task = self.loop.create_task(self._drain())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _drain(self) -> None:
         # One writer at a time per host: commands reach the server in queue order,
