@@ -13,20 +13,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from benchmarks.scenarios import SCENARIOS, Params
-from benchmarks.specs import FAMILIES, Spec
+from benchmarks.specs import FAMILIES, Spec, postgres_url, redis_url
 
 __all__ = ["MODES", "Mode", "Worker", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
+_HELLO_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ MODES = {
     "quick": Mode(
         "quick", 1, Params(messages=200, budget=1.0, idle_timeout=2.0, cell_timeout=15.0)
     ),
-    "full": Mode("full", 3, Params(messages=5000, budget=2.5, idle_timeout=5.0, cell_timeout=45.0)),
+    "full": Mode("full", 3, Params(messages=5000, budget=2.0, idle_timeout=5.0, cell_timeout=45.0)),
 }
 
 
@@ -66,8 +70,14 @@ class Worker:
 
     def hello(self) -> dict[str, Any]:
         """Wait for the worker's first line: ready, or unavailable with a reason."""
-        line = self._readline()
-        self.status = json.loads(line) if line else {"unavailable": "the worker process exited"}
+        line = self._readline(_HELLO_TIMEOUT)
+        if line:
+            self.status = json.loads(line)
+        elif self.proc.poll() is None:
+            self.status = {"unavailable": f"no answer in {_HELLO_TIMEOUT:g} s while starting"}
+            self.proc.kill()
+        else:
+            self.status = {"unavailable": "the worker process exited (see workers.log)"}
         return self.status
 
     @property
@@ -104,15 +114,26 @@ class Worker:
             stdin.flush()
         except OSError:
             pass  # the worker died: reported below
-        line = self._readline()
+        line = self._readline(params.cell_timeout + 30)
         if not line:
+            hung = self.proc.poll() is None
+            if hung:
+                self.proc.kill()
             self.status = {"unavailable": "the worker process died during a scenario"}
-            return {"status": "error", "error": "the worker process died"}
+            return {"status": "error", "error": "worker hung, killed" if hung else "worker died"}
         result: dict[str, Any] = json.loads(line)
         return result
 
-    def _readline(self) -> str:
-        return self.proc.stdout.readline() if self.proc.stdout is not None else ""
+    def _readline(self, timeout: float) -> str:
+        """One line from the worker, or "" if it exits or says nothing for ``timeout`` s."""
+        stdout = self.proc.stdout
+        if stdout is None:
+            return ""
+        if os.name == "posix":  # pipes are selectable there; elsewhere, trust the worker
+            ready, _, _ = select.select([stdout], [], [], timeout)
+            if not ready:
+                return ""
+        return stdout.readline()
 
     def stop(self) -> None:
         """Ask the worker to close its layer and exit; kill it if it hangs."""
@@ -180,6 +201,18 @@ def run(
         members = [s for s in specs if s.family == family]
         if not members:
             continue
+        down = _server_down(family)
+        if down:
+            statuses.update({s.label: {"unavailable": down} for s in members})
+            cells += [
+                _down_cell(s, sc, rep, down)
+                for rep in range(mode.repeat)
+                for s in members
+                for sc in scenarios
+            ]
+            if echo:
+                print(f"[{family}] skipped: {down}", file=sys.stderr)
+            continue
         if echo:
             print(f"[{family}] starting {len(members)} workers", file=sys.stderr)
         workers = [Worker(spec, tmp, log) for spec in members]
@@ -196,6 +229,26 @@ def run(
             for worker in workers:
                 worker.stop()
     return cells, statuses
+
+
+def _server_down(family: str) -> str:
+    """Why a family's server cannot be reached ("" when it can, or needs none)."""
+    urls = {"redis": (redis_url(), 6379), "postgres": (postgres_url(), 5432)}
+    if family not in urls:
+        return ""
+    url, default_port = urls[family]
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or default_port)
+    try:
+        with socket.create_connection(address, timeout=3):
+            return ""
+    except OSError as exc:
+        return f"no {family} server at {address[0]}:{address[1]} ({exc.strerror or exc})"
+
+
+def _down_cell(spec: Spec, scenario: str, rep: int, reason: str) -> dict[str, Any]:
+    base = {"spec": spec.label, "family": spec.family, "scenario": scenario, "rep": rep}
+    return {**base, "status": "unavailable", "error": reason}
 
 
 def now() -> str:
