@@ -473,3 +473,27 @@ def test_many_event_loops_through_async_to_sync(
     assert str(db_path) not in _hub._hubs  # every loop's backend was closed with its loop
     _wait_for_no_watcher(db_path)
     assert not _watchers(db_path)
+
+
+@arun
+async def test_queue_sizes_match_the_rows(make_backend: BackendFactory, db_path: Path) -> None:
+    """The per-queue row counts kept by triggers agree with the table after mixed work."""
+    backend = make_backend(cleanup_interval=0.01)
+    await backend.open()
+    try:
+        for i in range(30):
+            await backend.send(f"s{i % 4}", b"x", expiry=0.05 if i % 3 else 60, capacity=50)
+        await backend.send_many([Put(f"s{k}", b"y", 60, 50) for k in range(6)])
+        await backend.receive("s1", timeout=0, limit=3)
+        await asyncio.sleep(0.1)
+        await backend.send("s0", b"z", expiry=60, capacity=50)  # runs a cleanup round
+        with sqlite3.connect(db_path) as conn:
+            sizes = dict(conn.execute("SELECT queue, size FROM layers_queues WHERE size > 0"))
+            rows = dict(conn.execute("SELECT queue, count(*) FROM layers_messages GROUP BY queue"))
+            empty = conn.execute("SELECT count(*) FROM layers_queues WHERE size <= 0").fetchone()
+        assert sizes == rows
+        assert empty == (0,)
+        await backend.flush()
+        assert _count(db_path, "layers_queues") == 0
+    finally:
+        await backend.aclose()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "CHECKPOINT",
+    "DELETE_EMPTY_QUEUES",
     "DELETE_EXPIRED_GROUPS",
     "DELETE_EXPIRED_MESSAGES",
     "FLUSH",
@@ -29,42 +30,86 @@ __all__ = [
     "TAKE",
     "delete_ids",
     "insert_many",
+    "insert_params",
     "waiting_queues",
 ]
 
 #: Stored in ``PRAGMA user_version``; a file made by a newer schema is refused.
 SCHEMA_VERSION = 1
 
-SCHEMA = """
+#: The schema, one statement each (created in one BEGIN IMMEDIATE).
+# layers_queues counts every row of a queue, expired or not, kept exact by the
+# triggers inside each writing statement. A send checks it first (one lookup);
+# only when it says "full" does it count the unexpired rows (a scan of at most the
+# queue's length), so a deep queue does not make every send slower.
+SCHEMA: tuple[str, ...] = (
+    """\
 CREATE TABLE IF NOT EXISTS layers_messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     expires_at REAL NOT NULL,
     payload BLOB NOT NULL
-);
+)
+""",
+    """\
 CREATE INDEX IF NOT EXISTS layers_messages_queue
-    ON layers_messages (queue, id, expires_at);
+    ON layers_messages (queue, id, expires_at)
+""",
+    """\
 CREATE INDEX IF NOT EXISTS layers_messages_expiry
-    ON layers_messages (expires_at);
+    ON layers_messages (expires_at)
+""",
+    """\
 CREATE TABLE IF NOT EXISTS layers_groups (
     group_name TEXT NOT NULL,
     channel TEXT NOT NULL,
     expires_at REAL NOT NULL,
     PRIMARY KEY (group_name, channel)
-);
+)
+""",
+    """\
 CREATE INDEX IF NOT EXISTS layers_groups_expiry
-    ON layers_groups (expires_at);
-"""
+    ON layers_groups (expires_at)
+""",
+    """\
+CREATE TABLE IF NOT EXISTS layers_queues (
+    queue TEXT PRIMARY KEY,
+    size INTEGER NOT NULL
+) WITHOUT ROWID
+""",
+    """\
+CREATE TRIGGER IF NOT EXISTS layers_messages_added AFTER INSERT ON layers_messages
+BEGIN
+    INSERT OR IGNORE INTO layers_queues (queue, size) VALUES (new.queue, 0);
+    UPDATE layers_queues SET size = size + 1 WHERE queue = new.queue;
+END
+""",
+    """\
+CREATE TRIGGER IF NOT EXISTS layers_messages_removed AFTER DELETE ON layers_messages
+BEGIN
+    UPDATE layers_queues SET size = size - 1 WHERE queue = old.queue;
+END
+""",
+)
+
 
 # -- messages ---------------------------------------------------------------------
 
 #: Append one payload unless the queue already holds ``capacity`` unexpired ones.
-#: Parameters: queue, expires_at, payload, queue, now, capacity. rowcount 1 = stored.
+#: Parameters: see :func:`insert_params`. rowcount 1 = stored.
 INSERT = """
 INSERT INTO layers_messages (queue, expires_at, payload)
 SELECT ?, ?, ?
-WHERE (SELECT count(*) FROM layers_messages WHERE queue = ? AND expires_at > ?) < ?
+WHERE coalesce((SELECT size FROM layers_queues WHERE queue = ?), 0) < ?
+   OR (SELECT count(*) FROM layers_messages WHERE queue = ? AND expires_at > ?) < ?
 """
+
+
+def insert_params(
+    queue: str, payload: bytes, expires_at: float, capacity: int, now: float
+) -> tuple[object, ...]:
+    """Return the parameters of :data:`INSERT`."""
+    return (queue, expires_at, payload, queue, capacity, queue, now, capacity)
 
 
 def insert_many(rows: int) -> str:
@@ -72,8 +117,8 @@ def insert_many(rows: int) -> str:
 
     Each row is stored only if its queue holds fewer than its capacity unexpired
     payloads; the statement returns the queues it stored to. SQLite evaluates the
-    SELECT fully before inserting, so the counts never see this statement's own
-    rows: callers must not repeat a queue within one statement. Parameters: per row
+    SELECT before inserting, so the counts may not see this statement's own rows:
+    callers must not repeat a queue within one statement. Parameters: per row
     queue, expires_at, payload, capacity; then now. Needs SQLite 3.35 (RETURNING).
     """
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
@@ -81,7 +126,9 @@ def insert_many(rows: int) -> str:
 WITH put (queue, expires_at, payload, capacity) AS (VALUES {values})
 INSERT INTO layers_messages (queue, expires_at, payload)
 SELECT put.queue, put.expires_at, put.payload FROM put
-WHERE (SELECT count(*) FROM layers_messages AS m
+WHERE coalesce((SELECT size FROM layers_queues AS q WHERE q.queue = put.queue), 0)
+      < put.capacity
+   OR (SELECT count(*) FROM layers_messages AS m
        WHERE m.queue = put.queue AND m.expires_at > ?) < put.capacity
 RETURNING queue
 """
@@ -125,6 +172,13 @@ DELETE FROM layers_messages WHERE id IN (
 )
 """
 
+#: Forget the sizes of empty queues. Parameter: batch size.
+DELETE_EMPTY_QUEUES = """
+DELETE FROM layers_queues WHERE queue IN (
+    SELECT queue FROM layers_queues WHERE size <= 0 LIMIT ?
+)
+"""
+
 # -- groups -----------------------------------------------------------------------
 
 #: Add or refresh a membership. Parameters: group, channel, expires_at.
@@ -147,7 +201,11 @@ DELETE FROM layers_groups WHERE rowid IN (
 
 # -- whole store ------------------------------------------------------------------
 
-FLUSH = ("DELETE FROM layers_messages", "DELETE FROM layers_groups")
+FLUSH = (
+    "DELETE FROM layers_messages",
+    "DELETE FROM layers_groups",
+    "DELETE FROM layers_queues",
+)
 
 #: Copy the WAL into the database without waiting for anyone.
 CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"

@@ -173,9 +173,8 @@ class SqliteBackend(Backend):
                     f"{self.path} was made by a newer channel-layers (schema {version}, "
                     f"this one knows {_sql.SCHEMA_VERSION}); upgrade or use another file",
                 )
-            for statement in _sql.SCHEMA.split(";"):
-                if statement.strip():
-                    await conn.execute(statement)
+            for statement in _sql.SCHEMA:
+                await conn.execute(statement)
             if version < _sql.SCHEMA_VERSION:
                 await conn.execute(f"PRAGMA user_version = {_sql.SCHEMA_VERSION}")
 
@@ -223,6 +222,36 @@ class SqliteBackend(Backend):
         task.add_done_callback(self._background.discard)
         return task
 
+    # -- statements -----------------------------------------------------------------
+    #
+    # Single statements run in autocommit and need no lock among themselves:
+    # aiosqlite runs them one by one in call order, so several tasks' statements
+    # queue on the connection's thread back to back. Only an explicit transaction
+    # (schema, flush, the pre-3.35 take) holds self._lock across its awaits; a
+    # statement issued meanwhile waits for it, so it never lands inside one.
+
+    async def _after_transaction(self) -> None:
+        while self._lock.locked():
+            async with self._lock:
+                pass
+
+    async def _run(
+        self, conn: aiosqlite.Connection, sql: str, params: Sequence[Any]
+    ) -> aiosqlite.Cursor:
+        """Execute one statement outside any transaction of this instance."""
+        if self._lock.locked():
+            await self._after_transaction()
+        # No await between the check and the call, which queues the statement.
+        with _translate(self.path):
+            return await conn.execute(sql, params)
+
+    async def _rows(self, conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Like :meth:`_run`, returning every row."""
+        if self._lock.locked():
+            await self._after_transaction()
+        with _translate(self.path):
+            return list(await conn.execute_fetchall(sql, params))
+
     # -- sending --------------------------------------------------------------------
 
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
@@ -234,11 +263,9 @@ class SqliteBackend(Backend):
         """
         conn = self._connection()
         now = time.time()
-        async with self._lock:
-            with _translate(self.path):
-                cursor = await conn.execute(
-                    _sql.INSERT, (queue, now + expiry, payload, queue, now, capacity)
-                )
+        cursor = await self._run(
+            conn, _sql.INSERT, _sql.insert_params(queue, payload, now + expiry, capacity, now)
+        )
         stored: bool = cursor.rowcount == 1
         if stored and self._hub is not None:
             self._hub.notify(queue)
@@ -255,37 +282,37 @@ class SqliteBackend(Backend):
         results = [False] * len(puts)
         stored_queues: set[str] = set()
         now = time.time()
-        async with self._lock:
-            for chunk in _chunks(puts):
-                with _translate(self.path):
-                    if self._returning:
-                        stored = await self._insert_chunk(conn, [puts[i] for i in chunk], now)
-                    else:
-                        stored = await self._insert_each(conn, [puts[i] for i in chunk], now)
-                for i in chunk:
-                    results[i] = puts[i].queue in stored
-                stored_queues |= stored
+        for chunk in _chunks(puts):
+            if self._returning:
+                stored = await self._insert_chunk(conn, [puts[i] for i in chunk], now)
+            else:
+                stored = await self._insert_each(conn, [puts[i] for i in chunk], now)
+            for i in chunk:
+                results[i] = puts[i].queue in stored
+            stored_queues |= stored
         if self._hub is not None:
             for queue in stored_queues:
                 self._hub.notify(queue)
         await self._maybe_cleanup()
         return results
 
-    @staticmethod
-    async def _insert_chunk(conn: aiosqlite.Connection, puts: list[Put], now: float) -> set[str]:
+    async def _insert_chunk(
+        self, conn: aiosqlite.Connection, puts: list[Put], now: float
+    ) -> set[str]:
         params: list[Any] = []
         for p in puts:
             params += (p.queue, now + p.expiry, p.payload, p.capacity)
         params.append(now)
-        rows = await conn.execute_fetchall(_sql.insert_many(len(puts)), params)
+        rows = await self._rows(conn, _sql.insert_many(len(puts)), params)
         return {row[0] for row in rows}
 
-    @staticmethod
-    async def _insert_each(conn: aiosqlite.Connection, puts: list[Put], now: float) -> set[str]:
+    async def _insert_each(
+        self, conn: aiosqlite.Connection, puts: list[Put], now: float
+    ) -> set[str]:
         stored: set[str] = set()
         for p in puts:
-            params = (p.queue, now + p.expiry, p.payload, p.queue, now, p.capacity)
-            cursor = await conn.execute(_sql.INSERT, params)
+            params = _sql.insert_params(p.queue, p.payload, now + p.expiry, p.capacity, now)
+            cursor = await self._run(conn, _sql.INSERT, params)
             if cursor.rowcount == 1:
                 stored.add(p.queue)
         return stored
@@ -377,18 +404,17 @@ class SqliteBackend(Backend):
 
     async def _take_rows(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
         now = time.time()
-        async with self._lock:
-            with _translate(self.path):
-                if self._returning:
-                    rows = list(await conn.execute_fetchall(_sql.TAKE, (queue, now, limit)))
-                    rows.sort()  # RETURNING order is unspecified; id order is FIFO
-                else:
-                    async with self._transaction(conn):
-                        rows = list(
-                            await conn.execute_fetchall(_sql.SELECT_OLDEST, (queue, now, limit))
-                        )
-                        if rows:
-                            await conn.execute(_sql.delete_ids(len(rows)), [r[0] for r in rows])
+        if self._returning:
+            rows = await self._rows(conn, _sql.TAKE, (queue, now, limit))
+            rows.sort()  # RETURNING order is unspecified; id order is FIFO
+        else:
+            async with self._lock, self._transaction(conn):
+                with _translate(self.path):
+                    rows = list(
+                        await conn.execute_fetchall(_sql.SELECT_OLDEST, (queue, now, limit))
+                    )
+                    if rows:
+                        await conn.execute(_sql.delete_ids(len(rows)), [r[0] for r in rows])
         return [(expires_at, payload) for _, expires_at, payload in rows]
 
     # -- groups ---------------------------------------------------------------------
@@ -396,24 +422,18 @@ class SqliteBackend(Backend):
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
         """Add or refresh a membership (one statement); see :meth:`Backend.group_add`."""
         conn = self._connection()
-        async with self._lock:
-            with _translate(self.path):
-                await conn.execute(_sql.GROUP_ADD, (group, channel, time.time() + expiry))
+        await self._run(conn, _sql.GROUP_ADD, (group, channel, time.time() + expiry))
         await self._maybe_cleanup()
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove a membership (one statement); see :meth:`Backend.group_discard`."""
         conn = self._connection()
-        async with self._lock:
-            with _translate(self.path):
-                await conn.execute(_sql.GROUP_DISCARD, (group, channel))
+        await self._run(conn, _sql.GROUP_DISCARD, (group, channel))
 
     async def group_channels(self, group: str) -> list[str]:
         """Return the unexpired members (read-only); see :meth:`Backend.group_channels`."""
         conn = self._connection()
-        async with self._lock:
-            with _translate(self.path):
-                rows = await conn.execute_fetchall(_sql.GROUP_CHANNELS, (group, time.time()))
+        rows = await self._rows(conn, _sql.GROUP_CHANNELS, (group, time.time()))
         return [row[0] for row in rows]
 
     # -- maintenance ----------------------------------------------------------------
@@ -446,14 +466,14 @@ class SqliteBackend(Backend):
         if conn is None:
             return
         try:
-            async with self._lock:
-                wall = time.time()
-                cursor = await conn.execute(_sql.DELETE_EXPIRED_MESSAGES, (wall, _CLEANUP_BATCH))
-                full = cursor.rowcount >= _CLEANUP_BATCH
-                cursor = await conn.execute(_sql.DELETE_EXPIRED_GROUPS, (wall, _CLEANUP_BATCH))
-                full = full or cursor.rowcount >= _CLEANUP_BATCH
-                await conn.execute(_sql.CHECKPOINT)
-        except (sqlite3.Error, ValueError) as exc:
+            wall = time.time()
+            cursor = await self._run(conn, _sql.DELETE_EXPIRED_MESSAGES, (wall, _CLEANUP_BATCH))
+            full = cursor.rowcount >= _CLEANUP_BATCH
+            cursor = await self._run(conn, _sql.DELETE_EXPIRED_GROUPS, (wall, _CLEANUP_BATCH))
+            full = full or cursor.rowcount >= _CLEANUP_BATCH
+            await self._run(conn, _sql.DELETE_EMPTY_QUEUES, (_CLEANUP_BATCH,))
+            await self._run(conn, _sql.CHECKPOINT, ())
+        except (BackendError, LayerClosed) as exc:
             logger.warning("cleanup of %s failed: %s", self.path, exc)
             return
         if full:  # more to delete: do the next batch on the next call
