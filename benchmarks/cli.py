@@ -88,7 +88,7 @@ def _meta(args: argparse.Namespace, argv: list[str], mode: Any) -> dict[str, Any
         "repeat": mode.repeat,
         "params": mode.params.__dict__,
         "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": f"{platform.system()} {platform.machine()}",
         "cpus": os.cpu_count(),
         "started": now(),
     }

@@ -54,12 +54,17 @@ environment, where the peers are installed from PyPI.)
 
 | scenario | what it does |
 |---|---|
-| sequential | one producer task, one consumer task, one channel, {messages} small messages |
+| sequential | one producer task, one consumer task, one channel, 16-byte bodies |
 | concurrent | N = {concurrency} producers and N consumers on N channels |
 | request/reply | request to a server channel, reply on a fresh `new_channel()`: p50, p99 |
 | group_send | `group_send` to a group of {group_size} reply channels, each with its own consumer |
 | 1 KB / 64 KB payload | sequential with bigger bodies (64 KB: a tenth of the messages) |
 | cross-process | the producer in another OS process (only for layers that declare it) |
+
+Each scenario sends up to {messages} messages (a tenth as many round trips; 100
+deliveries per `group_send`) or stops sending after {budget:g} s, whichever comes
+first, then waits for the consumers; the rate is what was delivered divided by the
+time from the first send to the last delivery.
 
 "CPU s per 1,000 msg" is the client processes' CPU time (user + system, all
 threads, the producer process included in the cross-process scenario) over every
@@ -83,6 +88,29 @@ _OUTRO = """
 ## Contract violations seen in this run
 
 {violations}
+
+## How the peers were set up
+
+- Every peer is the current PyPI release, installed only into the benchmark
+  environment (`nox -s bench`); none is a dependency of channel-layers.
+- `channels-inmemory` is Django Channels' `InMemoryChannelLayer`; `channels_redis` and
+  `channels_redis-pubsub` are channels_redis' `RedisChannelLayer` and
+  `RedisPubSubChannelLayer`, on the same Redis database as ours (other key prefixes).
+  The pub/sub layer keeps nothing for a channel without a subscriber; the warm-up
+  makes sure every consumer is subscribed before the clock starts.
+- `channels_postgres`, `channels-sqlite` and `channels-lite-aio` store messages through
+  Django models: the harness configures a minimal Django project, gives each peer its
+  own database (its own PostgreSQL schema, its own SQLite file) and runs `migrate`
+  before anything is timed. `channels-sqlite` polls every 10 ms (its default is 100 ms);
+  `channels-lite-aio` is channels-lite's aiosqlite layer with its defaults.
+- Baselines: `redis-lpush-brpop` (one `LPUSH` per send, one `BRPOP` per receive),
+  `redis-pipelined` (pipelined batches of 100 `LPUSH`, `RPOP key 100` to drain),
+  `psycopg-skip-locked` (`INSERT`; `DELETE ... FOR UPDATE SKIP LOCKED ... RETURNING`,
+  polling every 2 ms when empty), `aiosqlite-returning` (`INSERT`;
+  `DELETE ... RETURNING` in WAL mode, polling every 2 ms when empty). They have no
+  groups, reply channels, expiry or capacity.
+- While one layer is measured, the worker processes of the others are frozen
+  (`SIGSTOP`), so no idle polling task of one layer slows down another.
 
 ## Running it yourself
 
@@ -131,12 +159,13 @@ def write_docs(
         mode=meta["mode"],
         cpus=meta["cpus"],
         python=meta["python"],
-        platform=meta["platform"].split("-with-")[0],
+        platform=meta["platform"],
         command=meta["command"],
         repeat=meta["repeat"],
         messages=params["messages"],
         concurrency=params["concurrency"],
         group_size=params["group_size"],
+        budget=params["budget"],
     )
     page = root / "docs" / "performance.md"
     page.write_text(

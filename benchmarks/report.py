@@ -188,6 +188,7 @@ def _families(specs: list[Spec], statuses: dict[str, dict[str, Any]]) -> dict[st
 
 
 def _bars(ax: Any, cells: list[dict[str, Any]], labels: list[str], metrics: list[Metric]) -> None:
+    labels = [lb for lb in labels if any(median_value(cells, lb, m) for m in metrics)]
     width = 0.8 / max(len(labels), 1)
     for k, label in enumerate(labels):
         values = [median_value(cells, label, m) or 0.0 for m in metrics]
