@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--docs", action="store_true",
                         help="also write docs/performance.md and its charts")  # fmt: skip
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    parser.add_argument("--list", action="store_true", help="list default specs and scenarios")
     parser.set_defaults(mode="full")
     return parser
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the Markdown table; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.list:
+        print("default specs:\n  " + "\n  ".join(default_specs()))
+        print("scenarios:\n  " + "\n  ".join(SCENARIOS))
+        return 0
     mode = MODES[args.mode]
     params = mode.params
     if args.messages:
