@@ -14,16 +14,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# These fail on memory:// as well: the core's local buffering of reply channels,
-# not the backend. Remove them from here once the core passes them.
-KNOWN_CORE_FAILURES = (
-    "test_unread_reply_channels_stay_bounded",
-    "test_reply_message_expires_even_when_buffered_locally",
-)
-
 
 def run_suite(url: str) -> None:
-    deselect = " and ".join(f"not {name}" for name in KNOWN_CORE_FAILURES)
     cmd = [
         sys.executable,
         "-m",
@@ -37,8 +29,6 @@ def run_suite(url: str) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
-        "-k",
-        deselect,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
