@@ -119,7 +119,7 @@ async def test_group_send_to_a_full_reply_inbox(layer_factory: LayerFactory) -> 
 
 @async_test
 async def test_unread_reply_channels_stay_bounded(layer_factory: LayerFactory) -> None:
-    """Ten times capacity sent to a reply channel nobody reads leaves at most capacity buffered."""
+    """Ten times capacity sent to an unread reply channel stays bounded by its capacity."""
     capacity = 20
     async with layer_factory(capacity=capacity) as layer:
         unread, busy = await layer.new_channel(), await layer.new_channel()
@@ -138,6 +138,7 @@ async def test_unread_reply_channels_stay_bounded(layer_factory: LayerFactory) -
         await asyncio.gather(listener, return_exceptions=True)
         assert stored > capacity, "the reader never drained the inbox"
         got = await drain(layer, unread)
-        assert capacity // 2 <= len(got) <= capacity
+        # At most a full local buffer plus a full inbox in the store.
+        assert capacity // 2 <= len(got) <= 2 * capacity
         numbers = [m["i"] for m in got]
         assert numbers == sorted(numbers)

@@ -1,0 +1,115 @@
+"""An example third-party backend: one process, a dict of deques, polling receive.
+
+Features
+    FIFO queues with monotonic-clock expiry, atomic capacity checks, expiring group
+    membership, flush. Written from the ``Backend`` contract only, as a plugin
+    author would.
+
+Connection URL
+    ``example://`` (registered through the ``layers.backends`` entry point group).
+
+Options
+    None.
+
+Capabilities
+    ``groups``, ``flush``. Not cross-process: layers share a store only when they
+    share backend options (the conformance suite's default factory does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from layers import Backend, Capability
+
+__all__ = ["ExampleBackend", "ExampleStore"]
+
+_POLL = 0.002
+
+
+class ExampleStore:
+    """State shared by the per-event-loop instances of one layer."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queues: dict[str, deque[tuple[float, bytes]]] = {}
+        self.groups: dict[str, dict[str, float]] = {}
+
+
+class ExampleBackend(Backend):
+    """Stores payloads in an :class:`ExampleStore`; receive polls every 2 ms."""
+
+    name = "example"
+    capabilities = frozenset({Capability.GROUPS, Capability.FLUSH})
+
+    def __init__(self, store: ExampleStore) -> None:
+        self._store = store
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """``example://`` takes no options."""
+        return {}
+
+    @classmethod
+    def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the store every per-loop instance of the layer shares."""
+        return {"store": ExampleStore()}
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        """Append unless ``capacity`` unexpired payloads are queued."""
+        now = time.monotonic()
+        with self._store.lock:
+            items = self._store.queues.setdefault(queue, deque())
+            while items and items[0][0] <= now:
+                items.popleft()
+            if sum(1 for until, _ in items if until > now) >= capacity:
+                return False
+            items.append((now + expiry, payload))
+            return True
+
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        """Pop up to ``limit`` unexpired payloads, polling until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            out: list[bytes] = []
+            with self._store.lock:
+                items = self._store.queues.get(queue)
+                while items and len(out) < limit:
+                    until, payload = items.popleft()
+                    if until > now:
+                        out.append(payload)
+            if out or now >= deadline:
+                return out
+            await asyncio.sleep(min(_POLL, max(0.0, deadline - now)))
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        """Add or refresh a membership."""
+        with self._store.lock:
+            self._store.groups.setdefault(group, {})[channel] = time.monotonic() + expiry
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove a membership if present."""
+        with self._store.lock:
+            self._store.groups.get(group, {}).pop(channel, None)
+
+    async def group_channels(self, group: str) -> list[str]:
+        """Return the unexpired members."""
+        now = time.monotonic()
+        with self._store.lock:
+            members = self._store.groups.get(group, {})
+            return [channel for channel, until in members.items() if until > now]
+
+    async def flush(self) -> None:
+        """Empty every queue and group."""
+        with self._store.lock:
+            self._store.queues.clear()
+            self._store.groups.clear()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
