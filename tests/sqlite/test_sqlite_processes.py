@@ -119,3 +119,15 @@ def test_round_trips_with_another_process(spawn: Any, db_path: Path) -> None:
 
     talk()
     assert _result(echo) == "stopped"
+
+
+def test_the_example_runs(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "sqlite_processes.py"
+    result = subprocess.run(
+        [sys.executable, str(example), str(tmp_path / "example.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4 squared is 16 (answered by another process)" in result.stdout
