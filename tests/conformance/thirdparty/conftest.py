@@ -8,8 +8,9 @@ two processes of one deployment.
 from typing import Any
 
 import pytest
-from layers import ChannelLayer
 from layers_example import ExampleBackend, ExampleStore
+
+from layers import ChannelLayer
 
 pytest_plugins = ["layers.conformance_tests"]
 
