@@ -5,7 +5,7 @@ Features
     by the backend itself on first use (safe when many processes start at once: a
     transaction-level advisory lock guards ``CREATE … IF NOT EXISTS`` and a version
     row). ``send`` is one statement that counts the queue (bounded by its capacity),
-    inserts, and NOTIFYs only when the queue was empty. ``receive`` is one atomic
+    inserts, and NOTIFYs a wake-up. ``receive`` is one atomic
     ``DELETE … WHERE ctid = ANY(ARRAY(SELECT … FOR UPDATE SKIP LOCKED))
     … RETURNING``, so a message goes to at most one reader in any process; returned
     rows are ordered by their identity column (arrival order), never by a clock.

@@ -31,6 +31,7 @@ _READY: set[tuple[str, str]] = set()
 _READY_LOCK = threading.Lock()
 
 _Params = Sequence[Any] | Mapping[str, Any] | None
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class PostgresBackend(Backend):
@@ -63,6 +64,8 @@ class PostgresBackend(Backend):
         self._cleanup: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._waiting = 0  # tasks blocked in pool.getconn()
 
     # -- configuration ----------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class PostgresBackend(Backend):
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.aclose()
+        await self._release_idle()
         pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(Exception):
@@ -167,6 +171,7 @@ class PostgresBackend(Backend):
 
             async def check() -> None:
                 with contextlib.suppress(Exception):
+                    await self._release_idle()
                     await pool.check()
 
             self._checking = asyncio.get_running_loop().create_task(check())
@@ -175,15 +180,11 @@ class PostgresBackend(Backend):
         self, query: sql.Composed | str, params: _Params = None, *, rows: bool = True
     ) -> list[tuple[Any, ...]]:
         """Run one statement on a pooled connection; re-create a dropped schema once."""
-        pool = self._pool
-        if pool is None:
-            raise BackendError("the PostgreSQL backend is not open")
         for attempt in (0, 1):
             try:
                 with self._translate():
-                    async with pool.connection() as conn:
-                        cur = await conn.execute(query, params, binary=params is not None)
-                        return await cur.fetchall() if rows else []
+                    result = await self._run(query, params, rows)
+                    return result if isinstance(result, list) else []
             except BackendError as exc:
                 missing = (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
                 if attempt or not isinstance(exc.__cause__, missing):
@@ -192,6 +193,51 @@ class PostgresBackend(Backend):
             self._forget_schema()
             await self._ensure_schema()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(
+        self, query: sql.Composed | str, params: _Params, rows: bool
+    ) -> list[tuple[Any, ...]] | int:
+        """Execute on a leased connection: rows if ``rows``, else the row count.
+
+        Connections are kept checked out of the pool between statements (a pool
+        round trip costs as much as a short query); a connection that failed or
+        is not idle goes back to the pool, which repairs or replaces it.
+        """
+        pool = self._pool
+        if pool is None:
+            raise BackendError("the PostgreSQL backend is not open")
+        idle = self._idle
+        if idle:
+            conn = idle.pop()
+        else:
+            self._waiting += 1
+            try:
+                conn = await pool.getconn()
+            finally:
+                self._waiting -= 1
+        reuse = False
+        try:
+            cur = await conn.execute(query, params, binary=params is not None)
+            result = await cur.fetchall() if rows else int(cur.rowcount)
+            # Keep it unless a task waits in getconn() (it would starve) or it is dirty.
+            reuse = (
+                not self._waiting and conn.pgconn.transaction_status == _IDLE and self._pool is pool
+            )
+            return result
+        finally:
+            if reuse:
+                idle.append(conn)
+            else:
+                await pool.putconn(conn)
+
+    async def _release_idle(self) -> None:
+        """Give leased idle connections back to the pool (for its health checks)."""
+        pool, idle = self._pool, self._idle
+        while idle:
+            conn = idle.pop()
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await pool.putconn(conn)
 
     def _forget_schema(self) -> None:
         with _READY_LOCK:
@@ -252,8 +298,8 @@ class PostgresBackend(Backend):
             "channel": self._channel(queue) if self._settings.notify else None,
         }
         rows = await self._query(self._sql.send, params)
-        count, stored = rows[0][0], bool(rows[0][1])
-        if stored and count == 0:
+        stored = bool(rows[0][1])
+        if stored:
             self._wake_local(queue)
         return stored
 
@@ -321,9 +367,20 @@ class PostgresBackend(Backend):
     async def _claim_loop(
         self, queue: str, limit: int, event: asyncio.Event, deadline: float
     ) -> list[bytes]:
+        failures = 0
         while True:
             event.clear()
-            rows = await self._query(self._sql.receive, (queue, limit))
+            try:
+                rows = await self._query(self._sql.receive, (queue, limit))
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:
+                # A pooled connection killed by a restart or pg_terminate_backend
+                # fails once; retrying a claim is safe (it committed or it did not).
+                failures += 1
+                if failures > 3 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                    raise
+                continue
             if rows:
                 rows.sort()
                 return [row[1] for row in rows]
@@ -360,6 +417,7 @@ class PostgresBackend(Backend):
         s = self._settings
         while True:
             await asyncio.sleep(s.cleanup_interval * random.uniform(0.8, 1.2))
+            await self._release_idle()  # let the pool check, age and shrink them
             try:
                 await self.cleanup()
             except BackendError as exc:
@@ -384,13 +442,9 @@ class PostgresBackend(Backend):
         return total
 
     async def _rowcount(self, query: sql.Composed, params: _Params) -> int:
-        pool = self._pool
-        if pool is None:
-            raise BackendError("the PostgreSQL backend is not open")
         with self._translate():
-            async with pool.connection() as conn:
-                cur = await conn.execute(query, params)
-                return int(cur.rowcount)
+            result = await self._run(query, params, False)
+        return result if isinstance(result, int) else 0
 
 
 class PostgresChannelLayer(ChannelLayer):

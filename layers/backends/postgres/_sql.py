@@ -122,8 +122,9 @@ def statements(schema: str) -> Statements:
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = {lit} AND c.relname = 'messages'"
         ),
-        # One statement: count (bounded), insert if below capacity, and NOTIFY only
-        # when the queue was empty (the edge a waiting reader needs; see listener).
+        # One statement: count (bounded), insert if below capacity, NOTIFY if stored.
+        # Not only on the empty->non-empty edge: the count cannot see a reader's
+        # uncommitted DELETE, so an edge rule can miss a reader that just drained.
         send=q(
             "WITH c AS (SELECT "
             + live.replace("{queue}", "%(queue)s").replace("{cap}", "%(cap)s")
@@ -132,7 +133,7 @@ def statements(schema: str) -> Statements:
             " SELECT %(queue)s, now() + make_interval(secs => %(expiry)s), %(payload)b"
             " FROM c WHERE c.n < %(cap)s RETURNING 1)"
             " SELECT c.n, EXISTS (SELECT FROM ins),"
-            " CASE WHEN c.n = 0 AND %(channel)s::text IS NOT NULL"
+            " CASE WHEN %(channel)s::text IS NOT NULL"
             " AND EXISTS (SELECT FROM ins)"
             " THEN pg_notify(%(channel)s::text, '') IS NULL END"
             " FROM c"
@@ -148,7 +149,7 @@ def statements(schema: str) -> Statements:
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT c.queue, now() + make_interval(secs => c.expiry), c.payload"
             " FROM c WHERE c.n < c.cap ORDER BY c.ord RETURNING queue)"
-            " SELECT c.queue, CASE WHEN c.n = 0 AND c.channel IS NOT NULL"
+            " SELECT c.queue, CASE WHEN c.channel IS NOT NULL"
             " THEN pg_notify(c.channel, '') IS NULL END"
             " FROM c JOIN ins ON ins.queue = c.queue"
         ),

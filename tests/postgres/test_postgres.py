@@ -1,0 +1,270 @@
+"""The PostgreSQL backend on a real server: options, schema, wake-ups, maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import layers
+from layers.backends.postgres import PostgresBackend, PostgresChannelLayer, notify_channel
+from layers.core.errors import ConfigurationError
+
+from .conftest import sql, with_params
+
+pytestmark = pytest.mark.postgres
+
+
+def backend_of(layer: layers.ChannelLayer) -> PostgresBackend:
+    backend = layer._state().backend
+    assert isinstance(backend, PostgresBackend)
+    return backend
+
+
+# -- options (no server needed) -------------------------------------------------------
+
+
+def test_url_options_and_libpq_passthrough() -> None:
+    opts = PostgresBackend.prepare_options(
+        PostgresBackend.options_from_url(
+            "postgres://u@h:5433/db?schema=chan&unlogged=true&poll_only=1"
+            "&poll_interval=0.5&sslmode=disable&synchronous_commit=on"
+        )
+    )
+    settings = opts["settings"]
+    assert (settings.schema, settings.unlogged, settings.poll_only) == ("chan", True, True)
+    assert settings.poll_interval == 0.5
+    assert settings.synchronous_commit == "on"
+    assert "sslmode=disable" in opts["conninfo"]
+    assert "port=5433" in opts["conninfo"]
+    assert "schema" not in opts["conninfo"]
+
+
+def test_libpq_keywords_and_dsn() -> None:
+    opts = PostgresBackend.prepare_options({"host": "db", "dbname": "app", "schema": "x"})
+    assert "host=db" in opts["conninfo"]
+    assert "application_name=channel-layers" in opts["conninfo"]
+    opts = PostgresBackend.prepare_options({"dsn": "host=db application_name=mine"})
+    assert "application_name=mine" in opts["conninfo"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"schema": "Bad-Name"},
+        {"schema": "x" * 64},
+        {"unlogged": "maybe"},
+        {"poll_interval": 0},
+        {"synchronous_commit": "sometimes"},
+        {"no_such_libpq_option": 1},
+        {"url": "postgresql://h/db", "dsn": "host=h"},
+        {"pool_min_size": 5, "pool_max_size": 2},
+    ],
+)
+def test_bad_options_fail_at_configuration(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        PostgresBackend.prepare_options(options)
+
+
+def test_notify_channel_is_a_short_stable_identifier() -> None:
+    long_queue = "a" * 100 + "!"
+    channel = notify_channel("layers", long_queue)
+    assert len(channel.encode()) <= 63
+    assert channel == notify_channel("layers", long_queue)
+    assert channel != notify_channel("other", long_queue)
+    assert channel.isidentifier()
+    assert channel == channel.lower()
+
+
+def test_django_database_alias_is_read_from_settings() -> None:
+    code = (
+        "from django.conf import settings\n"
+        "settings.configure(DATABASES={'default': {'ENGINE': 'django.db.backends.postgresql',"
+        " 'NAME': 'appdb', 'USER': 'app', 'HOST': 'dbhost', 'PORT': '6543',"
+        " 'OPTIONS': {'sslmode': 'disable', 'pool': True}}})\n"
+        "from layers.backends.postgres import PostgresBackend\n"
+        "print(PostgresBackend.prepare_options({'database': 'default'})['conninfo'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    for part in ("dbname=appdb", "user=app", "host=dbhost", "port=6543", "sslmode=disable"):
+        assert part in out
+
+
+# -- on the shared server ---------------------------------------------------------------
+
+
+def test_schema_created_once_by_many_concurrent_starters(pg_server: str, fresh_schema: str) -> None:
+    async def start(i: int) -> None:
+        # A distinct application_name makes each layer check the schema itself.
+        url = with_params(pg_server, schema=fresh_schema, application_name=f"starter{i}")
+        async with layers.from_url(url) as layer:
+            await layer.send("start.up", {"i": i})
+
+    async def main() -> None:
+        await asyncio.gather(*(start(i) for i in range(8)))
+
+    asyncio.run(main())
+    rows = sql(pg_server, f"SELECT key, value FROM {fresh_schema}.meta")
+    assert rows == [("schema_version", "1")]
+    assert sql(pg_server, f"SELECT count(*) FROM {fresh_schema}.messages") == [(8,)]
+
+
+def test_unlogged_option_creates_unlogged_tables(pg_server: str, fresh_schema: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(with_params(pg_server, schema=fresh_schema, unlogged=1)) as lay:
+            await lay.send("u.x", {"a": 1})
+            assert await lay.receive("u.x") == {"a": 1}
+
+    asyncio.run(main())
+    rows = sql(
+        pg_server,
+        "SELECT c.relname, c.relpersistence FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1",
+        fresh_schema,
+    )
+    assert dict(rows) == {"group_members": "u", "messages": "u", "meta": "p"}
+
+
+def test_dropped_schema_is_recreated(pg_server: str, fresh_schema: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(with_params(pg_server, schema=fresh_schema)) as layer:
+            await layer.send("drop.x", {"a": 1})
+            sql(pg_server, f"DROP SCHEMA {fresh_schema} CASCADE")
+            await layer.send("drop.x", {"a": 2})
+            assert await layer.receive("drop.x") == {"a": 2}
+
+    asyncio.run(main())
+
+
+def test_messages_larger_than_notify_payload_limit(pg_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            blob = b"x" * 200_000
+            await layer.send("big.one", {"blob": blob})
+            assert (await layer.receive("big.one"))["blob"] == blob
+
+    asyncio.run(main())
+
+
+def test_many_layers_reading_one_channel_get_each_message_once(pg_url: str) -> None:
+    total = 300
+
+    async def main() -> list[int]:
+        readers = [layers.from_url(pg_url, capacity=1000) for _ in range(4)]
+        got: list[int] = []
+        done = asyncio.Event()
+
+        async def consume(layer: layers.ChannelLayer) -> None:
+            while not done.is_set():
+                got.append((await layer.receive("many.readers"))["i"])
+                if len(got) >= total:
+                    done.set()
+
+        async with layers.from_url(pg_url, capacity=1000) as sender:
+            tasks = [asyncio.create_task(consume(r)) for r in readers for _ in range(3)]
+            for i in range(total):
+                await sender.send("many.readers", {"i": i})
+            await asyncio.wait_for(done.wait(), 60)
+            await asyncio.sleep(0.3)  # give a duplicate the chance to show up
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for r in readers:
+            await r.aclose()
+        return got
+
+    got = asyncio.run(main())
+    assert sorted(got) == list(range(total))
+
+
+def test_cancelled_backend_receive_loses_nothing(pg_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            waiting = asyncio.create_task(backend.receive("cancel.me", timeout=5))
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await layer.send("cancel.me", {"kept": True})
+            assert await layer.receive("cancel.me") == {"kept": True}
+
+    asyncio.run(main())
+
+
+def test_poll_only_mode_needs_no_listen(pg_url: str) -> None:
+    async def main() -> None:
+        url = with_params(pg_url, poll_only=1, poll_interval=0.05)
+        async with layers.from_url(url) as layer, layers.from_url(url) as other:
+            reply = await layer.new_channel()
+            await other.send(reply, {"polled": True})
+            assert await layer.receive(reply) == {"polled": True}
+            await layer.send("poll.only", {"n": 1})
+            assert await other.receive("poll.only") == {"n": 1}
+            assert backend_of(layer)._listener is None
+
+    asyncio.run(main())
+
+
+def test_cleanup_deletes_expired_rows_in_batches(pg_server: str, fresh_schema: str) -> None:
+    async def main() -> None:
+        url = with_params(pg_server, schema=fresh_schema, cleanup_batch=7)
+        async with layers.from_url(url, expiry=0.2, capacity=100) as layer:
+            for i in range(30):
+                await layer.send("old.messages", {"i": i})
+            await layer.group_add("old.group", "old.messages")
+            await asyncio.sleep(0.4)
+            await layer.send("new.messages", {"fresh": True})
+            assert await backend_of(layer).cleanup() == 30
+
+    asyncio.run(main())
+    assert sql(pg_server, f"SELECT queue FROM {fresh_schema}.messages") == [("new.messages",)]
+
+
+def test_flush_touches_only_its_schema(pg_url: str, pg_server: str, fresh_schema: str) -> None:
+    async def main() -> None:
+        async with (
+            layers.from_url(pg_url) as mine,
+            layers.from_url(with_params(pg_server, schema=fresh_schema)) as theirs,
+        ):
+            await theirs.send("kept.x", {"kept": True})
+            await mine.send("gone.x", {"gone": True})
+            await mine.flush()
+            assert await theirs.receive("kept.x") == {"kept": True}
+
+    asyncio.run(main())
+
+
+def test_django_backend_path(pg_url: str) -> None:
+    async def main() -> None:
+        layer = PostgresChannelLayer(url=pg_url)
+        async with layer:
+            await layer.send("django.path", {"ok": 1})
+            assert await layer.receive("django.path") == {"ok": 1}
+        assert "groups" in layer.extensions
+
+    asyncio.run(main())
+
+
+def test_reply_channels_stay_with_their_layer(pg_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(pg_url) as a, layers.from_url(pg_url) as b:
+            ra, rb = await a.new_channel(), await b.new_channel()
+            await b.send(ra, {"to": "a"})
+            await a.send(rb, {"to": "b"})
+            assert await a.receive(ra) == {"to": "a"}
+            assert await b.receive(rb) == {"to": "b"}
+
+    asyncio.run(main())
+
+
+def test_unique_names_do_not_collide_in_notify() -> None:
+    names = {notify_channel("layers", f"q{uuid.uuid4().hex}") for _ in range(1000)}
+    assert len(names) == 1000
