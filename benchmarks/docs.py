@@ -60,6 +60,7 @@ environment, where the peers are installed from PyPI.)
 | group_send | `group_send` to a group of {group_size} reply channels, each with its own consumer |
 | 1 KB / 64 KB payload | sequential with bigger bodies (64 KB: a tenth of the messages) |
 | cross-process | the producer in another OS process (only for layers that declare it) |
+| cross-process request/reply | request/reply with the server in another OS process |
 
 Each scenario sends up to {messages} messages (a tenth as many round trips; 100
 deliveries per `group_send`) or stops sending after {budget:g} s, whichever comes

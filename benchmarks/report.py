@@ -56,7 +56,11 @@ METRICS = [
     Metric("k64", "64 KB payload (msg/s)", "payload_64k", _rate),
     Metric("k64mb", "64 KB payload (MB/s)", "payload_64k", _mbps),
     Metric("xproc", "cross-process (msg/s)", "cross_process", _rate),
-]
+    Metric("xrr50", "cross-process request/reply p50 (µs)", "cross_process_rr",
+           lambda c: c.get("p50_us"), False),
+    Metric("xrr99", "cross-process request/reply p99 (µs)", "cross_process_rr",
+           lambda c: c.get("p99_us"), False),
+]  # fmt: skip
 
 
 def _cells_for(cells: list[dict[str, Any]], spec: str, scenario: str) -> list[dict[str, Any]]:

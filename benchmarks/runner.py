@@ -156,9 +156,9 @@ def _cell(worker: Worker, scenario: str, params: Params, rep: int, echo: bool) -
     base = {"spec": spec.label, "family": spec.family, "scenario": scenario, "rep": rep}
     if not worker.available:
         result = {"status": "unavailable", "error": worker.status.get("unavailable", "")}
-    elif scenario == "cross_process" and not worker.status.get("cross_process"):
+    elif scenario.startswith("cross_process") and not worker.status.get("cross_process"):
         result = {"status": "n/a", "error": "not cross-process"}
-    elif spec.kind == "baseline" and scenario in ("request_reply", "group"):
+    elif spec.kind == "baseline" and scenario in ("request_reply", "group", "cross_process_rr"):
         result = {"status": "n/a", "error": "no reply channels or groups in a bare driver"}
     else:
         result = worker.run(scenario, params)

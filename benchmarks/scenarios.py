@@ -229,44 +229,83 @@ async def concurrent(layer: Any, params: Params) -> dict[str, Any]:
         await cell.cancel()
 
 
-async def _serve(layer: Any, channel: str, cell: _Cell) -> None:
+async def serve_requests(
+    layer: Any, channel: str, on_warm: Callable[[], None] = lambda: None
+) -> None:
+    """Answer every request on ``channel`` on its ``reply`` channel, until cancelled."""
     while True:
         message = await layer.receive(channel)
         if message.get("type") == WARM:
-            cell.warm[channel].set()
+            on_warm()
             continue
         await layer.send(message["reply"], {"type": "bench.reply", "i": message["i"]})
 
 
+async def _round_trip(layer: Any, server: str, i: int, timeout: float) -> tuple[float, Any]:
+    """One request and its reply on a fresh reply channel: (seconds, reply's ``i``)."""
+    reply = await layer.new_channel()
+    sent = time.perf_counter()
+    await layer.send(server, {"type": "bench.req", "i": i, "reply": reply})
+    message = await asyncio.wait_for(layer.receive(reply), timeout)
+    return time.perf_counter() - sent, message.get("i")
+
+
+async def _round_trips(cell: _Cell, server: str) -> dict[str, Any]:
+    """The timed part of the request/reply scenarios: round trips until count or budget."""
+    count = max(cell.params.messages // 10, 10)
+    latencies: list[float] = []
+    cell.start_clock()
+    for i in range(count):
+        if time.perf_counter() > cell.deadline:
+            break
+        cell.tally.expected += 1
+        try:
+            seconds, got = await _round_trip(cell.layer, server, i, cell.params.idle_timeout)
+        except TimeoutError:
+            continue
+        latencies.append(seconds * 1e6)
+        if got == i:
+            cell.tally.record("rpc", i)
+        else:  # a reply meant for another request: wrong, counted as reordered
+            cell.tally.reordered += 1
+    return cell.result(**_percentiles(latencies))
+
+
 async def request_reply(layer: Any, params: Params) -> dict[str, Any]:
     """Round trips: a request to a server channel, the reply on a fresh ``new_channel()``."""
-    count = max(params.messages // 10, 10)
     cell = _Cell(layer, params)
     server = _channel("rpc")
     cell.warm[server] = asyncio.Event()
-    cell.spawn(_serve(layer, server, cell))
-    latencies: list[float] = []
+    cell.spawn(serve_requests(layer, server, cell.warm[server].set))
     try:
         await cell.warm_up(lambda: layer.send(server, {"type": WARM}), [server])
-        cell.start_clock()
-        for i in range(count):
-            if time.perf_counter() > cell.deadline:
-                break
-            cell.tally.expected += 1
-            reply = await layer.new_channel()
-            sent = time.perf_counter()
-            await layer.send(server, {"type": "bench.req", "i": i, "reply": reply})
-            try:
-                message = await asyncio.wait_for(layer.receive(reply), params.idle_timeout)
-            except TimeoutError:
-                continue
-            latencies.append((time.perf_counter() - sent) * 1e6)
-            if message.get("i") == i:
-                cell.tally.record("rpc", i)
-            else:  # a reply meant for another request: wrong, counted as reordered
-                cell.tally.reordered += 1
-        return cell.result(**_percentiles(latencies))
+        return await _round_trips(cell, server)
     finally:
+        await cell.cancel()
+
+
+async def cross_process_request_reply(
+    layer: Any, params: Params, spec_json: str = "", tmp: str = ""
+) -> dict[str, Any]:
+    """Request/reply with the server in another OS process."""
+    cell = _Cell(layer, params)
+    server = _channel("xrpc")
+    proc = await _spawn("rpc-server", spec_json, tmp, {"channel": server})
+    try:
+        stdin, stdout = await _ready(proc)
+        for attempt in range(100):  # warm-up: until one round trip succeeds (untimed)
+            with contextlib.suppress(TimeoutError):
+                await _round_trip(layer, server, -1 - attempt, 0.3)
+                break
+        else:
+            raise RuntimeError("the server process never answered a warm-up request")
+        result = await _round_trips(cell, server)
+        stdin.write(b"stop\n")
+        await stdin.drain()
+        report = json.loads((await stdout.readline()) or b"{}")
+        return {**result, "child_cpu_s": report.get("cpu_s", 0.0)}
+    finally:
+        await _reap(proc)
         await cell.cancel()
 
 
@@ -329,29 +368,20 @@ async def cross_process(
     cell = _Cell(layer, params)
     channel = _channel("xproc")
     consumer = cell.spawn(cell.consume(channel, 0, params.messages))
-    args = json.dumps(
-        {
-            "channel": channel,
-            "messages": params.messages,
-            "payload": params.payload,
-            "budget": params.budget,
-        }
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.worker", "produce", spec_json, tmp, args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    args = {
+        "channel": channel,
+        "messages": params.messages,
+        "payload": params.payload,
+        "budget": params.budget,
+    }
+    proc = await _spawn("produce", spec_json, tmp, args)
     try:
-        if proc.stdout is None or proc.stdin is None:
-            raise RuntimeError("no pipe to the producer process")
-        ready = await proc.stdout.readline()
-        if not ready.startswith(b"ready"):
-            raise RuntimeError(f"the producer process failed to start: {ready.decode()[-300:]}")
+        stdin, stdout = await _ready(proc)
         await cell.warm_up(lambda: layer.send(channel, {"type": WARM}), [channel])
         cell.start_clock()
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
-        report = json.loads((await proc.stdout.readline()) or b"{}")
+        stdin.write(b"go\n")
+        await stdin.drain()
+        report = json.loads((await stdout.readline()) or b"{}")
         if "error" in report:
             raise RuntimeError(f"producer process: {report['error']}")
         await cell.drain([consumer], {0: report.get("sent", 0)})
@@ -359,11 +389,37 @@ async def cross_process(
             child_cpu_s=report.get("cpu_s", 0.0), bytes=cell.tally.unique * params.payload
         )
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
+        await _reap(proc)
         await cell.cancel()
+
+
+async def _spawn(
+    role: str, spec_json: str, tmp: str, args: dict[str, Any]
+) -> asyncio.subprocess.Process:
+    """Start ``python -m benchmarks.worker ROLE`` with pipes on stdin and stdout."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.worker", role, spec_json, tmp, json.dumps(args),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def _ready(
+    proc: asyncio.subprocess.Process,
+) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:
+    """Wait for the child's ``ready`` line; raise with its message if it failed."""
+    if proc.stdout is None or proc.stdin is None:
+        raise RuntimeError("no pipe to the child process")
+    ready = await proc.stdout.readline()
+    if not ready.startswith(b"ready"):
+        raise RuntimeError(f"the child process failed to start: {ready.decode()[-300:]}")
+    return proc.stdin, proc.stdout
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await proc.wait()
 
 
 SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
@@ -374,6 +430,7 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "payload_1k": payload_1k,
     "payload_64k": payload_64k,
     "cross_process": cross_process,
+    "cross_process_rr": cross_process_request_reply,
 }
 
 
@@ -382,7 +439,7 @@ async def run_scenario(
 ) -> dict[str, Any]:
     """Run one scenario under the cell timeout; errors become the cell's status, never a crash."""
     func = SCENARIOS[name]
-    kwargs = {"spec_json": spec_json, "tmp": tmp} if name == "cross_process" else {}
+    kwargs = {"spec_json": spec_json, "tmp": tmp} if name.startswith("cross_process") else {}
     cpu = time.process_time()
     try:
         async with asyncio.timeout(params.cell_timeout):

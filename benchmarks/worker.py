@@ -8,7 +8,9 @@ goes to stderr, so it cannot corrupt the protocol.
 
 ``python -m benchmarks.worker produce SPEC_JSON TMP ARGS_JSON`` is the producer of
 the cross-process scenario: it builds its own layer, prints ``ready``, waits for
-``go`` on stdin, sends the messages and prints its CPU seconds.
+``go`` on stdin, sends the messages and prints how many and its CPU seconds.
+``rpc-server`` is the server of the cross-process request/reply scenario: it answers
+requests until ``stop`` arrives on stdin, then prints its CPU seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from benchmarks.scenarios import Params, _produce, run_scenario
+from benchmarks.scenarios import Params, _produce, run_scenario, serve_requests
 from benchmarks.specs import Spec
 
 __all__ = ["build_layer", "close_layer", "main"]
@@ -177,6 +179,35 @@ async def close_layer_quietly(layer: Any) -> None:
             return
 
 
+async def _rpc_server_main(spec: Spec, tmp: str, args: dict[str, Any], out: TextIO) -> float:
+    layer = await build_layer(spec, tmp)
+    cpu = time.process_time()
+    server = asyncio.create_task(serve_requests(layer, args["channel"]))
+    out.write("ready\n")
+    out.flush()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    server.cancel()
+    await asyncio.gather(server, return_exceptions=True)
+    used = time.process_time() - cpu
+    await close_layer_quietly(layer)
+    return used
+
+
+def rpc_server(spec_json: str, tmp: str, args_json: str) -> int:
+    """Run the server side of the cross-process request/reply scenario until ``stop``."""
+    out = _protocol_out()
+    try:
+        prepare(Spec.from_json(spec_json), tmp)
+        used = asyncio.run(
+            _rpc_server_main(Spec.from_json(spec_json), tmp, json.loads(args_json), out)
+        )
+    except Exception as exc:
+        _emit(out, {"error": f"{type(exc).__name__}: {exc}"[:300]})
+        return 1
+    _emit(out, {"cpu_s": used})
+    return 0
+
+
 def produce(spec_json: str, tmp: str, args_json: str) -> int:
     """Run the producer side of the cross-process scenario."""
     out = _protocol_out()
@@ -198,6 +229,8 @@ def main(argv: list[str]) -> int:
         return serve(argv[1], argv[2])
     if argv[:1] == ["produce"] and len(argv) == 4:
         return produce(argv[1], argv[2], argv[3])
+    if argv[:1] == ["rpc-server"] and len(argv) == 4:
+        return rpc_server(argv[1], argv[2], argv[3])
     print(
         "usage: python -m benchmarks.worker serve SPEC TMP | produce SPEC TMP ARGS", file=sys.stderr
     )
