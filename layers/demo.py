@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from layers.core.backend import Capability
 from layers.core.config import from_url
-from layers.core.errors import ConfigurationError
+from layers.core.errors import ChannelFull, ConfigurationError
 from layers.core.layer import ChannelLayer
 from layers.core.objects import Channel, Group
 
@@ -35,6 +35,7 @@ REQUESTS = "demo.requests"
 NEWS = "demo.news"
 FIFO = "demo.fifo"
 STOP = "demo.stop"
+READY = "demo.ready"
 
 
 @dataclass
@@ -152,9 +153,12 @@ async def _fifo(layer: ChannelLayer, count: int, report: Report) -> None:
 
     consumer = asyncio.create_task(consume())
     for i in range(count):
-        await layer.send(FIFO, {"type": "demo.fifo", "i": i})
-        if i % 50 == 49:
-            await asyncio.sleep(0)  # let the consumer keep up (capacity is 100)
+        while True:
+            try:
+                await layer.send(FIFO, {"type": "demo.fifo", "i": i})
+                break
+            except ChannelFull:  # back-pressure: let the consumer catch up
+                await asyncio.sleep(0.001)
     await consumer
 
 
@@ -175,8 +179,11 @@ async def run_demo(
         workers=len(processes) if processes else workers,
         processes=len(processes or ()),
     )
-    started = time.perf_counter()
     async with layer:
+        async with asyncio.timeout(120):  # time the scenario, not the workers' start-up
+            for _ in processes or ():
+                await layer.receive(READY)
+        started = time.perf_counter()
         if not processes:
             await layer.flush()
         local = (
@@ -255,4 +262,5 @@ async def _flush(layer: ChannelLayer) -> None:
 
 async def _serve(layer: ChannelLayer, name: str) -> None:
     async with layer:
+        await layer.send(READY, {"type": READY})
         await worker(layer, f"{name} (pid {os.getpid()})")

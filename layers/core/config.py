@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from layers.core.backend import Backend
 from layers.core.errors import ConfigurationError
@@ -71,7 +71,12 @@ def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
             raise ConfigurationError(
                 key, f"{value!r} in the URL is not a valid {kind.__name__}"
             ) from None
-    stripped = urlunsplit(parts._replace(query=urlencode(rest)))
+    # Replace only the query string: re-assembling the URL from its parts would turn
+    # sqlite:////abs/path.db into sqlite://abs/path.db.
+    base, _, tail = url.partition("?")
+    fragment = tail.partition("#")[2] if tail else url.partition("#")[2]
+    base = base.partition("#")[0]
+    stripped = base + (f"?{urlencode(rest)}" if rest else "") + (f"#{fragment}" if fragment else "")
     return scheme, stripped, layer_options
 
 

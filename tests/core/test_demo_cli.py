@@ -46,3 +46,17 @@ def test_unknown_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> Non
 def test_backends_command_lists_memory(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["backends"]) == 0
     assert "memory" in capsys.readouterr().out
+
+
+def test_demo_across_processes_on_sqlite(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/demo.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "layers", "demo", "--url", url, "--processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 worker process(es)" in result.stdout
+    assert "duplicates: 0" in result.stdout
+    assert "result              OK" in result.stdout

@@ -34,7 +34,8 @@ def test_unknown_url_scheme() -> None:
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # Hide the driver from the import system (the backend module is not loaded yet).
     monkeypatch.setitem(sys.modules, "aiosqlite", None)
-    monkeypatch.delitem(sys.modules, "layers.backends.sqlite", raising=False)
+    for name in [m for m in sys.modules if m.startswith("layers.backends.sqlite")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(registry, "_cache", {})
     with pytest.raises(layers.MissingDriver) as info:
         layers.get_backend("sqlite")
