@@ -11,6 +11,7 @@ next to its speed; one that failed shows why.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,7 +146,39 @@ def family_table(
         row = [metric.label] + [_cell_text(cells, label, metric, ref) for label in labels]
         lines.append("| " + " | ".join(row) + " |")
     lines.extend(_resource_rows(cells, labels))
+    if reference in labels:
+        lines += ["", summary(cells, labels, reference)]
     return lines
+
+
+def summary(cells: list[dict[str, Any]], labels: list[str], reference: str) -> str:
+    """One sentence: each spec's geometric mean of its ratios to the reference.
+
+    MB/s rows are left out (they repeat the msg/s ratio); only metrics both specs
+    measured count, and a spec with wrong answers is marked as such.
+    """
+    parts = []
+    for label in labels:
+        if label == reference:
+            continue
+        ratios = []
+        for metric in METRICS:
+            value = median_value(cells, label, metric)
+            ref = median_value(cells, reference, metric)
+            if metric.key.endswith("mb") or not value or not ref:
+                continue
+            ratios.append(value / ref if metric.higher_is_better else ref / value)
+        if ratios:
+            wrong = any(_flags(_cells_for(cells, label, m.scenario)) for m in METRICS)
+            mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            note = f"`{label}` {TIMES}{mean:.2f} over {len(ratios)} metrics"
+            parts.append(note + (" (with wrong answers)" if wrong else ""))
+    if not parts:
+        return ""
+    text = f"Geometric mean of the ratios to `{reference}`: " + "; ".join(parts) + "."
+    if any(_flags(_cells_for(cells, reference, m.scenario)) for m in METRICS):
+        text += f" `{reference}` itself gave wrong answers in this run."
+    return text
 
 
 def markdown(
