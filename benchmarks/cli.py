@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["finished"] = now()
-    table = report.markdown(cells, specs, statuses, references)
+    table = report.markdown(cells, specs, statuses, references, scratch=tmp)
     stamp = meta["started"]
     report.write_json(args.out / f"bench-{stamp}.json", meta, cells)
     (args.out / "latest.md").write_text(table)

@@ -186,6 +186,7 @@ def markdown(
     specs: list[Spec],
     statuses: dict[str, dict[str, Any]],
     references: dict[str, str],
+    scratch: str = "",
 ) -> str:
     """The full Markdown report: one table per family, then what each spec is."""
     out: list[str] = []
@@ -202,6 +203,8 @@ def markdown(
         for spec in members:
             status = statuses.get(spec.label, {})
             target = spec.target + (" " + json.dumps(spec.config) if spec.config else "")
+            if scratch:  # the run's scratch directory means nothing to a reader
+                target = target.replace(scratch, "$TMPDIR")
             line = f"- `{spec.label}`: `{target}`"
             if "unavailable" in status:
                 line += f" — **unavailable: {_escape(status['unavailable'])}**"

@@ -169,8 +169,8 @@ def default_specs() -> list[str]:
         f"layers-postgres={pg}?schema=bench_layers&capacity={cap}",
         "channels_postgres=channels_postgres.core.PostgresChannelLayer:{}",
         "baseline:psycopg-skip-locked",
-        # The class form: the URL form sqlite:////abs/path loses its empty host when
-        # layer options are split off (see docs/performance.md).
+        # The class form, because the URL form sqlite:////abs/path currently loses its
+        # empty host when the layer options are split off the URL.
         "layers-sqlite=layers.backends.sqlite.SqliteChannelLayer:"
         f'{{"path": "{{tmp}}/layers.db", "capacity": {cap}}}',
         'channels-sqlite=channels_sqlite.layers.SqliteChannelLayer:{"database": "channels_sqlite",'
