@@ -11,10 +11,6 @@ from benchmarks.specs import Spec
 __all__ = ["write_docs"]
 
 _INTRO = """\
----
-orphan: true
----
-
 # Performance
 
 Speed claims here are measured side by side: every layer below ran on the same

@@ -169,10 +169,7 @@ def default_specs() -> list[str]:
         f"layers-postgres={pg}?schema=bench_layers&capacity={cap}",
         "channels_postgres=channels_postgres.core.PostgresChannelLayer:{}",
         "baseline:psycopg-skip-locked",
-        # The class form, because the URL form sqlite:////abs/path currently loses its
-        # empty host when the layer options are split off the URL.
-        "layers-sqlite=layers.backends.sqlite.SqliteChannelLayer:"
-        f'{{"path": "{{tmp}}/layers.db", "capacity": {cap}}}',
+        f"layers-sqlite=sqlite:///{{tmp}}/layers.db?capacity={cap}",
         'channels-sqlite=channels_sqlite.layers.SqliteChannelLayer:{"database": "channels_sqlite",'
         f' "capacity": {cap}, "polling_interval": 0.01}}',
         'channels-lite-aio=channels_lite.layers.aio.AIOSQLiteChannelLayer:{"database":'
