@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import replace
@@ -92,7 +93,25 @@ def _meta(args: argparse.Namespace, argv: list[str], mode: Any) -> dict[str, Any
         "platform": f"{platform.system()} {platform.machine()}",
         "cpus": os.cpu_count(),
         "started": now(),
+        "commit": _commit(),
     }
+
+
+def _commit() -> str:
+    """The checked-out commit (with ``+`` if the tree has changes), or "" outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "layers"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return ""
+    return head + ("+" if head and dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ numbers drift from run to run; the ratios are what to read.
 (Python {python}, {platform}). Expect other machines to give other numbers and
 similar ratios. Redis and PostgreSQL ran on the same host as the clients.
 
-Made with:
+Made at commit `{commit}` (a `+` means with uncommitted changes under `layers/`) with:
 
 ```console
 $ {command}
@@ -163,6 +163,7 @@ def write_docs(
         concurrency=params["concurrency"],
         group_size=params["group_size"],
         budget=params["budget"],
+        commit=meta.get("commit") or "unknown",
     )
     page = root / "docs" / "performance.md"
     page.write_text(
