@@ -138,8 +138,16 @@ class PostgresBackend(Backend):
         await self._release_idle()
         pool, self._pool = self._pool, None
         if pool is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await pool.close(timeout=2.0)
+            except asyncio.CancelledError:
+                # asyncio.run() cancels the pool's worker tasks before the layer
+                # closes with the loop; only re-raise a cancellation of aclose itself.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:
+                logger.debug("error closing the pool", exc_info=True)
 
     # -- helpers ------------------------------------------------------------------------
 
