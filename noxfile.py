@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import nox
 
+from benchmarks.nox_session import bench as _bench
+
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -28,8 +30,9 @@ REQUIRE_SERVICES = os.environ.get("LAYERS_TEST_REQUIRE_SERVICES") == "1"
 
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or default_port)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 3):
+        with socket.create_connection(address, 3):
             return True
     except OSError:
         return False
@@ -65,8 +68,14 @@ def tests(session: nox.Session) -> None:
         for name, url in _conformance_urls(session, tmp):
             session.log(f"conformance suite on {name}: {url}")
             session.run(
-                "pytest", "-p", "layers.conformance_tests", "--layer-url", url,
-                "--pyargs", "layers.conformance_tests", "-q",
+                "pytest",
+                "-p",
+                "layers.conformance_tests",
+                "--layer-url",
+                url,
+                "--pyargs",
+                "layers.conformance_tests",
+                "-q",
             )
 
 
@@ -97,3 +106,9 @@ def demo(session: nox.Session) -> None:
     """Run ``layers demo`` (pass options after --, e.g. -- --url sqlite:///demo.db)."""
     session.install("-e", ".[sqlite]")
     session.run("layers", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, our layers next to the peers (``nox -s bench -- --quick``)."""
+    _bench(session)
