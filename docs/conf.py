@@ -6,7 +6,7 @@ import layers
 
 project = "channel-layers"
 author = "The channel-layers developers"
-copyright = "2026, The channel-layers developers"  # noqa: A001
+copyright = "2026, The channel-layers developers"
 release = layers.__version__
 version = release
 
