@@ -105,10 +105,11 @@ class Backend(abc.ABC):
     #: Optional short name used in messages and reports (``"redis"``).
     name: ClassVar[str] = ""
 
-    #: True only when ``receive(queue, timeout=0)`` completes without suspending
-    #: (no I/O, no await that yields), so a cancellation cannot interrupt it. The
-    #: core then serves a ``receive`` inline, without waking a reader task. Leave
-    #: False for any backend that talks to a server.
+    #: True only when :meth:`receive` never suspends between taking payloads from
+    #: the store and returning them (no I/O: it may wait only *before* it takes
+    #: anything), so cancelling it can never lose a payload. The core then lets a
+    #: waiting consumer pop for itself instead of waking a reader task. Leave False
+    #: for any backend that talks to a server.
     instant_receive: ClassVar[bool] = False
 
     @classmethod

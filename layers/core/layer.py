@@ -40,7 +40,7 @@ from layers.core.errors import (
     LayerClosed,
     MessageTooLarge,
 )
-from layers.core.local import INBOX_BATCH, LoopState, pack
+from layers.core.local import LoopState, pack
 from layers.core.names import (
     MAX_NAME_LENGTH,
     make_client_id,
@@ -372,21 +372,16 @@ class ChannelLayer:
             message = box.take(time.monotonic())
             if message is not None:
                 return message
-        if state.inline_receive and queue not in state.demand:
-            # The backend pops without suspending, so nothing can interrupt it:
-            # serve this call without waking a reader task.
-            backend = await state.ready()
-            limit = INBOX_BATCH if index >= 0 else 1
-            payloads = await backend.receive(queue, timeout=0, limit=limit)
-            if payloads:
-                state.dispatch(queue, payloads)
-                message = box.take(time.monotonic())
-                if message is not None:
-                    return message
         future: asyncio.Future[dict[str, Any]] = state.loop.create_future()
         box.waiters.append(future)
-        state.want(queue)
+        # On an instant backend this task pops for itself (nothing can interrupt a
+        # pop there), saving the hop through a reader task; otherwise, or when
+        # another task already reads this queue, a reader task serves it.
+        driving = state.inline_receive and state.can_drive(queue)
+        state.want(queue, start_reader=not driving)
         try:
+            if driving:
+                await state.drive(queue, future)
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -398,6 +393,8 @@ class ChannelLayer:
                 box.release()
                 with contextlib.suppress(ValueError):
                     box.waiters.remove(future)
+            if driving:
+                state.stop_driving(queue)
             if box.idle() and state.mailboxes.get(channel) is box:
                 del state.mailboxes[channel]
 

@@ -38,6 +38,8 @@ _DEADLINE = struct.Struct("!d")
 _BODY = 1 + _DEADLINE.size
 #: How long a reader waits in one backend call before re-checking demand.
 POLL_TIMEOUT = 1.0
+#: How long a driving consumer waits in one instant-backend call before re-checking.
+DRIVE_TIMEOUT = 0.2
 #: How long an idle reader waits for new demand before it exits.
 READER_LINGER = 10.0
 #: How many inbox payloads a reader takes per backend call.
@@ -147,6 +149,7 @@ class LoopState:
         self.demand: dict[str, int] = {}
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.idle_readers: dict[str, asyncio.Future[None]] = {}
+        self.driving: set[str] = set()
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
 
     async def ready(self) -> Backend:
@@ -168,9 +171,14 @@ class LoopState:
             self.mailboxes[channel] = box
         return box
 
-    def want(self, queue: str) -> None:
-        """Register one more waiter on ``queue`` and make sure a reader serves it."""
+    def want(self, queue: str, *, start_reader: bool = True) -> None:
+        """Register one more waiter on ``queue``; make sure something reads it."""
         self.demand[queue] = self.demand.get(queue, 0) + 1
+        if start_reader and queue not in self.driving:
+            self._serve(queue)
+
+    def _serve(self, queue: str) -> None:
+        """Wake the idle reader of ``queue``, or start one."""
         idle = self.idle_readers.pop(queue, None)
         if idle is not None:
             if not idle.done():
@@ -181,6 +189,35 @@ class LoopState:
             self.readers[queue] = self.loop.create_task(
                 self._read(queue), name=f"layers-reader:{queue}"
             )
+
+    def can_drive(self, queue: str) -> bool:
+        """True when no task reads ``queue`` now (an idle, lingering reader does not)."""
+        if queue in self.driving:
+            return False
+        task = self.readers.get(queue)
+        return task is None or task.done() or queue in self.idle_readers
+
+    async def drive(self, queue: str, future: asyncio.Future[Any]) -> None:
+        """Pop ``queue`` in the calling task until ``future`` is resolved.
+
+        Only for instant backends, whose receive never suspends between taking
+        payloads and returning them, so cancelling the caller cannot lose one.
+        Waiters that arrive meanwhile are served by this loop's dispatches.
+        """
+        self.driving.add(queue)
+        backend = await self.ready()
+        inbox = queue.endswith("!")
+        while not future.done():
+            limit = INBOX_BATCH if inbox else max(1, self.demand.get(queue, 1))
+            payloads = await backend.receive(queue, timeout=DRIVE_TIMEOUT, limit=limit)
+            if payloads:
+                self.dispatch(queue, payloads)
+
+    def stop_driving(self, queue: str) -> None:
+        """The driving task left: hand any remaining waiters to a reader."""
+        self.driving.discard(queue)
+        if self.demand.get(queue, 0) > 0 and not self.closing:
+            self._serve(queue)
 
     async def _linger(self, queue: str) -> bool:
         """Wait up to READER_LINGER for demand on ``queue``; True if it came."""
