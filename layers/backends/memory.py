@@ -31,7 +31,6 @@ Use as a Django Channels ``BACKEND``::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
@@ -42,34 +41,12 @@ from urllib.parse import urlsplit
 from layers.core.backend import Backend, Capability, Put
 from layers.core.errors import ConfigurationError
 from layers.core.layer import ChannelLayer
+from layers.core.wakeups import Waiter, wake
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
 
 _SWEEP_BATCH = 256
 _SWEEP_INTERVAL = 0.05
-
-_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
-
-
-def _wake(waiters: list[_Waiter]) -> None:
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
-    for loop, future in waiters:
-        if loop is current:
-            if not future.done():
-                future.set_result(None)
-        else:
-            # A closed loop raises RuntimeError; its waiter is gone with it.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_none, future)
-
-
-def _set_none(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
 
 class MemoryStore:
     """The shared state of one memory layer, used by its per-loop backends.
@@ -82,7 +59,7 @@ class MemoryStore:
         self.lock = threading.Lock()
         # Ordered by last write: the front is the first to expire entirely.
         self.queues: OrderedDict[str, deque[tuple[float, bytes]]] = OrderedDict()
-        self.waiters: dict[str, list[_Waiter]] = {}
+        self.waiters: dict[str, list[Waiter]] = {}
         # group -> {channel: membership expiry}, ordered by last group_add.
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.next_sweep = 0.0
@@ -208,7 +185,7 @@ class MemoryBackend(Backend):
             waiters = store.waiters.pop(queue, None) if stored else None
             store.sweep(now)
         if waiters:
-            _wake(waiters)
+            wake(waiters)
         return stored
 
     async def send_many(self, puts: list[Put]) -> list[bool]:  # type: ignore[override]
@@ -216,7 +193,7 @@ class MemoryBackend(Backend):
         store = self._store
         now = time.monotonic()
         results: list[bool] = []
-        woken: list[_Waiter] = []
+        woken: list[Waiter] = []
         with store.lock:
             for p in puts:
                 stored = store.put(p.queue, p.payload, p.expiry, p.capacity, now)
@@ -225,7 +202,7 @@ class MemoryBackend(Backend):
                     woken.extend(store.waiters.pop(p.queue, ()))
             store.sweep(now)
         if woken:
-            _wake(woken)
+            wake(woken)
         return results
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:

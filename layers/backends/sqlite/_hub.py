@@ -27,7 +27,6 @@ Why nothing is missed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -35,6 +34,7 @@ import threading
 import time
 
 from layers.backends.sqlite import _sql
+from layers.core.wakeups import Waiter, wake
 
 __all__ = ["Hub", "Waiter", "attach", "detach"]
 
@@ -47,27 +47,6 @@ _QUERY_CHUNK = 500
 #: Pause after a failed poll (the file vanished, the schema is not there yet...).
 _ERROR_PAUSE = 0.1
 
-Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
-
-
-def _set_none(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _wake(waiters: list[Waiter]) -> None:
-    """Resolve each waiter's future in its own loop (thread-safe)."""
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
-    for loop, future in waiters:
-        if loop is current:
-            _set_none(future)
-        else:
-            # A closed loop raises RuntimeError; its waiter is gone with it.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_none, future)
 
 
 class Hub:
@@ -136,7 +115,7 @@ class Hub:
         with self._lock:
             waiting = self._waiters.pop(queue, None)
         if waiting:
-            _wake(waiting)
+            wake(waiting)
 
     def _wake_queues(self, queues: set[str] | None) -> None:
         """Wake the waiters of ``queues`` (of every queue when None)."""
@@ -147,7 +126,7 @@ class Hub:
             else:
                 woken = [w for q in queues for w in self._waiters.pop(q, ())]
         if woken:
-            _wake(woken)
+            wake(woken)
 
     # -- the watcher thread -------------------------------------------------------
 
