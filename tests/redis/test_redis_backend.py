@@ -163,3 +163,69 @@ def test_sharded_reply_channels_route_by_inbox(spawn) -> None:  # type: ignore[n
             assert [client(s.url).dbsize() for s in (one, two)] == [0, 0]
 
     asyncio.run(main())
+
+
+def test_a_receive_cancelled_mid_pop_loses_nothing(shared_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            backend = await layer._state().ready()
+            assert await backend.receive("stash.chan", timeout=0, limit=1) == []
+            for i in range(3):
+                assert await backend.send("stash.chan", b"m%d" % i, expiry=60, capacity=10)
+            # The first pop is written at once; cancel its caller before the reply.
+            task = asyncio.create_task(backend.receive("stash.chan", timeout=1, limit=2))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # What the cancelled call popped comes first, then the rest, in order.
+            got = await backend.receive("stash.chan", timeout=1, limit=1)
+            got += await backend.receive("stash.chan", timeout=1, limit=5)
+            assert got == [b"m0", b"m1", b"m2"]
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_pops_of_many_queues_share_one_round_trip(shared_url: str) -> None:
+    name = "layers-test-shared-pops"
+    url = shared_url + f"&client_name={name}"
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            backend = await layer._state().ready()
+            queues = [f"many.chan{i}" for i in range(20)]
+            await asyncio.gather(
+                *(backend.send(q, q.encode(), expiry=60, capacity=10) for q in queues)
+            )
+            got = await asyncio.gather(*(backend.receive(q, timeout=1, limit=1) for q in queues))
+            assert got == [[q.encode()] for q in queues]
+            # Non-empty queues are popped through the pipelining connection only.
+            assert named_clients(shared_url, name) == 1
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f" * 40, 1, "asgi:q:{chät.room}", 60_000, 100, b"\x00\r\n\xff" * 9),
+        ("SCAN", b"0", "MATCH", "asgi:[qg]:{*", "COUNT", 1000),
+        ("LPOP", "k", 3),
+        ("X", 1.5, -2, b""),
+    ],
+)
+def test_our_command_packer_matches_redis_py(args: tuple[bytes | str | int | float, ...]) -> None:
+    from redis.asyncio.connection import Connection
+
+    from layers.backends.redis._shard import pack_command
+
+    assert pack_command(args) == b"".join(Connection().pack_command(*args))
+
+
+def test_our_command_packer_refuses_unknown_types() -> None:
+    from layers.backends.redis._shard import pack_command
+
+    with pytest.raises(TypeError):
+        pack_command(("SET", "k", True))

@@ -9,7 +9,9 @@ Features
     server's ``TIME``; groups as sorted sets scored by membership expiry;
     ``group_send`` writes once per receiving inbox, pipelined once per host.
     Concurrent commands of one event loop are coalesced into one pipeline
-    (auto-pipelining); blocking pops run on one dedicated connection per queue.
+    (auto-pipelining), non-blocking pops included, so receives on many busy
+    queues share round trips; only pops that must wait block, each on a dedicated
+    connection per queue.
     Survives restarts and dropped connections: commands in flight fail with
     :class:`~layers.BackendError`, the next call reconnects (connects are retried
     with backoff), and the layer's readers resume. Needs Redis 6.2 or later
@@ -229,10 +231,11 @@ class RedisBackend(Backend):
         return [reply == 1 for reply in replies]
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
-        """``BLMPOP`` (``LPOP`` when ``timeout <= 0``) on the queue's own connection.
+        """Pipelined ``LPOP``; if the queue is empty, ``BLMPOP`` on the queue's own connection.
 
-        Expired payloads are dropped. Cancellation closes that connection: a payload
-        already popped by the server is lost, never duplicated. A connection error
+        Expired payloads are dropped. Cancellation during the ``LPOP`` keeps what it
+        pops for this queue's next call; during ``BLMPOP`` it closes that connection:
+        a payload already popped by the server is lost, never duplicated. A connection error
         raises :class:`~layers.BackendError`; the next call reconnects.
         """
         key = self._queue_prefix + "{" + queue + "}"

@@ -7,7 +7,10 @@ Each host has **one** writing connection per event loop (a :class:`Pipe`): batch
 are written in queue order while earlier replies are still being read, so the
 server sees commands exactly in the order they were issued, cancelled or not.
 
-Blocking pops run on a **dedicated connection per queue** (:meth:`Shard.pop`),
+A receive (:meth:`Shard.pop`) first pops without blocking through that same
+pipeline (so pops of many queues share round trips); a pop cancelled in flight
+leaves its payloads in a per-queue stash for the next call. Only when the queue is
+empty does it block, on a **dedicated connection per queue**,
 never on a pipelining connection, with a server-side timeout and a client read
 timeout above it.
 
@@ -33,7 +36,7 @@ from layers.backends.redis._config import HostSpec
 from layers.backends.redis._scripts import STAMP_WIDTH
 from layers.core.errors import BackendError, BackendUnavailable, LayerClosed, LayerError
 
-__all__ = ["Pipe", "Shard", "translate"]
+__all__ = ["Pipe", "Shard", "pack_command", "translate"]
 
 #: Idle blocking-reader connections kept per host (least recently used are closed).
 MAX_IDLE_READERS = 64
@@ -56,6 +59,28 @@ def translate(exc: BaseException, where: str) -> LayerError:
         error = BackendUnavailable(f"redis {where}: {exc or type(exc).__name__}")
     error.__cause__ = exc
     return error
+
+
+def pack_command(args: tuple[Any, ...]) -> bytes:
+    """Encode one command in RESP: ``str`` as UTF-8, ``int`` and ``float`` as text.
+
+    A lean equivalent of redis-py's packer for the argument types this backend
+    sends (``bytes``, ``str``, ``int``, ``float``); anything else is a ``TypeError``.
+    """
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send a {type(arg).__name__} to redis")
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 class Pipe:
@@ -93,8 +118,8 @@ class Pipe:
         try:
             if self.writer is None or self.broken:
                 raise ConnectionError("the pipelining connection is closed")
-            self.writer.writelines(self.conn.pack_commands([args for args, _ in batch]))
-        except (RedisError, OSError) as exc:
+            self.writer.write(b"".join([pack_command(args) for args, _ in batch]))
+        except (RedisError, OSError, TypeError) as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(translate(exc, self.where))
@@ -176,6 +201,7 @@ class Shard:
         self.clock_checked = -math.inf
         self.blmpop = True
         self.closed = False
+        self.stash: dict[str, list[bytes]] = {}
 
     # -- pipelined commands -----------------------------------------------------------
 
@@ -249,10 +275,73 @@ class Shard:
     async def pop(self, key: str, timeout: float, limit: int) -> list[bytes]:
         """Pop up to ``limit`` unexpired payloads from ``key``, waiting up to ``timeout``.
 
-        Runs on the queue's dedicated connection. Cancellation closes that
-        connection (redis-py does): a payload the server already popped is lost,
-        never duplicated.
+        First a non-blocking ``LPOP`` through the shared pipeline, so the pops of
+        many queues issued in one loop iteration cost one round trip; only if that
+        finds nothing, a blocking pop on the queue's dedicated connection.
+        Cancellation during the ``LPOP`` keeps what it pops in a per-queue stash for
+        the next call; cancellation during the blocking pop closes that connection
+        (redis-py does): a payload the server already popped is lost, never
+        duplicated.
         """
+        stashed = self.stash.get(key)
+        if stashed:
+            return self._take_stash(key, stashed, limit)
+        live = await self._pop_now(key, limit)
+        if live or timeout <= 0:
+            return live
+        return await self._pop_blocking(key, timeout, limit)
+
+    def _take_stash(self, key: str, stashed: list[bytes], limit: int) -> list[bytes]:
+        taken, rest = stashed[:limit], stashed[limit:]
+        if rest:
+            self.stash[key] = rest
+        else:
+            del self.stash[key]
+        return taken
+
+    def _live(self, items: Any) -> list[bytes]:
+        now_ms = time.time() * 1000.0 + self.clock_offset
+        return [item[STAMP_WIDTH:] for item in items or () if int(item[:STAMP_WIDTH]) > now_ms]
+
+    async def _pop_now(self, key: str, limit: int) -> list[bytes]:
+        """``LPOP key limit`` through the pipeline; unexpired payloads, stashed if cancelled."""
+        if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+            before = time.time()
+            seconds, micros = await self.call("TIME")
+            after = time.time()
+            server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
+            self.clock_offset = server_ms - (before + after) * 500.0
+            self.clock_checked = time.monotonic()
+        future = self.execute("LPOP", key, limit)
+        try:
+            reply = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: self._stash_reply(key, f))
+            raise
+        if isinstance(reply, ResponseError):
+            raise translate(reply, self.spec.id)
+        return self._merge(key, self._live(reply), limit)
+
+    def _merge(self, key: str, live: list[bytes], limit: int) -> list[bytes]:
+        """Older payloads stashed meanwhile (by a cancelled call) go first."""
+        stashed = self.stash.get(key)
+        if not stashed:
+            return live
+        stashed.extend(live)
+        return self._take_stash(key, stashed, limit)
+
+    def _stash_reply(self, key: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None or self.closed:
+            return
+        reply = future.result()
+        if isinstance(reply, ResponseError):
+            return
+        live = self._live(reply)
+        if live:
+            self.stash.setdefault(key, []).extend(live)
+
+    async def _pop_blocking(self, key: str, timeout: float, limit: int) -> list[bytes]:
+        """The blocking pop on the queue's dedicated connection (see :meth:`pop`)."""
         conn = self.readers.pop(key, None) or self.pool.make_connection()  # type: ignore[no-untyped-call]
         self.busy.add(conn)
         try:
@@ -276,7 +365,7 @@ class Shard:
             raise
         self.busy.discard(conn)
         await self._keep_reader(key, conn)
-        return live
+        return self._merge(key, live, limit)
 
     async def _keep_reader(self, key: str, conn: AbstractConnection) -> None:
         if self.closed:
@@ -345,6 +434,7 @@ class Shard:
             if not future.done():
                 future.set_exception(LayerClosed("the channel layer was closed"))
         self.pending.clear()
+        self.stash.clear()
         if self.pipe is not None:
             await self.pipe.close()
         conns = [*self.readers.values(), *self.busy]
