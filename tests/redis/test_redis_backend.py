@@ -229,3 +229,33 @@ def test_our_command_packer_refuses_unknown_types() -> None:
 
     with pytest.raises(TypeError):
         pack_command(("SET", "k", True))
+
+
+@pytest.mark.parametrize("fast_parser", [True, False], ids=["hiredis-batches", "redis-py"])
+def test_both_reply_readers_keep_order_and_error_values(
+    shared_url: str, fast_parser: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layers.backends.redis import _shard
+
+    if not fast_parser:
+        monkeypatch.setattr(_shard, "HiredisReader", None)
+    elif _shard.HiredisReader is None:
+        pytest.skip("hiredis is not installed: only the redis-py reader exists")
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            prefix = layer._backend_options["config"].prefix
+            client(shared_url).set(f"{prefix}:q:{{wrong.kind}}", "not a list")
+            results = await asyncio.gather(
+                *(layer.send(f"order.{i % 3}", {"i": i}) for i in range(30)),
+                layer.send("wrong.kind", {}),
+                return_exceptions=True,
+            )
+            assert results[:30] == [None] * 30
+            assert isinstance(results[30], BackendError)
+            for k in range(3):
+                got = [(await layer.receive(f"order.{k}"))["i"] for _ in range(10)]
+                assert got == list(range(k, 30, 3))
+            await layer.flush()
+
+    asyncio.run(main())

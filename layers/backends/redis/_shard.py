@@ -30,11 +30,18 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from layers.backends.redis._config import HostSpec
 from layers.backends.redis._scripts import STAMP_WIDTH
 from layers.core.errors import BackendError, BackendUnavailable, LayerClosed, LayerError
+
+HiredisReader: Any
+try:
+    from hiredis import Reader as HiredisReader
+except ImportError:  # pragma: no cover - the generic redis-py parser is used instead
+    HiredisReader = None
 
 __all__ = ["Pipe", "Shard", "pack_command", "translate"]
 
@@ -147,7 +154,10 @@ class Pipe:
 
     async def _read(self) -> None:
         conn, inflight = self.conn, self.inflight
+        stream = getattr(conn, "_reader", None)
         try:
+            if HiredisReader is not None and isinstance(stream, asyncio.StreamReader):
+                await self._read_batches(stream)
             while not self.broken:
                 try:
                     reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
@@ -161,6 +171,30 @@ class Pipe:
             self.fail(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+
+    async def _read_batches(self, stream: asyncio.StreamReader) -> None:
+        """Parse every reply already received per socket read (hiredis, no await per reply).
+
+        Error replies are values (:class:`redis.ResponseError`, subclassed as
+        redis-py does), exactly as on the generic path.
+        """
+        parse_error = getattr(getattr(self.conn, "_parser", None), "parse_error", ResponseError)
+        parser = HiredisReader(protocolError=InvalidResponse, replyError=parse_error)
+        gets, feed, inflight = parser.gets, parser.feed, self.inflight
+        while not self.broken:
+            reply = gets(False)
+            if reply is False:
+                data = await stream.read(65536)
+                if not data:
+                    raise RedisConnectionError("the server closed the connection")
+                feed(data)
+                continue
+            if isinstance(reply, RedisConnectionError):
+                raise reply
+            if inflight:
+                future = inflight.popleft()
+                if not future.done():
+                    future.set_result(reply)
 
     def fail(self, exc: BaseException) -> None:
         """Mark the pipe broken and fail every command in flight."""
