@@ -259,3 +259,20 @@ def test_both_reply_readers_keep_order_and_error_values(
             await layer.flush()
 
     asyncio.run(main())
+
+
+def test_expired_members_are_not_returned_and_are_pruned_by_group_add(shared_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            backend = await layer._state().ready()
+            prefix = layer._backend_options["config"].prefix
+            await backend.group_add("ttl.group", "short.chan", expiry=0.05)
+            await backend.group_add("ttl.group", "long.chan", expiry=60)
+            assert sorted(await backend.group_channels("ttl.group")) == ["long.chan", "short.chan"]
+            await asyncio.sleep(0.2)
+            assert await backend.group_channels("ttl.group") == ["long.chan"]
+            await backend.group_add("ttl.group", "long.chan", expiry=60)
+            assert client(shared_url).zcard(f"{prefix}:g:{{ttl.group}}") == 1
+            await layer.flush()
+
+    asyncio.run(main())

@@ -115,7 +115,6 @@ class _Script:
 
 _SEND = _Script.of(_scripts.SEND)
 _GROUP_ADD = _Script.of(_scripts.GROUP_ADD)
-_GROUP_CHANNELS = _Script.of(_scripts.GROUP_CHANNELS)
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
@@ -252,9 +251,15 @@ class RedisBackend(Backend):
         await self._shard(group).call("ZREM", key, channel)
 
     async def group_channels(self, group: str) -> list[str]:
-        """``GROUP_CHANNELS`` script: drop expired members, return the rest."""
+        """Unexpired members: ``ZRANGE key (now +inf BYSCORE``, read-only, no script.
+
+        "Now" is the server clock as estimated from ``TIME`` (refreshed every 30 s);
+        expired members are removed by the next ``group_add`` or with the key.
+        """
         key = self._group_prefix + "{" + group + "}"
-        members = await self._eval(self._shard(group), _GROUP_CHANNELS, key)
+        shard = self._shard(group)
+        now = int(await shard.server_ms())
+        members = await shard.call("ZRANGE", key, f"({now}", "+inf", "BYSCORE")
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     async def flush(self) -> None:

@@ -13,7 +13,7 @@ time in milliseconds at which the element expires, written as exactly
 
 from __future__ import annotations
 
-__all__ = ["GROUP_ADD", "GROUP_CHANNELS", "SEND", "STAMP_WIDTH"]
+__all__ = ["GROUP_ADD", "SEND", "STAMP_WIDTH"]
 
 #: Width of the zero-padded expiry stamp in front of every queue element.
 STAMP_WIDTH = 13
@@ -71,14 +71,5 @@ redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
 redis.call('ZADD', key, now + expiry, ARGV[2])
 if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
 return 1
-"""
-)
-
-#: KEYS[1] = group key. Drops expired memberships, returns the remaining members.
-GROUP_CHANNELS = (
-    _NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 )

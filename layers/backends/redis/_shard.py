@@ -75,19 +75,38 @@ def pack_command(args: tuple[Any, ...]) -> bytes:
     sends (``bytes``, ``str``, ``int``, ``float``); anything else is a ``TypeError``.
     """
     parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
     for arg in args:
-        if isinstance(arg, bytes):
+        kind = type(arg)
+        if kind is str:
+            piece = _STR_PIECES.get(arg)
+            if piece is None:
+                data = arg.encode()
+                piece = b"$%d\r\n%b\r\n" % (len(data), data)
+                if len(_STR_PIECES) >= _STR_PIECES_MAX:
+                    _STR_PIECES.clear()
+                _STR_PIECES[arg] = piece
+            append(piece)
+            continue
+        if kind is bytes:
             data = arg
         elif isinstance(arg, str):
             data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = bytes(arg)
         elif isinstance(arg, int) and not isinstance(arg, bool):
             data = b"%d" % arg
         elif isinstance(arg, float):
             data = repr(arg).encode()
         else:
             raise TypeError(f"cannot send a {type(arg).__name__} to redis")
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+#: Encoded ``str`` arguments (command names, script hashes, keys), reused.
+_STR_PIECES: dict[str, bytes] = {}
+_STR_PIECES_MAX = 4096
 
 
 class Pipe:
@@ -325,6 +344,17 @@ class Shard:
             return live
         return await self._pop_blocking(key, timeout, limit)
 
+    async def server_ms(self) -> float:
+        """The server's clock now (ms), estimated; re-read with ``TIME`` when stale."""
+        if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+            before = time.time()
+            seconds, micros = await self.call("TIME")
+            after = time.time()
+            server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
+            self.clock_offset = server_ms - (before + after) * 500.0
+            self.clock_checked = time.monotonic()
+        return time.time() * 1000.0 + self.clock_offset
+
     def _take_stash(self, key: str, stashed: list[bytes], limit: int) -> list[bytes]:
         taken, rest = stashed[:limit], stashed[limit:]
         if rest:
@@ -340,12 +370,7 @@ class Shard:
     async def _pop_now(self, key: str, limit: int) -> list[bytes]:
         """``LPOP key limit`` through the pipeline; unexpired payloads, stashed if cancelled."""
         if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
-            before = time.time()
-            seconds, micros = await self.call("TIME")
-            after = time.time()
-            server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
-            self.clock_offset = server_ms - (before + after) * 500.0
-            self.clock_checked = time.monotonic()
+            await self.server_ms()
         future = self.execute("LPOP", key, limit)
         try:
             reply = await asyncio.shield(future)
