@@ -245,11 +245,11 @@ class Shard:
         self.sentinel: Sentinel | None
         self.pool, self.sentinel = spec.make_pool()
         self.pipe: Pipe | None = None
-        self.busy: set[AbstractConnection] = set()
+        self.busy: set[Pipe] = set()
         self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self.draining = False
         self.tasks: set[asyncio.Task[None]] = set()
-        self.readers: OrderedDict[str, AbstractConnection] = OrderedDict()
+        self.readers: OrderedDict[str, Pipe] = OrderedDict()
         self.clock_offset = 0.0
         self.clock_checked = -math.inf
         self.blmpop = True
@@ -401,54 +401,63 @@ class Shard:
 
     async def _pop_blocking(self, key: str, timeout: float, limit: int) -> list[bytes]:
         """The blocking pop on the queue's dedicated connection (see :meth:`pop`)."""
-        conn = self.readers.pop(key, None) or self.pool.make_connection()  # type: ignore[no-untyped-call]
-        self.busy.add(conn)
+        pipe = self.readers.pop(key, None)
+        if pipe is None or pipe.broken:
+            pipe = Pipe(self.pool.make_connection(), self.spec.id)  # type: ignore[no-untyped-call]
+        self.busy.add(pipe)
         try:
             deadline = time.monotonic() + timeout
             while True:
-                if not conn.is_connected or time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
-                    await self._sync_clock(conn)
+                if pipe.reader is None:
+                    await pipe.connect()
+                    await self._sync_clock(pipe)
+                elif time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+                    await self._sync_clock(pipe)
                 wait = max(0.0, deadline - time.monotonic())
-                items = await self._pop_once(conn, key, wait, limit)
+                items = await self._pop_once(pipe, key, wait, limit)
                 now_ms = time.time() * 1000.0 + self.clock_offset
                 live = [item[STAMP_WIDTH:] for item in items if int(item[:STAMP_WIDTH]) > now_ms]
                 if live or time.monotonic() >= deadline:
                     break
-        except (RedisError, OSError, ValueError) as exc:
-            self.busy.discard(conn)
-            await conn.disconnect(nowait=True)
+        except (RedisError, OSError, ValueError, LayerError) as exc:
+            self.busy.discard(pipe)
+            await pipe.close()
             raise translate(exc, self.spec.id) from exc
         except BaseException:
-            self.busy.discard(conn)
-            await conn.disconnect(nowait=True)
+            self.busy.discard(pipe)
+            await pipe.close()
             raise
-        self.busy.discard(conn)
-        await self._keep_reader(key, conn)
+        self.busy.discard(pipe)
+        await self._keep_reader(key, pipe)
         return self._merge(key, live, limit)
 
-    async def _keep_reader(self, key: str, conn: AbstractConnection) -> None:
+    async def _keep_reader(self, key: str, pipe: Pipe) -> None:
         if self.closed:
-            await conn.disconnect()
+            await pipe.close()
             return
-        self.readers[key] = conn
+        self.readers[key] = pipe
         while len(self.readers) > MAX_IDLE_READERS:
             _, oldest = self.readers.popitem(last=False)
-            await oldest.disconnect()
+            await oldest.close()
 
-    async def _command(self, conn: AbstractConnection, wait: float | None, *args: Any) -> Any:
-        if not conn.is_connected:
-            await conn.connect()  # type: ignore[no-untyped-call]
-        await conn.send_command(*args, check_health=False)
+    async def _command(self, pipe: Pipe, wait: float | None, *args: Any) -> Any:
+        """One command on a dedicated pipe; a Redis error reply is raised.
+
+        With ``wait``, gives up ``READ_MARGIN`` seconds after it (the caller then
+        closes the pipe, so no reply is left unread on it).
+        """
+        future: asyncio.Future[Any] = self.loop.create_future()
+        pipe.write_nowait([(args, future)])
         if wait is None:
-            return await conn.read_response(disable_decoding=True, timeout=math.inf)
-        # Our own deadline, not read_response(timeout=...): that one returns None on
-        # timeout and keeps the connection, which would leave a reply unread on it.
-        async with asyncio.timeout(wait + READ_MARGIN):
-            return await conn.read_response(disable_decoding=True, timeout=math.inf)
+            reply = await future
+        else:
+            async with asyncio.timeout(wait + READ_MARGIN):
+                reply = await future
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
-    async def _pop_once(
-        self, conn: AbstractConnection, key: str, wait: float, limit: int
-    ) -> list[bytes]:
+    async def _pop_once(self, conn: Pipe, key: str, wait: float, limit: int) -> list[bytes]:
         if wait <= 0:
             reply = await self._command(conn, None, "LPOP", key, limit)
             return list(reply or ())
@@ -470,7 +479,7 @@ class Shard:
             items.extend(await self._command(conn, None, "LPOP", key, limit - 1) or ())
         return items
 
-    async def _sync_clock(self, conn: AbstractConnection) -> None:
+    async def _sync_clock(self, conn: Pipe) -> None:
         """Estimate server time minus local wall time (ms), to the round trip's half."""
         before = time.time()
         seconds, micros = await self._command(conn, READ_MARGIN, "TIME")
@@ -496,12 +505,11 @@ class Shard:
         self.stash.clear()
         if self.pipe is not None:
             await self.pipe.close()
-        conns = [*self.readers.values(), *self.busy]
+        pipes = [*self.readers.values(), *self.busy]
         self.readers.clear()
         self.busy.clear()
-        for conn in conns:
-            with contextlib.suppress(RedisError, OSError):  # already broken: nothing to release
-                await conn.disconnect()
+        for pipe in pipes:
+            await pipe.close()
         await self.pool.disconnect()
         if self.sentinel is not None:
             await self.sentinel.aclose()
