@@ -276,3 +276,23 @@ def test_expired_members_are_not_returned_and_are_pruned_by_group_add(shared_url
             await layer.flush()
 
     asyncio.run(main())
+
+
+def test_send_many_reports_a_failed_put_and_keeps_the_others(shared_url: str) -> None:
+    from layers.core.backend import Put
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            backend = await layer._state().ready()
+            prefix = layer._backend_options["config"].prefix
+            client(shared_url).set(f"{prefix}:q:{{bad.kind}}", "not a list")
+            puts = [Put(q, q.encode(), 60, 10) for q in ("many.a", "bad.kind", "many.b")]
+            with pytest.raises(BackendError):
+                await backend.send_many(puts)
+            # Each put is its own command: the others ran, once.
+            assert await backend.receive("many.a", timeout=1, limit=5) == [b"many.a"]
+            assert await backend.receive("many.b", timeout=1, limit=5) == [b"many.b"]
+            assert await backend.send_many(puts[::2]) == [True, True]
+            await layer.flush()
+
+    asyncio.run(main())

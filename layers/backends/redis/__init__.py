@@ -127,6 +127,12 @@ class RedisConfig:
     prefix: str
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned command's outcome as seen (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -219,15 +225,27 @@ class RedisBackend(Backend):
 
     async def send_many(self, puts: Sequence[Put]) -> list[bool]:
         """One ``SEND`` script per put, one pipeline per host (see ``Backend.send_many``)."""
+        # Every command is queued before the first await, so they share pipelines;
+        # plain futures, no task per put.
         calls = []
         for put in puts:
             shard = self._shard(put.queue)
             key = self._queue_prefix + "{" + put.queue + "}"
-            args = (_ms(put.expiry), put.capacity, put.payload)
-            calls.append(self._eval(shard, _SEND, key, *args))
-        # All calls are issued before the first await, so they share pipelines.
-        replies = await asyncio.gather(*calls)
-        return [reply == 1 for reply in replies]
+            args = (key, _ms(put.expiry), put.capacity, put.payload)
+            calls.append((shard, args, shard.execute("EVALSHA", _SEND.sha, 1, *args)))
+        results = []
+        try:
+            for shard, args, future in calls:
+                reply = await future
+                if isinstance(reply, NoScriptError):  # not run: the script cache was lost
+                    reply = await shard.execute("EVAL", _SEND.source, 1, *args)
+                if isinstance(reply, ResponseError):
+                    raise translate(reply, shard.spec.id)
+                results.append(reply == 1)
+        finally:
+            for _, _, future in calls[len(results) + 1 :]:
+                future.add_done_callback(_retrieve)
+        return results
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         """Pipelined ``LPOP``; if the queue is empty, ``BLMPOP`` on the queue's own connection.
