@@ -294,6 +294,12 @@ class ChannelLayer:
                     self._close_with_loop(loop)
         return state
 
+    def _forget(self, state: LoopState) -> None:
+        """Drop ``state`` (its loop is shutting down); a later call makes a new one."""
+        with self._states_lock:
+            if self._states.get(state.loop) is state:
+                del self._states[state.loop]
+
     def _close_with_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Release this loop's connections when the loop closes (``async_to_sync``)."""
         layer_ref = weakref.ref(self)

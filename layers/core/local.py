@@ -151,6 +151,20 @@ class LoopState:
         self.idle_readers: dict[str, asyncio.Future[None]] = {}
         self.driving: set[str] = set()
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
+        # asyncio.run() (and so async_to_sync) ends by cancelling every task and
+        # waiting for them; a driver task that swallows that cancellation (a pool
+        # worker busy connecting) would hang it. This guard is cancelled with the
+        # others and closes the backend, which stops such tasks properly.
+        self.guard = loop.create_task(self._close_on_cancel(), name="layers-loop-guard")
+
+    async def _close_on_cancel(self) -> None:
+        try:
+            await self.loop.create_future()
+        except asyncio.CancelledError:
+            self.layer._forget(self)
+            if not self.closing:
+                await self.aclose()
+            raise
 
     async def ready(self) -> Backend:
         """Return the backend, opening it on first use."""
@@ -302,6 +316,8 @@ class LoopState:
     async def aclose(self) -> None:
         """Stop readers, fail waiters with LayerClosed, close the backend."""
         self.closing = True
+        if self.guard is not asyncio.current_task():
+            self.guard.cancel()
         for idle in self.idle_readers.values():
             if not idle.done():
                 idle.set_result(None)
