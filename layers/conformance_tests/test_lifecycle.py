@@ -10,7 +10,7 @@ import weakref
 from asgiref.sync import async_to_sync
 
 from layers.conformance_tests.helpers import receive_within, unique
-from layers.conformance_tests.plugin import LayerFactory, async_test
+from layers.conformance_tests.plugin import LayerFactory, async_test, settings
 from layers.core.layer import SupportsChannelLayer
 
 
@@ -78,8 +78,20 @@ def test_async_to_sync_many_times_leaks_nothing(layer_factory: LayerFactory) -> 
         return await receive_within(layer, channel)
 
     threads_before = threading.active_count()
-    for i in range(50):
-        assert async_to_sync(round_trip)(i) == {"i": i}
+    results: list[dict[str, object]] = []
+
+    def calls() -> None:
+        for i in range(50):
+            results.append(async_to_sync(round_trip)(i))
+
+    # A hung loop shutdown must fail the test, not hang the suite.
+    worker = threading.Thread(target=calls, daemon=True)
+    worker.start()
+    worker.join(settings.test_timeout)
+    assert not worker.is_alive(), (
+        f"async_to_sync hung after {len(results)} calls (the loop did not shut down)"
+    )
+    assert results == [{"i": i} for i in range(50)]
     gc.collect()
     alive = [ref for ref in loops if ref() is not None]
     assert len(alive) <= 1, f"{len(alive)} event loops are still referenced"
