@@ -268,3 +268,74 @@ def test_reply_channels_stay_with_their_layer(pg_url: str) -> None:
 def test_unique_names_do_not_collide_in_notify() -> None:
     names = {notify_channel("layers", f"q{uuid.uuid4().hex}") for _ in range(1000)}
     assert len(names) == 1000
+
+
+# -- auto-batching ----------------------------------------------------------------------
+
+
+def test_concurrent_sends_keep_capacity_exact_and_order_per_queue(pg_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(pg_url, capacity=5) as layer:
+            await layer.flush()
+            results = await asyncio.gather(
+                *(layer.send("batch.cap", {"i": i}) for i in range(12)), return_exceptions=True
+            )
+            stored = [i for i, r in enumerate(results) if r is None]
+            assert len(stored) == 5, results  # one process never overshoots capacity
+            assert all(isinstance(r, layers.ChannelFull) for r in results if r is not None)
+            got = [(await layer.receive("batch.cap"))["i"] for _ in stored]
+            assert got == stored
+
+    asyncio.run(main())
+
+
+def test_concurrent_senders_and_readers_of_many_queues(pg_url: str) -> None:
+    queues, per_queue = 16, 25
+
+    async def main() -> None:
+        async with layers.from_url(pg_url, capacity=1000) as layer:
+            await layer.flush()
+
+            async def produce(q: int) -> None:
+                for i in range(per_queue):
+                    await layer.send(f"batch.many.{q}", {"i": i})
+
+            async def consume(q: int) -> list[int]:
+                return [(await layer.receive(f"batch.many.{q}"))["i"] for _ in range(per_queue)]
+
+            readers = [asyncio.create_task(consume(q)) for q in range(queues)]
+            await asyncio.gather(*(produce(q) for q in range(queues)))
+            got = await asyncio.wait_for(asyncio.gather(*readers), 60)
+            assert got == [list(range(per_queue))] * queues
+
+    asyncio.run(main())
+
+
+def test_a_failing_statement_does_not_fail_its_batch(pg_url: str) -> None:
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            bad = backend._sql.send  # wrong parameters: fails in the server
+            results = await asyncio.gather(
+                layer.send("batch.iso", {"i": 1}),
+                backend._hot(
+                    bad,
+                    {
+                        "queue": "batch.iso",
+                        "cap": 1,
+                        "expiry": "x",
+                        "payload": b"",
+                        "channel": None,
+                    },
+                    "batch.iso2",
+                ),
+                layer.send("batch.iso", {"i": 2}),
+                return_exceptions=True,
+            )
+            assert results[0] is None
+            assert results[2] is None
+            assert isinstance(results[1], layers.BackendError)
+            assert [(await layer.receive("batch.iso"))["i"] for _ in range(2)] == [1, 2]
+
+    asyncio.run(main())

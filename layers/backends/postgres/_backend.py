@@ -8,7 +8,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from layers.backends.postgres import _options, _sql
+from layers.backends.postgres._batch import Batcher
 from layers.backends.postgres._listener import Listener, notify_channel
 from layers.core.backend import Backend, Capability, Put
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
@@ -66,6 +67,7 @@ class PostgresBackend(Backend):
         self._channels: dict[str, str] = {}
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._waiting = 0  # tasks blocked in pool.getconn()
+        self._batcher = Batcher(self._lease, self._query)
 
     # -- configuration ----------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class PostgresBackend(Backend):
                 with contextlib.suppress(BaseException):
                     await task
         self._cleanup = self._checking = None
+        await self._batcher.aclose()
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.aclose()
@@ -205,11 +208,20 @@ class PostgresBackend(Backend):
     async def _run(
         self, query: sql.Composed | str, params: _Params, rows: bool
     ) -> list[tuple[Any, ...]] | int:
-        """Execute on a leased connection: rows if ``rows``, else the row count.
+        """Execute on a leased connection: rows if ``rows``, else the row count."""
 
-        Connections are kept checked out of the pool between statements (a pool
-        round trip costs as much as a short query); a connection that failed or
-        is not idle goes back to the pool, which repairs or replaces it.
+        async def execute(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]] | int:
+            cur = await conn.execute(query, params, binary=params is not None)
+            return await cur.fetchall() if rows else int(cur.rowcount)
+
+        result: list[tuple[Any, ...]] | int = await self._lease(execute)
+        return result
+
+    async def _lease(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]) -> Any:
+        """Run ``fn`` on a connection kept checked out of the pool between uses.
+
+        A pool round trip costs as much as a short query; a connection that failed
+        or is not idle goes back to the pool, which repairs or replaces it.
         """
         pool = self._pool
         if pool is None:
@@ -225,8 +237,7 @@ class PostgresBackend(Backend):
                 self._waiting -= 1
         reuse = False
         try:
-            cur = await conn.execute(query, params, binary=params is not None)
-            result = await cur.fetchall() if rows else int(cur.rowcount)
+            result = await fn(conn)
             # Keep it unless a task waits in getconn() (it would starve) or it is dirty.
             reuse = (
                 not self._waiting and conn.pgconn.transaction_status == _IDLE and self._pool is pool
@@ -237,6 +248,13 @@ class PostgresBackend(Backend):
                 idle.append(conn)
             else:
                 await pool.putconn(conn)
+
+    async def _hot(
+        self, query: sql.Composed, params: Sequence[Any] | dict[str, Any], *queues: str
+    ) -> list[tuple[Any, ...]]:
+        """Run a send (to ``queues``) or receive statement in the next auto-batch."""
+        with self._translate():
+            return await self._batcher.run(query, params, queues)
 
     async def _release_idle(self) -> None:
         """Give leased idle connections back to the pool (for its health checks)."""
@@ -294,9 +312,10 @@ class PostgresBackend(Backend):
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
         """Count, insert and maybe NOTIFY in one autocommit statement; see :meth:`Backend.send`.
 
-        Capacity is checked in the statement; concurrent senders to one nearly full
-        queue may overshoot it by their number (READ COMMITTED). Cancellation: the
-        statement commits entirely or not at all.
+        Runs in the next auto-batch (see ``_batch``). Capacity is checked in the
+        statement; it is exact within one process, senders in several processes may
+        overshoot it by their number (READ COMMITTED). Cancellation: the statement
+        commits entirely or not at all.
         """
         params = {
             "queue": queue,
@@ -305,7 +324,7 @@ class PostgresBackend(Backend):
             "payload": payload,
             "channel": self._channel(queue) if self._settings.notify else None,
         }
-        rows = await self._query(self._sql.send, params)
+        rows = await self._hot(self._sql.send, params, queue)
         stored = bool(rows[0][1])
         if stored:
             self._wake_local(queue)
@@ -331,7 +350,7 @@ class PostgresBackend(Backend):
             "caps": [p.capacity for p in puts],
             "channels": [self._channel(q) if notify else None for q in queues],
         }
-        rows = await self._query(self._sql.send_many, params)
+        rows = await self._hot(self._sql.send_many, params, *queues)
         stored = {row[0] for row in rows}
         for queue in stored:
             self._wake_local(queue)
@@ -379,7 +398,7 @@ class PostgresBackend(Backend):
         while True:
             event.clear()
             try:
-                rows = await self._query(self._sql.receive, (queue, limit))
+                rows = await self._hot(self._sql.receive, (queue, limit))
             except BackendUnavailable:
                 raise
             except BackendError as exc:
