@@ -17,11 +17,12 @@ from typing import Any
 
 import msgpack
 
-from layers.backends.memory import MemoryBackend, MemoryStore, _wake
+from layers.backends.memory import MemoryBackend, MemoryStore
 from layers.core import local
 from layers.core.backend import Backend, Put
 from layers.core.errors import ChannelFull, ChannelNotOwned
 from layers.core.layer import ChannelLayer
+from layers.core.wakeups import wake
 
 FOREVER = 10.0**9
 
@@ -36,7 +37,7 @@ def _push_front(store: MemoryStore, queue: str, payloads: list[bytes]) -> None:
             items.appendleft((time.monotonic() + 60, payload))
         waiters = store.waiters.pop(queue, None)
     if waiters:
-        _wake(waiters)
+        wake(waiters)
 
 
 class DuplicateAlways(MemoryBackend):
@@ -282,6 +283,9 @@ class LeaksEventLoops(ChannelLayer):
     """Never releases the state it keeps for an event loop (``async_to_sync`` leaks)."""
 
     def _close_with_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        return None
+
+    def _forget(self, state: Any) -> None:
         return None
 
 
