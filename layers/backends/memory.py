@@ -48,6 +48,7 @@ __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
 _SWEEP_BATCH = 256
 _SWEEP_INTERVAL = 0.05
 
+
 class MemoryStore:
     """The shared state of one memory layer, used by its per-loop backends.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import math
 import time
 from collections import OrderedDict, deque
@@ -37,11 +38,12 @@ from layers.backends.redis._config import HostSpec
 from layers.backends.redis._scripts import STAMP_WIDTH
 from layers.core.errors import BackendError, BackendUnavailable, LayerClosed, LayerError
 
-HiredisReader: Any
+_hiredis: Any
 try:
-    from hiredis import Reader as HiredisReader
+    _hiredis = importlib.import_module("hiredis")
 except ImportError:  # pragma: no cover - the generic redis-py parser is used instead
-    HiredisReader = None
+    _hiredis = None
+HiredisReader: Any = getattr(_hiredis, "Reader", None)
 
 __all__ = ["Pipe", "Shard", "pack_command", "translate"]
 

@@ -48,7 +48,6 @@ _QUERY_CHUNK = 500
 _ERROR_PAUSE = 0.1
 
 
-
 class Hub:
     """Waiting receivers of one database file in this process, and their watcher.
 
