@@ -87,14 +87,7 @@ async def flush_layer(layer: Any) -> None:
 async def close_layer(layer: Any) -> None:
     """Flush and close a layer, ignoring errors (the run is over for it)."""
     await flush_layer(layer)
-    for name in ("aclose", "close", "close_pools"):
-        method = getattr(layer, name, None)
-        if method is not None:
-            with contextlib.suppress(Exception):
-                result = method()
-                if asyncio.iscoroutine(result):
-                    await asyncio.wait_for(result, 10)
-            return
+    await close_layer_quietly(layer)
 
 
 def _rss_mb() -> float:

@@ -150,6 +150,7 @@ class LoopState:
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.idle_readers: dict[str, asyncio.Future[None]] = {}
         self.driving: set[str] = set()
+        self.backoff = 0.0  # seconds the readers wait after a failed receive
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         # asyncio.run() (and so async_to_sync) ends by cancelling every task and
         # waiting for them; a driver task that swallows that cancellation (a pool
@@ -260,7 +261,6 @@ class LoopState:
             del self.readers[queue]
 
     async def _read_once(self, queue: str, want: int) -> None:
-        backoff = getattr(self, "_backoff", 0.0)
         limit = INBOX_BATCH if queue.endswith("!") else max(1, want)
         try:
             backend = await self.ready()
@@ -268,15 +268,14 @@ class LoopState:
         except LayerClosed:
             return
         except Exception as exc:
-            backoff = min(MAX_BACKOFF, backoff * 2 or 0.05)
-            self._backoff = backoff
+            backoff = self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 0.05)
             if isinstance(exc, BackendError | OSError):
                 logger.warning("receive from %r failed (%s); retry in %.2fs", queue, exc, backoff)
             else:
                 logger.exception("backend receive from %r raised; retry in %.2fs", queue, backoff)
             await asyncio.sleep(backoff)
             return
-        self._backoff = 0.0
+        self.backoff = 0.0
         if payloads:
             self.dispatch(queue, payloads)
 
