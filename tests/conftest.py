@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
 import django
+import pytest
 from django.conf import settings
 
 if not settings.configured:
@@ -22,3 +28,29 @@ if not settings.configured:
         USE_TZ=True,
     )
     django.setup()
+
+
+@pytest.fixture
+def run_conformance() -> Callable[..., None]:
+    """Run the shipped conformance suite on a URL in a subprocess; fail with its output."""
+
+    def run(url: str, *, warnings: str = "error", timeout: float = 600) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "layers.conformance_tests",
+            "--layer-url",
+            url,
+            "--pyargs",
+            "layers.conformance_tests",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
+        env = {**os.environ, "PYTHONWARNINGS": warnings}
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+    return run
