@@ -40,7 +40,7 @@ from layers.core.errors import (
     LayerClosed,
     MessageTooLarge,
 )
-from layers.core.local import LoopState, pack
+from layers.core.local import LoopState, Mailbox, pack
 from layers.core.names import (
     MAX_NAME_LENGTH,
     make_client_id,
@@ -362,22 +362,17 @@ class ChannelLayer:
         Cancellation loses nothing: a message already taken from the store stays
         buffered for the next ``receive`` of this channel in this event loop.
         """
-        require_valid_channel_name(channel, receive=True)
-        index = channel.find("!")
-        queue = channel if index < 0 else channel[: index + 1]
-        if index >= 0 and not queue.endswith(f"{self.client_id}!"):
-            raise ChannelNotOwned(
-                f"{channel!r} was not made by this layer's new_channel(); "
-                "only the process that made a reply channel may receive on it"
-            )
         state = self._state()
+        box = state.mailboxes.get(channel)
+        if box is None or not box.checked:
+            box = self._checked_mailbox(state, channel)
         if state.closing:
             raise LayerClosed("the channel layer is closing")
-        box = state.mailbox(channel, queue)
         if box.items:
             message = box.take(time.monotonic())
             if message is not None:
                 return message
+        queue = box.queue
         future: asyncio.Future[dict[str, Any]] = state.loop.create_future()
         box.waiters.append(future)
         # On an instant backend this task pops for itself (nothing can interrupt a
@@ -391,7 +386,10 @@ class ChannelLayer:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
-                box.put_back(future.result(), time.monotonic() + self.expiry)
+                # Looked up again: a sweep may have dropped the (then idle) mailbox.
+                state.mailbox(channel, queue).put_back(
+                    future.result(), time.monotonic() + self.expiry
+                )
             raise
         finally:
             if not future.done():
@@ -401,8 +399,25 @@ class ChannelLayer:
                     box.waiters.remove(future)
             if driving:
                 state.stop_driving(queue)
-            if box.idle() and state.mailboxes.get(channel) is box:
-                del state.mailboxes[channel]
+
+    def _checked_mailbox(self, state: LoopState, channel: str) -> Mailbox:
+        """Validate a receive on ``channel`` and return its mailbox, marked as checked.
+
+        Mailboxes stay until a sweep finds them idle, so a consumer receiving on one
+        channel in a loop pays for the name and ownership checks once.
+        """
+        require_valid_channel_name(channel, receive=True)
+        index = channel.find("!")
+        queue = channel if index < 0 else channel[: index + 1]
+        if index >= 0 and not queue.endswith(f"{self.client_id}!"):
+            raise ChannelNotOwned(
+                f"{channel!r} was not made by this layer's new_channel(); "
+                "only the process that made a reply channel may receive on it"
+            )
+        state.maybe_sweep()
+        box = state.mailbox(channel, queue)
+        box.checked = True
+        return box
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         """Return a new reply-channel name, ``prefix + client id + "!" + random``.

@@ -81,10 +81,13 @@ def unpack(payload: bytes) -> tuple[list[str] | None, float, bytes]:
 class Mailbox:
     """Buffered messages and waiting consumers of one channel in one event loop."""
 
-    __slots__ = ("demand", "items", "queue", "waiters")
+    __slots__ = ("checked", "demand", "items", "queue", "waiters")
 
     def __init__(self, queue: str, bound: int, demand: dict[str, int]) -> None:
         self.queue = queue
+        #: Set once ``receive`` has validated this channel's name and ownership, so
+        #: later receives on it skip those checks (a mailbox made by a dispatch is not).
+        self.checked = False
         self.items: deque[tuple[float, dict[str, Any]]] = deque(maxlen=bound)
         self.waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
         self.demand = demand
@@ -188,9 +191,19 @@ class LoopState:
 
     def want(self, queue: str, *, start_reader: bool = True) -> None:
         """Register one more waiter on ``queue``; make sure something reads it."""
-        self.demand[queue] = self.demand.get(queue, 0) + 1
+        demand = self.demand
+        demand[queue] = demand.get(queue, 0) + 1
         if start_reader and queue not in self.driving:
-            self._serve(queue)
+            task = self.readers.get(queue)
+            # Fast path: a busy reader already serves this queue.
+            if task is None or queue in self.idle_readers or task.done():
+                self._serve(queue)
+
+    def maybe_sweep(self) -> None:
+        """Sweep when the sweep interval has passed (called on slow paths)."""
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.sweep(now)
 
     def _serve(self, queue: str) -> None:
         """Wake the idle reader of ``queue``, or start one."""
@@ -285,6 +298,7 @@ class LoopState:
         wall = time.time()
         expiry = self.layer.expiry
         loads = self.layer._serializer.loads
+        mailboxes = self.mailboxes
         for payload in payloads:
             try:
                 targets, deadline, body = unpack(payload)
@@ -296,7 +310,9 @@ class LoopState:
                     self.mailbox(queue, queue).deliver(loads(body), expires_at)
                 else:
                     for local in targets:
-                        self.mailbox(queue + local, queue).deliver(loads(body), expires_at)
+                        channel = queue + local
+                        box = mailboxes.get(channel) or self.mailbox(channel, queue)
+                        box.deliver(loads(body), expires_at)
             except Exception:
                 logger.exception("dropping a message on %r that could not be decoded", queue)
         if now >= self.next_sweep:

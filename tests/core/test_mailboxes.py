@@ -1,0 +1,54 @@
+"""Per-loop mailboxes: kept between receives, swept when idle, never losing a message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+import layers
+from layers.conformance_tests.plugin import async_test
+
+
+@async_test
+async def test_a_mailbox_outlives_one_receive_and_a_sweep_drops_it_when_idle() -> None:
+    layer = layers.from_url("memory://mailboxes-sweep")
+    await layer.send("kept", {"type": "m"})
+    assert (await layer.receive("kept"))["type"] == "m"
+    state = layer._state()
+    assert state.mailboxes["kept"].checked
+    for i in range(50):  # receives that time out leave idle mailboxes behind
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(layer.receive(f"idle{i}"), 0.001)
+    assert len(state.mailboxes) >= 50
+    state.sweep(time.monotonic())
+    assert state.mailboxes == {}
+    # Swept names are checked again on their next receive.
+    with pytest.raises(TypeError):
+        await layer.receive("bad name")
+    await layer.send("kept", {"type": "again"})
+    assert (await layer.receive("kept"))["type"] == "again"
+    await layer.aclose()
+
+
+@async_test
+async def test_a_message_put_back_after_a_sweep_is_not_lost() -> None:
+    layer = layers.from_url("memory://mailboxes-putback")
+    reply = await layer.new_channel()
+    state = layer._state()
+    waiter = asyncio.create_task(layer.receive(reply))
+    await asyncio.sleep(0.01)
+    box = state.mailboxes[reply]
+    # What a reader does: hand the message to the waiting consumer's future. Before
+    # the consumer runs, a sweep drops the now idle mailbox and the consumer is
+    # cancelled: the message must be put back, in a mailbox the next receive finds.
+    assert box.hand_to_waiter({"type": "first"})
+    state.sweep(time.monotonic())
+    assert reply not in state.mailboxes
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (await asyncio.wait_for(layer.receive(reply), 1))["type"] == "first"
+    await layer.aclose()
