@@ -98,24 +98,22 @@ class _Cell:
         return self.started + self.params.budget
 
     async def consume(self, channel: str, stream: Any, target: int) -> None:
-        """Receive bench messages on ``channel`` until the stream's target or the idle timeout."""
+        """Receive bench messages on ``channel`` until the stream's target (or cancellation).
+
+        A bare ``receive`` loop: no timer per message, so the harness adds as little
+        as possible to what it measures. :meth:`drain` gives up on a stalled consumer,
+        and :meth:`cancel` ends the rest.
+        """
         layer, tally, event = self.layer, self.tally, self.warm.setdefault(channel, asyncio.Event())
         seen = tally.seen.setdefault(stream, set())
         self.targets[stream] = target
         # Stop on distinct messages, so a duplicate never hides a later one as "lost".
         while len(seen) < self.targets[stream]:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), self._idle())
-            except TimeoutError:
-                return
+            message = await layer.receive(channel)
             if message.get("type") == WARM:
                 event.set()
                 continue
             tally.record(message.get("s", stream), message["i"])
-
-    def _idle(self) -> float:
-        # Until the clock starts, wait as long as the cell allows.
-        return self.params.idle_timeout if self.started else self.params.cell_timeout
 
     async def warm_up(self, send: Callable[[], Awaitable[None]], channels: list[str]) -> None:
         """Call ``send`` until every consumer on ``channels`` saw a warm-up message."""
@@ -140,13 +138,23 @@ class _Cell:
         """Tell consumers how many messages each stream really got, then wait for them.
 
         A consumer that already has them all may be blocked in ``receive``: it is
-        cancelled (the run is over); the others stop at their target or the idle timeout.
+        cancelled (the run is over); the others stop at their target, or are cancelled
+        once no consumer at all got a message for ``idle_timeout`` (the rest is lost).
         """
         self.targets.update(sent)
         self.tally.expected = sum(sent.values())
         for task, stream in zip(consumers, sent, strict=True):
             if len(self.tally.seen.get(stream, ())) >= sent[stream]:
                 task.cancel()
+        pending = {task for task in consumers if not task.done()}
+        received = -1
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=self.params.idle_timeout)
+            if pending and self.tally.received == received:  # stalled: give up
+                for task in pending:
+                    task.cancel()
+                break
+            received = self.tally.received
         await asyncio.gather(*consumers, return_exceptions=True)
 
     def result(self, **extra: Any) -> dict[str, Any]:
@@ -246,7 +254,8 @@ async def _round_trip(layer: Any, server: str, i: int, timeout: float) -> tuple[
     reply = await layer.new_channel()
     sent = time.perf_counter()
     await layer.send(server, {"type": "bench.req", "i": i, "reply": reply})
-    message = await asyncio.wait_for(layer.receive(reply), timeout)
+    async with asyncio.timeout(timeout):
+        message = await layer.receive(reply)
     return time.perf_counter() - sent, message.get("i")
 
 
