@@ -57,6 +57,8 @@ environment, where the peers are installed from PyPI.)
 | 1 KB / 64 KB payload | sequential with bigger bodies (64 KB: a tenth of the messages) |
 | cross-process | the producer in another OS process (only for layers that declare it) |
 | cross-process request/reply | request/reply with the server in another OS process |
+| start-up burst | a backlog on 20 channels; a fresh OS process starts 20 consumers at once |
+| consumer restart | a process takes half of a backlog and exits; a new one takes the rest |
 
 Each scenario sends up to {messages} messages (a tenth as many round trips; 100
 deliveries per `group_send`) or stops sending after {budget:g} s, whichever comes
@@ -67,8 +69,12 @@ time from the first send to the last delivery.
 threads, the producer process included in the cross-process scenario) over every
 successful scenario, divided by the messages delivered; the servers' CPU is not
 counted. "peak RSS" is the peak resident memory of the process that ran the layer.
-Before the clock starts a warm-up message reaches every consumer, so subscriptions,
-reader tasks and connections exist for every layer alike. Each layer gets a capacity
+Before its first scenario every layer moves one message through a fresh channel,
+and before the clock starts a warm-up message reaches every consumer, so
+subscriptions, reader tasks and connections exist for every layer alike (the
+start-up and restart scenarios alone use fresh, unwarmed layers in new processes).
+Consumers call ``receive`` in a bare loop, with no timer per message, so the
+harness adds as little as it can to what it measures. Each layer gets a capacity
 of 100,000 where it has one, so no scenario measures back-pressure.
 
 ## Results

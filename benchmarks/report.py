@@ -61,6 +61,9 @@ METRICS = [
            lambda c: c.get("p50_us"), False),
     Metric("xrr99", "cross-process request/reply p99 (µs)", "cross_process_rr",
            lambda c: c.get("p99_us"), False),
+    Metric("startup", "start-up burst, 20 fresh consumers (msg/s)", "cross_process_startup",
+           _rate),
+    Metric("restart", "consumer restart mid-backlog (msg/s)", "cross_process_restart", _rate),
 ]  # fmt: skip
 
 

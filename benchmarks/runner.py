@@ -151,6 +151,14 @@ class Worker:
                 pipe.close()
 
 
+#: Scenarios a bare-driver baseline does not take part in: reply channels and groups,
+#: and the start-up and restart scenarios, which test a layer's own machinery.
+_LAYER_ONLY = (
+    "request_reply", "group", "cross_process_rr", "cross_process_startup",
+    "cross_process_restart",
+)  # fmt: skip
+
+
 def _cell(worker: Worker, scenario: str, params: Params, rep: int, echo: bool) -> dict[str, Any]:
     spec = worker.spec
     base = {"spec": spec.label, "family": spec.family, "scenario": scenario, "rep": rep}
@@ -158,7 +166,7 @@ def _cell(worker: Worker, scenario: str, params: Params, rep: int, echo: bool) -
         result = {"status": "unavailable", "error": worker.status.get("unavailable", "")}
     elif scenario.startswith("cross_process") and not worker.status.get("cross_process"):
         result = {"status": "n/a", "error": "not cross-process"}
-    elif spec.kind == "baseline" and scenario in ("request_reply", "group", "cross_process_rr"):
+    elif spec.kind == "baseline" and scenario in _LAYER_ONLY:
         result = {"status": "n/a", "error": "no reply channels or groups in a bare driver"}
     else:
         result = worker.run(scenario, params)

@@ -402,6 +402,117 @@ async def cross_process(
         await cell.cancel()
 
 
+#: Channels of the start-up scenario (channels_postgres's start-up defect shows with 20).
+STARTUP_CHANNELS = 20
+
+
+async def cross_process_startup(
+    layer: Any, params: Params, spec_json: str = "", tmp: str = ""
+) -> dict[str, Any]:
+    """A backlog on 20 channels; a fresh process starts 20 consumers at once.
+
+    The consumers' first receives come in one burst, before any of the new layer's
+    machinery exists: what a process restart under load looks like. Counts every
+    message the burst duplicates or loses; the rate is the child's, from its first
+    receive to its last delivery.
+    """
+    cell = _Cell(layer, params)
+    per = max(params.messages // 10 // STARTUP_CHANNELS, 5)
+    base = _channel("start")
+    channels = [f"{base}.{k}" for k in range(STARTUP_CHANNELS)]
+    body = "x" * params.payload
+    for k, channel in enumerate(channels):
+        await _produce(layer, channel, k, per, body, float("inf"))
+    cell.tally.expected = per * STARTUP_CHANNELS
+    report = await _child_consume(spec_json, tmp, channels, per, None, params)
+    _record(cell.tally, report)
+    return {"seconds": report["seconds"], "messages": cell.tally.expected, **cell.tally.counters()}
+
+
+async def cross_process_restart(
+    layer: Any, params: Params, spec_json: str = "", tmp: str = ""
+) -> dict[str, Any]:
+    """A consumer process takes half of a backlog and exits; a new one takes the rest.
+
+    A message the second process gets again is a re-delivery (counted duplicated).
+    """
+    cell = _Cell(layer, params)
+    count = max(params.messages // 10, 20)
+    channel = _channel("restart")
+    await _produce(layer, channel, 0, count, "x" * params.payload, float("inf"))
+    cell.tally.expected = count
+    first = await _child_consume(spec_json, tmp, [channel], count, count // 2, params)
+    second = await _child_consume(spec_json, tmp, [channel], count, None, params)
+    _record(cell.tally, first)
+    _record(cell.tally, second)
+    seconds = first["seconds"] + second["seconds"]
+    return {"seconds": seconds, "messages": count, **cell.tally.counters()}
+
+
+async def _child_consume(
+    spec_json: str,
+    tmp: str,
+    channels: list[str],
+    target: int,
+    stop_after: int | None,
+    params: Params,
+) -> dict[str, Any]:
+    """Run ``python -m benchmarks.worker consume`` to completion and return its report."""
+    args = {
+        "channels": channels, "target": target, "stop_after": stop_after,
+        "idle": params.idle_timeout,
+    }  # fmt: skip
+    proc = await _spawn("consume", spec_json, tmp, args)
+    try:
+        if proc.stdout is None:
+            raise RuntimeError("no pipe to the child process")
+        report: dict[str, Any] = json.loads((await proc.stdout.readline()) or b"{}")
+    finally:
+        await _reap(proc)
+    if "error" in report or "got" not in report:
+        raise RuntimeError(f"consumer process: {report.get('error', 'no report')}")
+    return report
+
+
+def _record(tally: Tally, report: dict[str, Any]) -> None:
+    """Add a child's deliveries (per channel, in arrival order) to ``tally``."""
+    for deliveries in report["got"]:
+        for stream, seq in deliveries:
+            tally.record(stream, seq)
+    tally.last_at = 0.0
+
+
+async def consume_fresh(
+    layer: Any, channels: list[str], target: int, stop_after: int | None, idle: float
+) -> dict[str, Any]:
+    """The child's side: one consumer per channel, all started at once on ``layer``.
+
+    Each stops at ``target`` distinct messages, after ``idle`` seconds without one,
+    or (all together) once ``stop_after`` messages arrived.
+    """
+    got: list[list[tuple[Any, int]]] = [[] for _ in channels]
+    total = 0
+    start = last = time.perf_counter()
+
+    async def one(k: int, channel: str) -> None:
+        nonlocal total, last
+        seen: set[tuple[Any, int]] = set()
+        while len(seen) < target and (stop_after is None or total < stop_after):
+            try:
+                async with asyncio.timeout(idle):
+                    message = await layer.receive(channel)
+            except TimeoutError:
+                return
+            tag = (message.get("s", k), message["i"])
+            seen.add(tag)
+            got[k].append(tag)
+            total += 1
+            last = time.perf_counter()
+
+    await asyncio.gather(*(one(k, ch) for k, ch in enumerate(channels)))
+    return {"got": got, "seconds": max(last - start, 1e-9)}
+
+
 async def _spawn(
     role: str, spec_json: str, tmp: str, args: dict[str, Any]
 ) -> asyncio.subprocess.Process:
@@ -440,6 +551,8 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "payload_64k": payload_64k,
     "cross_process": cross_process,
     "cross_process_rr": cross_process_request_reply,
+    "cross_process_startup": cross_process_startup,
+    "cross_process_restart": cross_process_restart,
 }
 
 

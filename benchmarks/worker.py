@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from benchmarks.scenarios import Params, _produce, run_scenario, serve_requests
+from benchmarks.scenarios import Params, _produce, consume_fresh, run_scenario, serve_requests
 from benchmarks.specs import Spec
 
 __all__ = ["build_layer", "close_layer", "main"]
@@ -236,6 +236,30 @@ def produce(spec_json: str, tmp: str, args_json: str) -> int:
     return 0
 
 
+async def _consume_main(spec: Spec, tmp: str, args: dict[str, Any]) -> dict[str, Any]:
+    layer = await build_layer(spec, tmp)  # fresh and not primed: that is the point
+    try:
+        return await consume_fresh(
+            layer, args["channels"], args["target"], args["stop_after"], args["idle"]
+        )
+    finally:
+        await close_layer_quietly(layer)  # an exit, not a flush: the rest stays stored
+
+
+def consume(spec_json: str, tmp: str, args_json: str) -> int:
+    """Run the consumer side of the start-up and restart scenarios; report what arrived."""
+    out = _protocol_out()
+    try:
+        spec = Spec.from_json(spec_json)
+        prepare(spec, tmp)
+        report = asyncio.run(_consume_main(spec, tmp, json.loads(args_json)))
+    except Exception as exc:
+        _emit(out, {"error": f"{type(exc).__name__}: {exc}"[:300]})
+        return 1
+    _emit(out, report)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point: ``serve SPEC TMP`` or ``produce SPEC TMP ARGS``."""
     if argv[:1] == ["serve"] and len(argv) == 3:
@@ -244,8 +268,12 @@ def main(argv: list[str]) -> int:
         return produce(argv[1], argv[2], argv[3])
     if argv[:1] == ["rpc-server"] and len(argv) == 4:
         return rpc_server(argv[1], argv[2], argv[3])
+    if argv[:1] == ["consume"] and len(argv) == 4:
+        return consume(argv[1], argv[2], argv[3])
     print(
-        "usage: python -m benchmarks.worker serve SPEC TMP | produce SPEC TMP ARGS", file=sys.stderr
+        "usage: python -m benchmarks.worker serve SPEC TMP"
+        " | {produce,rpc-server,consume} SPEC TMP ARGS",
+        file=sys.stderr,
     )
     return 2
 

@@ -109,3 +109,26 @@ def test_spec_parsing() -> None:
     assert parse_spec("baseline:redis-pipelined").family == "redis"
     with pytest.raises(ValueError, match="unknown baseline"):
         parse_spec("baseline:nope")
+
+
+def test_start_up_and_restart_scenarios_run_fresh_consumer_processes(tmp_path: Path) -> None:
+    status = cli.main(
+        [
+            "--quick", "--messages", "400", "--no-charts", "--out", str(tmp_path),
+            "--scenario", "cross_process_startup", "--scenario", "cross_process_restart",
+            "--spec", f"ours=sqlite:///{tmp_path}/bench.db",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    (result_file,) = tmp_path.glob("bench-*.json")
+    cells = json.loads(result_file.read_text())["cells"]
+    assert {c["scenario"] for c in cells} == {"cross_process_startup", "cross_process_restart"}
+    for cell in cells:
+        assert cell["status"] == "ok", cell
+        # Start-up: 20 channels of 5 messages (400 // 10 // 20); restart: 40 in two halves.
+        assert (
+            cell["delivered"]
+            == cell["messages"]
+            == {"cross_process_startup": 100}.get(cell["scenario"], 40)
+        )
+        assert cell["lost"] == cell["duplicated"] == cell["reordered"] == 0
