@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from layers.backends.postgres import _options, _sql
-from layers.backends.postgres._batch import Batcher
+from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._listener import Listener, notify_channel
 from layers.core.backend import Backend, Capability, Put
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
@@ -67,7 +67,7 @@ class PostgresBackend(Backend):
         self._channels: dict[str, str] = {}
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._waiting = 0  # tasks blocked in pool.getconn()
-        self._batcher = Batcher(self._lease, self._query)
+        self._batcher = Batcher(self._lease, self._query, self._sql)
 
     # -- configuration ----------------------------------------------------------------
 
@@ -249,13 +249,6 @@ class PostgresBackend(Backend):
             else:
                 await pool.putconn(conn)
 
-    async def _hot(
-        self, query: sql.Composed, params: Sequence[Any] | dict[str, Any], *queues: str
-    ) -> list[tuple[Any, ...]]:
-        """Run a send (to ``queues``) or receive statement in the next auto-batch."""
-        with self._translate():
-            return await self._batcher.run(query, params, queues)
-
     async def _release_idle(self) -> None:
         """Give leased idle connections back to the pool (for its health checks)."""
         pool, idle = self._pool, self._idle
@@ -312,49 +305,38 @@ class PostgresBackend(Backend):
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
         """Count, insert and maybe NOTIFY in one autocommit statement; see :meth:`Backend.send`.
 
-        Runs in the next auto-batch (see ``_batch``). Capacity is checked in the
-        statement; it is exact within one process, senders in several processes may
-        overshoot it by their number (READ COMMITTED). Cancellation: the statement
-        commits entirely or not at all.
+        Runs in the next auto-batch (see ``_batch``), merged with the batch's other
+        sends into one multi-row statement. Capacity is checked in the statement; it
+        is exact within one process, senders in several processes may overshoot it by
+        their number (READ COMMITTED). Cancellation: stored entirely or not at all.
         """
-        params = {
-            "queue": queue,
-            "cap": capacity,
-            "expiry": float(expiry),
-            "payload": payload,
-            "channel": self._channel(queue) if self._settings.notify else None,
-        }
-        rows = await self._hot(self._sql.send, params, queue)
-        stored = bool(rows[0][1])
-        if stored:
-            self._wake_local(queue)
+        (stored,) = await self._store(
+            [(queue, payload, float(expiry), capacity, self._notify(queue))]
+        )
         return stored
 
     async def send_many(self, puts: Sequence[Put]) -> list[bool]:
-        """All puts in one statement (one row per queue); see :meth:`Backend.send_many`.
+        """All puts in one statement, in order; see :meth:`Backend.send_many`.
 
-        Puts to distinct queues (what ``group_send`` makes) are one round trip;
-        repeated queues fall back to one statement per put to keep their order and
-        capacity exact. Cancellation: the statement commits entirely or not at all.
+        A ``group_send`` is one round trip whatever its number of receiving queues.
+        Cancellation: the statement commits entirely or not at all.
         """
-        queues = [p.queue for p in puts]
-        if len(set(queues)) != len(queues):
-            return await super().send_many(puts)
         if not puts:
             return []
-        notify = self._settings.notify
-        params = {
-            "queues": queues,
-            "payloads": [p.payload for p in puts],
-            "expiries": [float(p.expiry) for p in puts],
-            "caps": [p.capacity for p in puts],
-            "channels": [self._channel(q) if notify else None for q in queues],
-        }
-        rows = await self._hot(self._sql.send_many, params, *queues)
-        stored = {row[0] for row in rows}
-        for queue in stored:
-            self._wake_local(queue)
-        return [q in stored for q in queues]
+        return await self._store(
+            [(p.queue, p.payload, float(p.expiry), p.capacity, self._notify(p.queue)) for p in puts]
+        )
+
+    def _notify(self, queue: str) -> str | None:
+        return self._channel(queue) if self._settings.notify else None
+
+    async def _store(self, rows: list[Row]) -> list[bool]:
+        with self._translate():
+            stored = await self._batcher.send(rows)
+        for row, ok in zip(rows, stored, strict=True):
+            if ok:
+                self._wake_local(row[0])
+        return stored
 
     def _wake_local(self, queue: str) -> None:
         event = self._local.get(queue)
@@ -398,7 +380,8 @@ class PostgresBackend(Backend):
         while True:
             event.clear()
             try:
-                rows = await self._hot(self._sql.receive, (queue, limit))
+                with self._translate():
+                    rows = await self._batcher.receive(queue, limit)
             except BackendUnavailable:
                 raise
             except BackendError as exc:
@@ -409,8 +392,7 @@ class PostgresBackend(Backend):
                     raise
                 continue
             if rows:
-                rows.sort()
-                return [row[1] for row in rows]
+                return [payload for _, payload in rows]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []

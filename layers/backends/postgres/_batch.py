@@ -1,22 +1,29 @@
 """Auto-batching of the hot statements: what one event loop issues together is one round trip.
 
-``send`` and ``receive`` statements submitted while a batch is in flight wait in a
-list; when the batch returns, the next one takes them all and runs them in one
-psycopg pipeline: one network write, one Sync, so one implicit transaction. The
-statements run in submission order, and each sees the effect of the earlier ones
-(a receive finds a row sent in the same batch). One batch is in flight at a time,
-so the per-queue order of sends is their submission order.
+Sends and receives submitted while a batch is in flight wait in a list; when the
+batch returns, the next one takes them all and runs them as at most **two
+statements**, pipelined (one network write, one Sync, so one implicit transaction):
+
+* every send of the batch in one multi-row ``INSERT`` (``send_batch``), rows in
+  submission order, each with its own capacity check (a running count per queue);
+* then every receive in one ``DELETE … RETURNING`` (``receive_batch``) with a
+  per-queue limit, which therefore sees the rows sent in the same batch.
+
+Statement count, not row count, is what a round trip costs on both sides, so a busy
+process pays two statements per batch instead of two per message. A lone send or
+receive runs as its own single statement. One batch holding a send to a queue is
+in flight at a time, so the per-queue order of sends is their submission order.
 
 Failure rules (at-most-once):
 
 * the batch fails with a SQL error (not a lost connection): the server rolled the
-  whole transaction back, so no statement had any effect; each is run again on its
-  own so that one bad statement fails alone;
-* the connection fails: the outcome is unknown, every statement of the batch fails
+  whole transaction back, so nothing had any effect; each operation is run again on
+  its own so that one bad operation fails alone;
+* the connection fails: the outcome is unknown, every operation of the batch fails
   with the error and none is sent again.
 
-Cancelling a caller before its statement left removes it from the batch; after
-that, the statement runs (a send is stored or not, a receive's rows are lost).
+Cancelling a caller before its batch left removes its operation from the batch;
+after that, it runs (a send is stored or not, a receive's rows are lost).
 """
 
 from __future__ import annotations
@@ -24,58 +31,97 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-__all__ = ["Batcher", "Lease", "Single"]
+from layers.backends.postgres._sql import Statements
+
+__all__ = ["Batcher", "Lease", "Row", "Single"]
 
 #: Lease a connection, run ``fn`` on it, give it back (see ``PostgresBackend._lease``).
 Lease = Callable[[Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]], Awaitable[Any]]
 #: Run one statement on its own: ``(query, params) -> rows`` (with error translation).
 Single = Callable[[sql.Composed, Sequence[Any] | dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
+#: One send: (queue, payload, expiry seconds, capacity, NOTIFY channel or None).
+Row = tuple[str, bytes, float, int, str | None]
 
 _MAX_BATCH = 256
 
-_Params = Sequence[Any] | dict[str, Any]
-_Rows = list[tuple[Any, ...]]
-#: (statement, parameters, queues it sends to, the caller's future)
-_Op = tuple[sql.Composed, _Params, tuple[str, ...], "asyncio.Future[_Rows]"]
+
+@dataclass(slots=True)
+class _Op:
+    """One caller's operation: sends (``rows``) or a receive (``queue``, ``limit``)."""
+
+    future: asyncio.Future[Any]
+    rows: list[Row] | None = None
+    queue: str = ""
+    limit: int = 0
+
+    @property
+    def sends_to(self) -> tuple[str, ...]:
+        return tuple({row[0]: None for row in self.rows}) if self.rows else ()
+
+
+def _send_params(rows: Sequence[Row]) -> dict[str, Any]:
+    return {
+        "queues": [r[0] for r in rows],
+        "payloads": [r[1] for r in rows],
+        "expiries": [r[2] for r in rows],
+        "caps": [r[3] for r in rows],
+        "channels": [r[4] for r in rows],
+    }
 
 
 class Batcher:
-    """Coalesce statements submitted in one event loop into pipelined batches.
+    """Coalesce sends and receives submitted in one event loop into batches.
 
     Up to ``parallel`` batches are in flight at once (on as many connections); a
     send waits while a batch holding an earlier send to one of its queues is in
     flight, which keeps the per-queue order of sends.
     """
 
-    def __init__(self, lease: Lease, single: Single, *, parallel: int = 2) -> None:
+    def __init__(
+        self, lease: Lease, single: Single, statements: Statements, *, parallel: int = 2
+    ) -> None:
         self._lease = lease
         self._single = single
+        self._sql = statements
         self._parallel = max(1, parallel)
         self._pending: list[_Op] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: dict[str, int] = {}  # queue -> in-flight batches sending to it
         self._closed = False
 
-    async def run(
-        self, query: sql.Composed, params: _Params, queues: tuple[str, ...] = ()
-    ) -> _Rows:
-        """Run ``query`` (which sends to ``queues``) in the next batch; return its rows.
+    async def send(self, rows: list[Row]) -> list[bool]:
+        """Store ``rows`` (in order) in the next batch; return which were stored.
 
-        Raises what the statement (or the batch's connection) raised. Cancellation
-        before the batch leaves drops the statement; after, it runs anyway.
+        A row is not stored when its queue holds its capacity of unexpired rows,
+        counting the rows before it in the same batch. Raises what the statement
+        (or the batch's connection) raised. Cancellation: see the module docstring.
         """
+        result: list[bool] = await self._submit(_Op(self._future(), rows=rows))
+        return result
+
+    async def receive(self, queue: str, limit: int) -> list[tuple[int, bytes]]:
+        """Claim and delete up to ``limit`` rows of ``queue``: ``(id, payload)`` by id."""
+        result: list[tuple[int, bytes]] = await self._submit(
+            _Op(self._future(), queue=queue, limit=limit)
+        )
+        return result
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, op: _Op) -> Any:
         if self._closed:
-            return await self._single(query, params)  # raises: the backend is closed
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_Rows] = loop.create_future()
-        self._pending.append((query, params, queues, future))
+            await self._alone(op)  # raises: the backend is closed
+            return op.future.result()
+        self._pending.append(op)
         self._kick()
-        return await future
+        return await op.future
 
     def _kick(self) -> None:
         if self._pending and not self._closed and len(self._tasks) < self._parallel:
@@ -97,18 +143,27 @@ class Batcher:
                 self._tasks.discard(task)
         pending, self._pending = self._pending, []
         for op in pending:
-            op[3].cancel()
+            op.future.cancel()
 
     def _take(self) -> list[_Op]:
         """Remove the next batch from the pending list (order-preserving per queue)."""
         taken: list[_Op] = []
         kept: list[_Op] = []
         blocked: set[str] = set()
+        receiving: set[str] = set()
         busy = self._busy
         for op in self._pending:
-            if op[3].done():
+            if op.future.done():
                 continue
-            queues = op[2]
+            if op.rows is None:
+                # One receive per queue and batch: a second would claim the same rows.
+                if len(taken) >= _MAX_BATCH or op.queue in receiving:
+                    kept.append(op)
+                else:
+                    receiving.add(op.queue)
+                    taken.append(op)
+                continue
+            queues = op.sends_to
             if len(taken) >= _MAX_BATCH or any(q in busy or q in blocked for q in queues):
                 blocked.update(queues)
                 kept.append(op)
@@ -116,14 +171,14 @@ class Batcher:
                 taken.append(op)
         self._pending = kept
         for op in taken:
-            for q in op[2]:
+            for q in op.sends_to:
                 busy[q] = busy.get(q, 0) + 1
         return taken
 
     def _done(self, ops: list[_Op]) -> None:
         busy = self._busy
         for op in ops:
-            for q in op[2]:
+            for q in op.sends_to:
                 left = busy.get(q, 0) - 1
                 if left > 0:
                     busy[q] = left
@@ -152,12 +207,11 @@ class Batcher:
                     await self._batch(ops)
             except BaseException as exc:  # cancelled on close: fail what is left
                 for op in ops:
-                    future = op[3]
-                    if not future.done():
+                    if not op.future.done():
                         if isinstance(exc, Exception):
-                            future.set_exception(exc)
+                            op.future.set_exception(exc)
                         else:
-                            future.cancel()
+                            op.future.cancel()
                 if not isinstance(exc, Exception):
                     raise
             finally:
@@ -166,39 +220,83 @@ class Batcher:
                     self._kick()
 
     async def _alone(self, op: _Op) -> None:
-        query, params, _, future = op
+        """Run one operation as its own statement (with the schema re-creation of ``single``)."""
+        future = op.future
         try:
-            rows = await self._single(query, params)
+            if op.rows is None:
+                rows = await self._single(self._sql.receive, (op.queue, op.limit))
+                result: Any = sorted((int(r[0]), bytes(r[1])) for r in rows)
+            elif len(op.rows) == 1:
+                queue, payload, expiry, cap, channel = op.rows[0]
+                params = {
+                    "queue": queue,
+                    "payload": payload,
+                    "expiry": expiry,
+                    "cap": cap,
+                    "channel": channel,
+                }
+                rows = await self._single(self._sql.send, params)
+                result = [bool(rows[0][1])]
+            else:
+                rows = await self._single(self._sql.send_batch, _send_params(op.rows))
+                result = [bool(r[1]) for r in rows]
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
             return
         if not future.done():
-            future.set_result(rows)
+            future.set_result(result)
 
     async def _batch(self, ops: list[_Op]) -> None:
-        async def pipelined(conn: psycopg.AsyncConnection[Any]) -> list[list[tuple[Any, ...]]]:
-            cursors = []
+        sends = [op for op in ops if op.rows is not None]
+        receives = [op for op in ops if op.rows is None]
+        rows = [row for op in sends for row in op.rows or ()]
+
+        async def pipelined(
+            conn: psycopg.AsyncConnection[Any],
+        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            sent = claimed = None
             async with conn.pipeline():
-                for query, params, _, _ in ops:
-                    cur = conn.cursor(binary=True)
-                    await cur.execute(query, params)
-                    cursors.append(cur)
-            return [await cur.fetchall() for cur in cursors]
+                if rows:
+                    sent = conn.cursor(binary=True)
+                    await sent.execute(self._sql.send_batch, _send_params(rows))
+                if receives:
+                    claimed = conn.cursor(binary=True)
+                    params = {
+                        "queues": [op.queue for op in receives],
+                        "limits": [op.limit for op in receives],
+                    }
+                    await claimed.execute(self._sql.receive_batch, params)
+            return (
+                await sent.fetchall() if sent is not None else [],
+                await claimed.fetchall() if claimed is not None else [],
+            )
 
         try:
-            results = await self._lease(pipelined)
+            stored, taken = await self._lease(pipelined)
         except psycopg.OperationalError as exc:
             # Lost connection: outcome unknown, never re-run.
-            for _, _, _, future in ops:
-                if not future.done():
-                    future.set_exception(exc)
+            for op in ops:
+                if not op.future.done():
+                    op.future.set_exception(exc)
             return
         except psycopg.Error:
             # The implicit transaction was rolled back: nothing happened; isolate.
             for op in ops:
                 await self._alone(op)
             return
-        for (_, _, _, future), rows in zip(ops, results, strict=True):
-            if not future.done():
-                future.set_result(rows)
+        flags = [bool(r[1]) for r in stored]  # ordered by the rows' position
+        start = 0
+        for op in sends:
+            count = len(op.rows or ())
+            if not op.future.done():
+                op.future.set_result(flags[start : start + count])
+            start += count
+        by_queue: dict[str, list[tuple[int, bytes]]] = {}
+        for queue, ident, payload in taken:
+            by_queue.setdefault(queue, []).append((int(ident), bytes(payload)))
+        for op in receives:
+            got = sorted(by_queue.get(op.queue, ()))
+            if not op.future.done():
+                op.future.set_result(got)
+            # A receive cancelled after its batch left: its rows are lost (at-most-once).

@@ -83,8 +83,9 @@ class Statements:
     write_version: sql.Composed
     persistence: sql.Composed
     send: sql.Composed
-    send_many: sql.Composed
+    send_batch: sql.Composed
     receive: sql.Composed
+    receive_batch: sql.Composed
     group_add: sql.Composed
     group_discard: sql.Composed
     group_channels: sql.Composed
@@ -138,20 +139,24 @@ def statements(schema: str) -> Statements:
             " THEN pg_notify(%(channel)s::text, '') IS NULL END"
             " FROM c"
         ),
-        # Many queues in one statement: one row per put, each with its own check.
-        send_many=q(
+        # Many rows in one statement, in order. Each queue's live rows are counted
+        # once; a row is stored while that count plus the rows before it in this
+        # statement for its queue stay below its capacity.
+        send_batch=q(
             "WITH p AS (SELECT * FROM unnest(%(queues)s::text[], %(payloads)s::bytea[],"
             " %(expiries)s::float8[], %(caps)s::int[], %(channels)s::text[])"
             " WITH ORDINALITY AS t(queue, payload, expiry, cap, channel, ord)),"
-            " c AS (SELECT p.*, "
-            + live.replace("{queue}", "p.queue").replace("{cap}", "p.cap")
-            + " AS n FROM p),"
+            " l AS (SELECT g.queue, "
+            + live.replace("{queue}", "g.queue").replace("{cap}", "g.cap")
+            + " AS n FROM (SELECT queue, max(cap) AS cap FROM p GROUP BY queue) AS g),"
+            " c AS (SELECT p.*, l.n + row_number() OVER (PARTITION BY p.queue ORDER BY p.ord)"
+            " - 1 < p.cap AS ok FROM p JOIN l ON l.queue = p.queue),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT c.queue, now() + make_interval(secs => c.expiry), c.payload"
-            " FROM c WHERE c.n < c.cap ORDER BY c.ord RETURNING queue)"
-            " SELECT c.queue, CASE WHEN c.channel IS NOT NULL"
+            " FROM c WHERE c.ok ORDER BY c.ord)"
+            " SELECT c.ord, c.ok, CASE WHEN c.ok AND c.channel IS NOT NULL"
             " THEN pg_notify(c.channel, '') IS NULL END"
-            " FROM c JOIN ins ON ins.queue = c.queue"
+            " FROM c ORDER BY c.ord"
         ),
         # Claim with SKIP LOCKED in an InitPlan (runs once: no extra rows locked),
         # delete by ctid. RETURNING order is unspecified: the caller sorts by id.
@@ -159,6 +164,14 @@ def statements(schema: str) -> Statements:
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.messages WHERE queue = %s AND expires_at > now()"
             " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING id, payload"
+        ),
+        # The same for many queues at once, each with its own limit.
+        receive_batch=q(
+            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT m.ctid FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS r(queue, lim),"
+            " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
+            " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
+            " RETURNING queue, id, payload"
         ),
         group_add=q(
             "INSERT INTO {s}.group_members (group_name, channel, expires_at)"
