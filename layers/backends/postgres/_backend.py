@@ -188,7 +188,7 @@ class PostgresBackend(Backend):
             self._checking = asyncio.get_running_loop().create_task(check())
 
     async def _query(
-        self, query: sql.Composed | str, params: _Params = None, *, rows: bool = True
+        self, query: bytes, params: _Params = None, *, rows: bool = True
     ) -> list[tuple[Any, ...]]:
         """Run one statement on a pooled connection; re-create a dropped schema once."""
         for attempt in (0, 1):
@@ -206,7 +206,7 @@ class PostgresBackend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(
-        self, query: sql.Composed | str, params: _Params, rows: bool
+        self, query: bytes, params: _Params, rows: bool
     ) -> list[tuple[Any, ...]] | int:
         """Execute on a leased connection: rows if ``rows``, else the row count."""
 
@@ -450,7 +450,7 @@ class PostgresBackend(Backend):
                 break
         return total
 
-    async def _rowcount(self, query: sql.Composed, params: _Params) -> int:
+    async def _rowcount(self, query: bytes, params: _Params) -> int:
         with self._translate():
             result = await self._run(query, params, False)
         return result if isinstance(result, int) else 0

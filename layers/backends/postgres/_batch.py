@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from layers.backends.postgres._sql import Statements
 
@@ -44,7 +43,7 @@ __all__ = ["Batcher", "Lease", "Row", "Single"]
 #: Lease a connection, run ``fn`` on it, give it back (see ``PostgresBackend._lease``).
 Lease = Callable[[Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]], Awaitable[Any]]
 #: Run one statement on its own: ``(query, params) -> rows`` (with error translation).
-Single = Callable[[sql.Composed, Sequence[Any] | dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
+Single = Callable[[bytes, Sequence[Any] | dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 #: One send: (queue, payload, expiry seconds, capacity, NOTIFY channel or None).
 Row = tuple[str, bytes, float, int, str | None]
 
