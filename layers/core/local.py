@@ -265,8 +265,12 @@ class LoopState:
         """Pop from ``queue`` while a consumer waits on it; linger, then exit."""
         demand = self.demand
         while not self.closing:
-            if demand.get(queue, 0) <= 0 and not await self._linger(queue):
-                break
+            if demand.get(queue, 0) <= 0:
+                # A consumer just served usually asks again at once: let it run first,
+                # which costs one loop turn instead of arming a linger timer.
+                await asyncio.sleep(0)
+                if demand.get(queue, 0) <= 0 and not await self._linger(queue):
+                    break
             await self._read_once(queue, demand.get(queue, 0))
         # No await between the last demand check and this removal, so a consumer
         # that arrives meanwhile finds either this task alive or no task at all.

@@ -51,6 +51,8 @@ def _check_value(value: object, path: str) -> None:
                     f"message keys must be str; {path} has key {key!r} ({type(key).__name__})"
                 )
             if type(item) not in _FLAT:  # containers, ints and anything invalid
+                if type(item) is int and _INT_MIN <= item <= _INT_MAX:
+                    continue  # the common case, without building a path
                 _check_value(item, f"{path}[{key!r}]")
     elif kind is list or kind is tuple:
         for index, item in enumerate(cast(Iterable[object], value)):

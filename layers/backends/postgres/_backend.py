@@ -205,9 +205,7 @@ class PostgresBackend(Backend):
             await self._ensure_schema()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(
-        self, query: bytes, params: _Params, rows: bool
-    ) -> list[tuple[Any, ...]] | int:
+    async def _run(self, query: bytes, params: _Params, rows: bool) -> list[tuple[Any, ...]] | int:
         """Execute on a leased connection: rows if ``rows``, else the row count."""
 
         async def execute(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]] | int:

@@ -144,8 +144,8 @@ def statements(schema: str) -> Statements:
         # once; a row is stored while that count plus the rows before it in this
         # statement for its queue stay below its capacity.
         send_batch=q(
-            "WITH p AS (SELECT * FROM unnest(%(queues)s::text[], %(payloads)s::bytea[],"
-            " %(expiries)s::float8[], %(caps)s::int[], %(channels)s::text[])"
+            "WITH p AS (SELECT * FROM unnest(%(queues)b::text[], %(payloads)b::bytea[],"
+            " %(expiries)b::float8[], %(caps)b::int[], %(channels)b::text[])"
             " WITH ORDINALITY AS t(queue, payload, expiry, cap, channel, ord)),"
             " l AS (SELECT g.queue, "
             + live.replace("{queue}", "g.queue").replace("{cap}", "g.cap")
@@ -169,7 +169,7 @@ def statements(schema: str) -> Statements:
         # The same for many queues at once, each with its own limit.
         receive_batch=q(
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
-            "SELECT m.ctid FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS r(queue, lim),"
+            "SELECT m.ctid FROM unnest(%(queues)b::text[], %(limits)b::int[]) AS r(queue, lim),"
             " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
             " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
             " RETURNING queue, id, payload"
