@@ -330,3 +330,30 @@ def test_a_failing_statement_does_not_fail_its_batch(pg_url: str) -> None:
             assert [(await layer.receive("batch.iso"))["i"] for _ in range(2)] == [1, 2]
 
     asyncio.run(main())
+
+
+def test_capacity_is_exact_when_the_id_span_cannot_decide(pg_url: str) -> None:
+    """The id-span shortcut only ever accepts rows that fit; the count decides the rest."""
+
+    async def main() -> None:
+        async with layers.from_url(pg_url, capacity=4, expiry=1) as layer:
+            await layer.flush()
+            # Interleaved queues: span(cap.a) grows past capacity with few rows in it.
+            for i in range(4):
+                await layer.send("cap.a", {"i": i})
+                await layer.send("cap.b", {"i": i})
+            with pytest.raises(layers.ChannelFull):
+                await layer.send("cap.a", {"i": 4})
+            assert (await layer.receive("cap.a"))["i"] == 0
+            await layer.send("cap.a", {"i": 5})  # three left plus this one: full again
+            with pytest.raises(layers.ChannelFull):
+                await layer.send("cap.a", {"i": 6})
+            # Expired rows still widen the span but no longer count.
+            await asyncio.sleep(1.2)
+            results = await asyncio.gather(
+                *(layer.send("cap.a", {"i": 10 + i}) for i in range(6)), return_exceptions=True
+            )
+            assert [r is None for r in results] == [True] * 4 + [False] * 2, results
+            assert [(await layer.receive("cap.a"))["i"] for _ in range(4)] == [10, 11, 12, 13]
+
+    asyncio.run(main())

@@ -108,6 +108,28 @@ def statements(schema: str) -> Statements:
         "(SELECT count(*) FROM (SELECT 1 FROM {s}.messages m"
         " WHERE m.queue = {queue} AND m.expires_at > now() LIMIT {cap}) AS c)"
     )
+    # Before counting: a queue's rows have distinct ids between its lowest and its
+    # highest, so that span bounds its row count from above, in two index probes.
+    # When the span plus the rows being added stays below capacity they all fit,
+    # whatever the backlog; only a queue that may be near capacity is counted.
+    lowest = "(SELECT id FROM {s}.messages WHERE queue = {queue} ORDER BY id LIMIT 1)"
+    highest = "(SELECT id FROM {s}.messages WHERE queue = {queue} ORDER BY id DESC LIMIT 1)"
+
+    def bounded(queue: str, least: str, adding: str, most: str) -> str:
+        """A row count of ``queue``: exact (up to ``most``) unless ``adding`` rows fit.
+
+        When the span plus ``adding`` stays below ``least`` (the smallest capacity of
+        the rows being added), the span itself stands in for the count: every row
+        then passes ``count + position - 1 < capacity``, as it should.
+        """
+        lo, hi = lowest.replace("{queue}", queue), highest.replace("{queue}", queue)
+        return (
+            f"(SELECT CASE WHEN b.lo IS NULL THEN 0"
+            f" WHEN b.hi - b.lo + {adding} < {least} THEN b.hi - b.lo + 1"
+            f" ELSE {live.replace('{queue}', queue).replace('{cap}', most)} END"
+            f" FROM (SELECT {lo} AS lo, {hi} AS hi) AS b)"
+        )
+
     return Statements(
         lock=q("SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}, 0))"),
         create_schema=q("CREATE SCHEMA IF NOT EXISTS {s}"),
@@ -128,9 +150,7 @@ def statements(schema: str) -> Statements:
         # Not only on the empty->non-empty edge: the count cannot see a reader's
         # uncommitted DELETE, so an edge rule can miss a reader that just drained.
         send=q(
-            "WITH c AS (SELECT "
-            + live.replace("{queue}", "%(queue)s").replace("{cap}", "%(cap)s")
-            + " AS n),"
+            "WITH c AS (SELECT " + bounded("%(queue)s", "%(cap)s", "1", "%(cap)s") + " AS n),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT %(queue)s, now() + make_interval(secs => %(expiry)s), %(payload)b"
             " FROM c WHERE c.n < %(cap)s RETURNING 1)"
@@ -148,8 +168,9 @@ def statements(schema: str) -> Statements:
             " %(expiries)b::float8[], %(caps)b::int[], %(channels)b::text[])"
             " WITH ORDINALITY AS t(queue, payload, expiry, cap, channel, ord)),"
             " l AS (SELECT g.queue, "
-            + live.replace("{queue}", "g.queue").replace("{cap}", "g.cap")
-            + " AS n FROM (SELECT queue, max(cap) AS cap FROM p GROUP BY queue) AS g),"
+            + bounded("g.queue", "g.least", "g.k", "g.most")
+            + " AS n FROM (SELECT queue, min(cap) AS least, max(cap) AS most, count(*) AS k FROM p"
+            " GROUP BY queue) AS g),"
             " c AS (SELECT p.*, l.n + row_number() OVER (PARTITION BY p.queue ORDER BY p.ord)"
             " - 1 < p.cap AS ok FROM p JOIN l ON l.queue = p.queue),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
