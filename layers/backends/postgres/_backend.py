@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from layers.backends.postgres import _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
-from layers.backends.postgres._listener import Listener, notify_channel
+from layers.backends.postgres._listener import Listener, _Watch, notify_channel
 from layers.core.backend import Backend, Capability, Put
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
 from layers.core.layer import ChannelLayer
@@ -353,18 +353,19 @@ class PostgresBackend(Backend):
         deadline = time.monotonic() + timeout
         listener = self._listener
         channel = self._channel(queue)
+        watch = None
         if listener is not None:
             watch = listener.watch(channel)
             event = watch.event
         else:
             event = self._local.setdefault(queue, asyncio.Event())
         try:
-            if listener is not None and not watch.listening.is_set():
+            if watch is not None and not watch.listening.is_set():
                 # LISTEN before the first drain, or a send in between waits a poll.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(timeout, self._poll)):
                         await watch.listening.wait()
-            return await self._claim_loop(queue, limit, event, deadline)
+            return await self._claim_loop(queue, limit, event, deadline, watch)
         finally:
             if listener is not None:
                 listener.release(channel)
@@ -372,11 +373,35 @@ class PostgresBackend(Backend):
                 del self._local[queue]
 
     async def _claim_loop(
-        self, queue: str, limit: int, event: asyncio.Event, deadline: float
+        self,
+        queue: str,
+        limit: int,
+        event: asyncio.Event,
+        deadline: float,
+        watch: _Watch | None,
     ) -> list[bytes]:
         failures = 0
+        # A queue the last claim drained holds nothing new until a NOTIFY sets the
+        # event (cleared before that claim, so none is missed): wait for it first
+        # instead of paying for a claim that finds nothing. Needs live wake-ups.
+        wait_first = (
+            watch is not None
+            and watch.drained
+            and self._settings.notify
+            and watch.listening.is_set()
+        )
         while True:
+            if wait_first and not event.is_set():
+                remaining = deadline - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, self._poll)):
+                        await event.wait()
+                if not event.is_set() and deadline - time.monotonic() <= 0:
+                    return []
+            wait_first = False
             event.clear()
+            if watch is not None:
+                watch.drained = False
             try:
                 with self._translate():
                     rows = await self._batcher.receive(queue, limit)
@@ -389,6 +414,8 @@ class PostgresBackend(Backend):
                 if failures > 3 or not isinstance(exc.__cause__, psycopg.OperationalError):
                     raise
                 continue
+            if watch is not None:
+                watch.drained = len(rows) < limit
             if rows:
                 return [payload for _, payload in rows]
             remaining = deadline - time.monotonic()

@@ -92,6 +92,7 @@ class Batcher:
         self._pending: list[_Op] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: dict[str, int] = {}  # queue -> in-flight batches sending to it
+        self._inline = 0  # operations running in their caller's task
         self._closed = False
 
     async def send(self, rows: list[Row]) -> list[bool]:
@@ -118,12 +119,29 @@ class Batcher:
         if self._closed:
             await self._alone(op)  # raises: the backend is closed
             return op.future.result()
+        if not self._tasks and not self._pending and not self._inline:
+            # Nothing in flight: run it here, without a hop through a flushing task.
+            # What is submitted meanwhile queues up and leaves as the next batch.
+            self._inline += 1
+            self._take_inline(op)
+            try:
+                await self._alone(op)
+            finally:
+                self._inline -= 1
+                self._done([op])
+                self._kick()
+            return op.future.result()
         self._pending.append(op)
         self._kick()
         return await op.future
 
+    def _take_inline(self, op: _Op) -> None:
+        busy = self._busy
+        for q in op.sends_to:
+            busy[q] = busy.get(q, 0) + 1
+
     def _kick(self) -> None:
-        if self._pending and not self._closed and len(self._tasks) < self._parallel:
+        if self._pending and not self._closed and len(self._tasks) + self._inline < self._parallel:
             task = asyncio.get_running_loop().create_task(
                 self._flush(), name="layers-postgres-batch"
             )

@@ -38,13 +38,16 @@ def notify_channel(schema: str, queue: str) -> str:
 
 
 class _Watch:
-    __slots__ = ("event", "last_used", "listening", "users")
+    __slots__ = ("drained", "event", "last_used", "listening", "users")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.listening = asyncio.Event()
         self.users = 0
         self.last_used = time.monotonic()
+        #: The last claim on this queue, made after ``event`` was cleared, took fewer
+        #: rows than it asked for: until ``event`` is set, the queue holds nothing new.
+        self.drained = False
 
 
 class Listener:
