@@ -17,6 +17,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 from urllib.parse import urlencode
 
 import pytest
@@ -28,7 +29,7 @@ SCHEMA = "layers_test_pg"
 REQUIRED = os.environ.get("LAYERS_TEST_REQUIRE_SERVICES") == "1"
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip, or fail in CI where every service must be present."""
     if REQUIRED:
         pytest.fail(f"required service missing: {reason}")

@@ -128,7 +128,11 @@ def test_unlogged_option_creates_unlogged_tables(pg_server: str, fresh_schema: s
         " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1",
         fresh_schema,
     )
-    assert dict(rows) == {"group_members": "u", "messages": "u", "meta": "p"}
+    assert {str(name): str(kind) for name, kind in rows} == {
+        "group_members": "u",
+        "messages": "u",
+        "meta": "p",
+    }
 
 
 def test_dropped_schema_is_recreated(pg_server: str, fresh_schema: str) -> None:
