@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 from layers.core.errors import ConfigurationError
 
-__all__ = ["Backend", "Capability", "Put"]
+__all__ = ["Backend", "Capability", "GroupPayload", "Put"]
 
 
 class Capability(enum.StrEnum):
@@ -85,6 +85,47 @@ class Put:
     payload: bytes
     expiry: float
     capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPayload:
+    r"""What one ``group_send`` stores, described so a backend can build it in its store.
+
+    Members are grouped by queue. A normal member channel ``C`` (no ``!``) gets
+    :attr:`plain` on queue ``C``. The reply channels of one inbox ``Q`` (names
+    ``Q + local``, ``Q`` ending in ``!``) get one payload on queue ``Q``:
+    :attr:`targeted_head` + their local parts joined by ``,`` + ``\n`` + :attr:`body`
+    (the order of the local parts does not matter). Every payload is stored with
+    :attr:`expiry` and checked against :attr:`capacity`; a full queue is skipped.
+    """
+
+    plain: bytes
+    targeted_head: bytes
+    body: bytes
+    expiry: float
+    capacity: int
+
+    def puts(self, members: Sequence[str]) -> list[Put]:
+        """The :class:`Put` per receiving queue for ``members``, in first-seen order."""
+        queues: dict[str, list[str] | None] = {}
+        for channel in members:
+            index = channel.find("!")
+            if index < 0:
+                queues[channel] = None
+                continue
+            locals_ = queues.get(channel[: index + 1])
+            if locals_ is None:
+                locals_ = queues[channel[: index + 1]] = []
+            locals_.append(channel[index + 1 :])
+        return [
+            Put(queue, self.plain if locals_ is None else self.targeted(locals_), self.expiry,
+                self.capacity)
+            for queue, locals_ in queues.items()
+        ]  # fmt: skip
+
+    def targeted(self, locals_: Sequence[str]) -> bytes:
+        """The payload of one inbox whose reply channels have the local parts ``locals_``."""
+        return b"".join((self.targeted_head, ",".join(locals_).encode("ascii"), b"\n", self.body))
 
 
 class Backend(abc.ABC):
@@ -222,6 +263,21 @@ class Backend(abc.ABC):
         Needs :attr:`Capability.GROUPS`. Read-only: cancellation changes nothing.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support groups")
+
+    async def group_send(self, group: str, payload: GroupPayload) -> int:
+        """Store ``payload`` for every member of ``group``; return the full queues skipped.
+
+        Used by ``group_send`` when every channel has the same capacity. The default
+        is :meth:`group_channels` then :meth:`send_many` with
+        :meth:`GroupPayload.puts`; a backend may override it to do both in one round
+        trip, with the same result. Needs :attr:`Capability.GROUPS`. Cancellation:
+        each receiving queue gets its payload once or not at all.
+        """
+        members = await self.group_channels(group)
+        if not members:
+            return 0
+        stored = await self.send_many(payload.puts(members))
+        return stored.count(False)
 
     async def flush(self) -> None:
         """Delete every queue and group this layer's options address.

@@ -28,10 +28,11 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from layers.core.backend import Backend, Capability, Put
+from layers.core.backend import Backend, Capability
 from layers.core.config import resolve_backend, split_url
 from layers.core.errors import (
     ChannelFull,
@@ -40,7 +41,7 @@ from layers.core.errors import (
     LayerClosed,
     MessageTooLarge,
 )
-from layers.core.local import LoopState, Mailbox, pack
+from layers.core.local import LoopState, Mailbox, group_payload, pack
 from layers.core.names import (
     MAX_NAME_LENGTH,
     make_client_id,
@@ -460,35 +461,21 @@ class ChannelLayer:
         body = self._encode(message)
         self.require(Capability.GROUPS)
         backend = await self._state().ready()
-        members = await backend.group_channels(group)
-        if not members:
-            return
-        targets: dict[str, list[str] | None] = {}
-        first_member: dict[str, str] = {}
-        for channel in members:
-            index = channel.find("!")
-            if index < 0:
-                targets[channel] = None
-                first_member[channel] = channel
-            else:
-                queue = channel[: index + 1]
-                locals_ = targets.get(queue)
-                if locals_ is None:
-                    locals_ = targets[queue] = []
-                    first_member[queue] = channel
-                locals_.append(channel[index + 1 :])
-        deadline = time.time() + self.expiry
-        puts = [
-            Put(
-                queue,
-                pack(locals_, body, deadline),
-                self.expiry,
-                self.get_capacity(first_member[queue]),
-            )
-            for queue, locals_ in targets.items()
-        ]
-        stored = await backend.send_many(puts)
-        skipped = stored.count(False)
+        payload = group_payload(body, time.time() + self.expiry, self.expiry, self.capacity)
+        if self.channel_capacity:
+            # Capacities differ per channel: the core builds the puts itself, giving
+            # an inbox the capacity of its first member (as a send to it would).
+            members = await backend.group_channels(group)
+            first: dict[str, str] = {}
+            for channel in reversed(members):
+                first[channel[: channel.find("!") + 1] or channel] = channel
+            puts = [
+                replace(put, capacity=self.get_capacity(first[put.queue]))
+                for put in payload.puts(members)
+            ]
+            skipped = (await backend.send_many(puts)).count(False) if puts else 0
+        else:
+            skipped = await backend.group_send(group, payload)
         if skipped:
             logger.info("group_send to %r skipped %d full queue(s)", group, skipped)
 

@@ -22,13 +22,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from layers.core.backend import Backend
+from layers.core.backend import Backend, GroupPayload
 from layers.core.errors import BackendError, LayerClosed
 
 if TYPE_CHECKING:
     from layers.core.layer import ChannelLayer
 
-__all__ = ["LoopState", "Mailbox", "pack", "unpack"]
+__all__ = ["LoopState", "Mailbox", "group_payload", "pack", "unpack"]
 
 logger = logging.getLogger("layers")
 
@@ -64,6 +64,22 @@ def pack(targets: list[str] | None, body: bytes, deadline: float) -> bytes:
     if targets is None:
         return b"".join((_PLAIN, header, body))
     return b"".join((_TARGETED, header, ",".join(targets).encode("ascii"), b"\n", body))
+
+
+def group_payload(body: bytes, deadline: float, expiry: float, capacity: int) -> GroupPayload:
+    """The envelopes of one ``group_send``, as :class:`~layers.GroupPayload` describes them.
+
+    Equal to :func:`pack` for every receiving queue: ``plain`` is ``pack(None, ...)``
+    and an inbox's payload is ``pack(its local names, ...)``.
+    """
+    header = _DEADLINE.pack(deadline)
+    return GroupPayload(
+        plain=b"".join((_PLAIN, header, body)),
+        targeted_head=_TARGETED + header,
+        body=body,
+        expiry=expiry,
+        capacity=capacity,
+    )
 
 
 def unpack(payload: bytes) -> tuple[list[str] | None, float, bytes]:

@@ -52,3 +52,17 @@ async def test_a_message_put_back_after_a_sweep_is_not_lost() -> None:
         await waiter
     assert (await asyncio.wait_for(layer.receive(reply), 1))["type"] == "first"
     await layer.aclose()
+
+
+def test_group_payload_puts_match_the_envelope_of_a_send() -> None:
+    from layers.core.local import group_payload, pack, unpack
+
+    payload = group_payload(b"body", 1234.5, 60.0, 7)
+    members = ["plain.a", "x.inbox1!r1", "plain.b", "x.inbox1!r2", "x.inbox2!r3"]
+    puts = payload.puts(members)
+    assert [p.queue for p in puts] == ["plain.a", "x.inbox1!", "plain.b", "x.inbox2!"]
+    assert {p.capacity for p in puts} == {7}
+    assert {p.expiry for p in puts} == {60.0}
+    assert puts[0].payload == pack(None, b"body", 1234.5)
+    assert puts[1].payload == pack(["r1", "r2"], b"body", 1234.5)
+    assert unpack(puts[3].payload) == (["r3"], 1234.5, b"body")

@@ -361,3 +361,55 @@ def test_capacity_is_exact_when_the_id_span_cannot_decide(pg_url: str) -> None:
             assert [(await layer.receive("cap.a"))["i"] for _ in range(4)] == [10, 11, 12, 13]
 
     asyncio.run(main())
+
+
+def test_notify_channel_names_match_between_python_and_sql(pg_url: str) -> None:
+    from layers.backends.postgres._sql import NOTIFY_CHANNEL
+
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            backend = backend_of(layer)
+            await layer._state().ready()
+            expr = NOTIFY_CHANNEL.replace("{lit}", "%s").replace("{queue}", "%s")
+            for queue in ("a", "specific.abc!", "x" * 100):
+                rows = await backend._query(b"SELECT " + expr.encode(), ("layers", queue))
+                assert rows[0][0] == notify_channel("layers", queue)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("poll_only", [False, True])
+def test_group_send_is_one_statement_that_skips_full_members(pg_url: str, poll_only: bool) -> None:
+    async def main() -> None:
+        url = with_params(pg_url, poll_only=int(poll_only), poll_interval=5)
+        async with layers.from_url(url, capacity=2) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            replies = [await layer.new_channel() for _ in range(3)]
+            for channel in [*replies, "gs.plain", "gs.full"]:
+                await layer.group_add("gs", channel)
+            await layer.send("gs.full", {"n": 1})
+            await layer.send("gs.full", {"n": 2})
+            waiting = asyncio.create_task(layer.receive(replies[0]))
+            await asyncio.sleep(0.2)  # the inbox reader drained and waits for a wake-up
+            statements: list[bytes] = []
+            query = backend._query
+
+            async def counting(q: bytes, *args: object, **kwargs: object) -> object:
+                statements.append(q)
+                return await query(q, *args, **kwargs)  # type: ignore[arg-type]
+
+            backend._query = counting  # type: ignore[assignment,method-assign]
+            await layer.group_send("gs", {"type": "hello"})
+            backend._query = query  # type: ignore[method-assign]
+            assert statements == [backend._sql.group_send]
+            # Woken at once (well before the 5 s poll), in both modes.
+            assert await asyncio.wait_for(waiting, 2) == {"type": "hello"}
+            for channel in [*replies[1:], "gs.plain"]:
+                assert await asyncio.wait_for(layer.receive(channel), 2) == {"type": "hello"}
+            # The full member was skipped: it still holds its two messages only.
+            assert [(await layer.receive("gs.full"))["n"] for _ in range(2)] == [1, 2]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(layer.receive("gs.full"), 0.3)
+
+    asyncio.run(main())

@@ -32,9 +32,12 @@ _MAX_BACKOFF = 5.0
 
 
 def notify_channel(schema: str, queue: str) -> str:
-    """Return the NOTIFY channel of ``queue``: ``lq_`` + 24 hex digits (27 bytes < 63)."""
-    digest = hashlib.blake2b(f"{schema}\0{queue}".encode(), digest_size=12).hexdigest()
-    return f"lq_{digest}"
+    """Return the NOTIFY channel of ``queue``: ``lq_`` + 24 hex digits (27 bytes < 63).
+
+    The digits start the SHA-256 of ``schema:queue``, which SQL computes too (see
+    ``_sql.NOTIFY_CHANNEL``), so a statement can wake the readers of queues it finds.
+    """
+    return "lq_" + hashlib.sha256(f"{schema}:{queue}".encode()).hexdigest()[:24]
 
 
 class _Watch:

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-__all__ = ["SCHEMA_VERSION", "Statements", "migrations", "statements"]
+__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "Statements", "migrations", "statements"]
+
+#: SQL for ``_listener.notify_channel(schema, queue)``, with ``{queue}`` to fill in.
+NOTIFY_CHANNEL = (
+    "'lq_' || left(encode(sha256(convert_to({lit} || ':' || {queue}, 'UTF8')), 'hex'), 24)"
+)
 
 #: The schema version this code writes and reads.
 SCHEMA_VERSION = 1
@@ -86,6 +91,7 @@ class Statements:
     send_batch: bytes
     receive: bytes
     receive_batch: bytes
+    group_send: bytes
     group_add: bytes
     group_discard: bytes
     group_channels: bytes
@@ -194,6 +200,28 @@ def statements(schema: str) -> Statements:
             " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
             " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
             " RETURNING queue, id, payload"
+        ),
+        # group_send in one statement: the members, one payload per receiving queue
+        # (as GroupPayload describes it), the capacity check, the insert and the
+        # wake-ups. Returns the number of queues stored and skipped.
+        group_send=q(
+            "WITH m AS (SELECT CASE WHEN pos > 0 THEN left(channel, pos) ELSE channel END"
+            " AS queue, substr(channel, pos + 1) AS local FROM (SELECT channel,"
+            " strpos(channel, '!') AS pos FROM {s}.group_members WHERE group_name = %(group)s"
+            " AND expires_at > now()) AS g),"
+            " p AS (SELECT queue, CASE WHEN right(queue, 1) = '!' THEN %(head)b"
+            " || convert_to(string_agg(local, ','), 'UTF8') || %(newline)b || %(body)b"
+            " ELSE %(plain)b END AS payload FROM m GROUP BY queue),"
+            " c AS (SELECT p.queue, p.payload, "
+            + bounded("p.queue", "%(cap)s", "1", "%(cap)s")
+            + " < %(cap)s AS ok FROM p),"
+            " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
+            " SELECT queue, now() + make_interval(secs => %(expiry)s), payload"
+            " FROM c WHERE ok ORDER BY queue)"
+            " SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok),"
+            " count(CASE WHEN ok AND %(notify)s THEN pg_notify("
+            + NOTIFY_CHANNEL.replace("{queue}", "queue")
+            + ", '') IS NULL END) FROM c"
         ),
         group_add=q(
             "INSERT INTO {s}.group_members (group_name, channel, expires_at)"
