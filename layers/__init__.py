@@ -3,7 +3,7 @@
 The public API is re-exported here; everything else may change between releases.
 """
 
-from layers.core.backend import Backend, Capability, Put
+from layers.core.backend import Backend, Capability, GroupPayload, Put
 from layers.core.config import configure, from_url, get_channel_layer, layer_from_config
 from layers.core.errors import (
     BackendError,
@@ -37,6 +37,7 @@ __all__ = [
     "ChannelNotOwned",
     "ConfigurationError",
     "Group",
+    "GroupPayload",
     "InvalidMessage",
     "LayerClosed",
     "LayerError",
