@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -411,5 +412,32 @@ def test_group_send_is_one_statement_that_skips_full_members(pg_url: str, poll_o
             assert [(await layer.receive("gs.full"))["n"] for _ in range(2)] == [1, 2]
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(layer.receive("gs.full"), 0.3)
+
+    asyncio.run(main())
+
+
+def test_a_drained_reader_is_woken_by_another_process_send(pg_url: str) -> None:
+    """A reader that waits before claiming (its queue was drained) misses no wake-up."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)  # only a NOTIFY can wake it in time
+        async with layers.from_url(url) as reader, layers.from_url(url) as writer:
+            await reader.flush()
+            backend = backend_of(reader)
+            await reader._state().ready()
+            assert await backend.receive("wf.q", timeout=0.3, limit=1) == []  # drained
+            # Sent while no receive runs: the wake-up must still count.
+            await writer.send("wf.q", {"n": 1})
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            assert len(await backend.receive("wf.q", timeout=3, limit=1)) == 1
+            assert time.monotonic() - started < 1
+            # Sent while a receive waits before claiming.
+            waiting = asyncio.create_task(backend.receive("wf.q", timeout=3, limit=1))
+            await asyncio.sleep(0.2)
+            await writer.send("wf.q", {"n": 2})
+            started = time.monotonic()
+            assert len(await waiting) == 1
+            assert time.monotonic() - started < 1
 
     asyncio.run(main())
