@@ -42,29 +42,37 @@ _SCALARS = (str, bytes, float, bool, type(None))
 _FLAT = frozenset({str, bytes, float, bool, type(None)})
 
 
-def _check_value(value: object, path: str) -> None:
+_ROOT = object()
+
+
+def _where(parent: str, key: object) -> str:
+    """The path of an item, built only when needed (an error, a nested container)."""
+    return parent if key is _ROOT else f"{parent}[{key!r}]"
+
+
+def _check_value(value: object, parent: str, key: object = _ROOT) -> None:
     kind = type(value)
-    if kind is dict:
-        for key, item in cast(dict[object, object], value).items():
-            if type(key) is not str:
+    if kind is int:
+        if not _INT_MIN <= cast(int, value) <= _INT_MAX:
+            raise InvalidMessage(f"{_where(parent, key)} = {value} does not fit in 64 bits")
+    elif kind is dict:
+        path = _where(parent, key)
+        for name, item in cast(dict[object, object], value).items():
+            if type(name) is not str:
                 raise InvalidMessage(
-                    f"message keys must be str; {path} has key {key!r} ({type(key).__name__})"
+                    f"message keys must be str; {path} has key {name!r} ({type(name).__name__})"
                 )
             if type(item) not in _FLAT:  # containers, ints and anything invalid
-                if type(item) is int and _INT_MIN <= item <= _INT_MAX:
-                    continue  # the common case, without building a path
-                _check_value(item, f"{path}[{key!r}]")
+                _check_value(item, path, name)
     elif kind is list or kind is tuple:
+        path = _where(parent, key)
         for index, item in enumerate(cast(Iterable[object], value)):
             if type(item) not in _FLAT:
-                _check_value(item, f"{path}[{index}]")
-    elif kind is int:
-        if not _INT_MIN <= cast(int, value) <= _INT_MAX:
-            raise InvalidMessage(f"{path} = {value} does not fit in 64 bits")
+                _check_value(item, path, index)
     elif not isinstance(value, _SCALARS):
         raise InvalidMessage(
-            f"{path} is a {kind.__name__}; messages may hold only bytes, str, int, float, "
-            "bool, None, list and dict"
+            f"{_where(parent, key)} is a {kind.__name__}; messages may hold only bytes, str, "
+            "int, float, bool, None, list and dict"
         )
 
 
