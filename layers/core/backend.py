@@ -45,7 +45,7 @@ from __future__ import annotations
 import abc
 import enum
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -105,23 +105,37 @@ class GroupPayload:
     expiry: float
     capacity: int
 
-    def puts(self, members: Sequence[str]) -> list[Put]:
-        """The :class:`Put` per receiving queue for ``members``, in first-seen order."""
+    def puts(
+        self, members: Sequence[str], capacity_of: Callable[[str], int] | None = None
+    ) -> list[Put]:
+        """The :class:`Put` per receiving queue for ``members``, in first-seen order.
+
+        Each put has :attr:`capacity`, or with ``capacity_of`` the capacity of the
+        queue's first member channel (what a ``send`` to that channel would check).
+        """
         queues: dict[str, list[str] | None] = {}
+        first: dict[str, str] = {}
         for channel in members:
             index = channel.find("!")
             if index < 0:
                 queues[channel] = None
+                first[channel] = channel
                 continue
-            locals_ = queues.get(channel[: index + 1])
+            inbox = channel[: index + 1]
+            locals_ = queues.get(inbox)
             if locals_ is None:
-                locals_ = queues[channel[: index + 1]] = []
+                locals_ = queues[inbox] = []
+                first[inbox] = channel
             locals_.append(channel[index + 1 :])
         return [
-            Put(queue, self.plain if locals_ is None else self.targeted(locals_), self.expiry,
-                self.capacity)
+            Put(
+                queue,
+                self.plain if locals_ is None else self.targeted(locals_),
+                self.expiry,
+                self.capacity if capacity_of is None else capacity_of(first[queue]),
+            )
             for queue, locals_ in queues.items()
-        ]  # fmt: skip
+        ]
 
     def targeted(self, locals_: Sequence[str]) -> bytes:
         """The payload of one inbox whose reply channels have the local parts ``locals_``."""

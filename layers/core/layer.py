@@ -28,7 +28,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -466,13 +465,7 @@ class ChannelLayer:
             # Capacities differ per channel: the core builds the puts itself, giving
             # an inbox the capacity of its first member (as a send to it would).
             members = await backend.group_channels(group)
-            first: dict[str, str] = {}
-            for channel in reversed(members):
-                first[channel[: channel.find("!") + 1] or channel] = channel
-            puts = [
-                replace(put, capacity=self.get_capacity(first[put.queue]))
-                for put in payload.puts(members)
-            ]
+            puts = payload.puts(members, self.get_capacity)
             skipped = (await backend.send_many(puts)).count(False) if puts else 0
         else:
             skipped = await backend.group_send(group, payload)
