@@ -210,10 +210,7 @@ class LoopState:
         demand = self.demand
         demand[queue] = demand.get(queue, 0) + 1
         if start_reader and queue not in self.driving:
-            task = self.readers.get(queue)
-            # Fast path: a busy reader already serves this queue.
-            if task is None or queue in self.idle_readers or task.done():
-                self._serve(queue)
+            self._serve(queue)
 
     def maybe_sweep(self) -> None:
         """Sweep when the sweep interval has passed (called on slow paths)."""
