@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -58,10 +58,12 @@ class _Op:
     rows: list[Row] | None = None
     queue: str = ""
     limit: int = 0
+    #: The distinct queues ``rows`` send to (derived once, read on every batch step).
+    sends_to: tuple[str, ...] = field(init=False, default=())
 
-    @property
-    def sends_to(self) -> tuple[str, ...]:
-        return tuple({row[0]: None for row in self.rows}) if self.rows else ()
+    def __post_init__(self) -> None:
+        if self.rows:
+            self.sends_to = tuple(dict.fromkeys(row[0] for row in self.rows))
 
 
 def _send_params(rows: Sequence[Row]) -> dict[str, Any]:
@@ -123,7 +125,7 @@ class Batcher:
             # Nothing in flight: run it here, without a hop through a flushing task.
             # What is submitted meanwhile queues up and leaves as the next batch.
             self._inline += 1
-            self._take_inline(op)
+            self._mark_busy([op])
             try:
                 await self._alone(op)
             finally:
@@ -135,10 +137,12 @@ class Batcher:
         self._kick()
         return await op.future
 
-    def _take_inline(self, op: _Op) -> None:
+    def _mark_busy(self, ops: list[_Op]) -> None:
+        """Count ``ops`` as in flight for the queues they send to (undone by ``_done``)."""
         busy = self._busy
-        for q in op.sends_to:
-            busy[q] = busy.get(q, 0) + 1
+        for op in ops:
+            for q in op.sends_to:
+                busy[q] = busy.get(q, 0) + 1
 
     def _kick(self) -> None:
         if self._pending and not self._closed and len(self._tasks) + self._inline < self._parallel:
@@ -187,9 +191,7 @@ class Batcher:
             else:
                 taken.append(op)
         self._pending = kept
-        for op in taken:
-            for q in op.sends_to:
-                busy[q] = busy.get(q, 0) + 1
+        self._mark_busy(taken)
         return taken
 
     def _done(self, ops: list[_Op]) -> None:
