@@ -479,7 +479,6 @@ def _record(tally: Tally, report: dict[str, Any]) -> None:
     for deliveries in report["got"]:
         for stream, seq in deliveries:
             tally.record(stream, seq)
-    tally.last_at = 0.0
 
 
 async def consume_fresh(
