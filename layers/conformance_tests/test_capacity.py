@@ -103,6 +103,21 @@ async def test_group_send_skips_full_members(layer_factory: LayerFactory) -> Non
 
 @requires(Capability.GROUPS)
 @async_test
+async def test_group_send_honours_channel_capacity(layer_factory: LayerFactory) -> None:
+    """``group_send`` checks each member against its own ``channel_capacity`` pattern."""
+    group, tight, roomy = unique("grp"), unique("tight"), unique("roomy")
+    async with layer_factory(capacity=1, channel_capacity={"*roomy*": 3}) as layer:
+        await layer.group_add(group, tight)
+        await layer.group_add(group, roomy)
+        await layer.send(tight, {"i": 0})
+        await layer.send(roomy, {"i": 0})
+        await layer.group_send(group, {"i": "group"})  # tight is full, roomy is not
+        assert [m["i"] for m in await drain(layer, tight)] == [0]
+        assert [m["i"] for m in await drain(layer, roomy)] == [0, "group"]
+
+
+@requires(Capability.GROUPS)
+@async_test
 async def test_group_send_to_a_full_reply_inbox(layer_factory: LayerFactory) -> None:
     """A full reply inbox is skipped by ``group_send`` without an error."""
     group = unique("grp")
