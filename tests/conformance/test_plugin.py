@@ -37,13 +37,18 @@ def test_enabling_the_plugin_runs_the_suite(tmp_path: Path) -> None:
     assert "1 passed" in proc.stdout
 
 
+def _assert_refused(tmp_path: Path, reason: str) -> None:
+    """The run stops with a usage error (exit 4) that says ``reason``."""
+    proc = _pytest(tmp_path)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert reason in proc.stdout + proc.stderr
+
+
 def test_conftest_redefining_a_conformance_test_is_refused(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(
         CONFTEST + "\n\ndef test_send_then_receive(layer_factory):\n    pass\n"
     )
-    proc = _pytest(tmp_path)
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "cannot be overridden" in proc.stdout + proc.stderr
+    _assert_refused(tmp_path, "cannot be overridden")
 
 
 def test_test_module_redefining_a_conformance_test_is_refused(tmp_path: Path) -> None:
@@ -56,18 +61,14 @@ def test_test_module_redefining_a_conformance_test_is_refused(tmp_path: Path) ->
             pass
         """)
     )
-    proc = _pytest(tmp_path)
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "redefines the conformance test test_send_then_receive" in proc.stdout + proc.stderr
+    _assert_refused(tmp_path, "redefines the conformance test test_send_then_receive")
 
 
 def test_overriding_an_internal_fixture_is_refused(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(
         CONFTEST + "\n\n@pytest.fixture(autouse=True)\ndef _conformance_gate():\n    pass\n"
     )
-    proc = _pytest(tmp_path)
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "fixture '_conformance_gate' is overridden" in proc.stdout + proc.stderr
+    _assert_refused(tmp_path, "fixture '_conformance_gate' is overridden")
 
 
 def test_known_bug_runs_as_strict_xfail(tmp_path: Path) -> None:
