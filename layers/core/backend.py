@@ -255,6 +255,23 @@ class Backend(abc.ABC):
         backoff.
         """
 
+    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
+        """Put payloads this instance received back at the head of ``queue``.
+
+        ``payloads`` are ``(payload, expiry)`` pairs, oldest first, each to expire
+        ``expiry`` seconds from now; they go in front of everything in the queue, in
+        their order, whatever the queue's capacity (they were in it). The core calls
+        this for a normal channel when the consumers it popped for have gone (a
+        ``receive`` cancelled while its pop was in flight), so those messages become
+        receivable by any process again instead of waiting in this one.
+
+        Return True when stored. The default returns False: the core then keeps the
+        payloads buffered in this process, receivable only here, and they are lost
+        if the process exits before it receives them. Cancellation: every payload is
+        restored once or not at all.
+        """
+        return False
+
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
         """Make ``channel`` a member of ``group`` until ``expiry`` seconds from now.
 

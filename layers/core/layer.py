@@ -6,21 +6,22 @@ values, reply-channel inboxes, cancellation safety and bounded local memory. A
 :class:`~layers.core.backend.Backend` supplies only storage.
 
 How receiving works (the part that makes ``receive`` safe to cancel)
-    Consumers never touch the store. ``receive(name)`` waits on a local *mailbox*.
-    One *reader task* per queue and event loop pops from the backend while at
-    least one consumer waits on that queue, and hands each message to the first
-    waiting consumer, or buffers it in the mailbox (bounded by the channel's
-    capacity, drop-oldest, expiring after ``expiry`` seconds). A cancelled
-    ``receive`` therefore never cancels a pop in flight: a message the reader
-    already took stays buffered for the next ``receive`` of that channel in this
-    process. Reply channels (``prefix.ID!local``) of one layer share one inbox
-    queue (``prefix.ID!``); the reader demultiplexes by local name.
+    Consumers never touch the store. ``receive(name)`` waits on a *mailbox*, shared
+    by every event loop of the layer. One *reader task* per queue and event loop
+    pops from the backend while consumers of that loop wait on the queue (exactly
+    as many as wait), and hands each message to the first waiting consumer, or
+    buffers it (bounded by the channel's capacity, drop-oldest, expiring after
+    ``expiry`` seconds). A cancelled ``receive`` never cancels a pop in flight:
+    what the reader took for a consumer that has gone goes to the next consumer of
+    that channel in this process, from any event loop, or back to the head of the
+    store when nobody here waits (see :mod:`layers.core.local`). Reply channels
+    (``prefix.ID!local``) of one layer share one inbox queue (``prefix.ID!``); the
+    reader demultiplexes by local name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import re
@@ -40,7 +41,7 @@ from layers.core.errors import (
     LayerClosed,
     MessageTooLarge,
 )
-from layers.core.local import LoopState, Mailbox, group_payload, pack
+from layers.core.local import Hub, LoopState, Mailbox, group_payload, pack
 from layers.core.names import (
     MAX_NAME_LENGTH,
     make_client_id,
@@ -163,6 +164,11 @@ class ChannelLayer:
             MultiFernet (first key encrypts, all decrypt). Needs ``[crypto]``.
         serializer_format: a registered serializer name (``"msgpack"``, ``"json"``).
         max_message_size: the largest serialized message in bytes (None: no limit).
+        prefetch: how many messages of a normal channel one process may take per
+            pop and hold for its own consumers (default 1: only what consumers wait
+            for). Higher values save round trips on a busy channel; the cost is that
+            a held message waits for this process even while another is idle, and a
+            killed process loses what it held (a clean close gives it back).
         **backend_options: passed to the backend (``hosts``, ``url``, ``prefix``...).
     """
 
@@ -180,6 +186,7 @@ class ChannelLayer:
         symmetric_encryption_keys: Iterable[str | bytes] | None = None,
         serializer_format: str = "msgpack",
         max_message_size: int | None = _DEFAULT_MAX_MESSAGE_SIZE,
+        prefetch: int = 1,
         **backend_options: Any,
     ) -> None:
         url = backend_options.pop("url", None)
@@ -219,6 +226,7 @@ class ChannelLayer:
         if max_message_size is not None:
             _number("max_message_size", max_message_size, minimum=1, integer=True)
         self.max_message_size = max_message_size
+        self.prefetch: int = _number("prefetch", prefetch, minimum=1, integer=True)
         if not isinstance(serializer_format, str):
             raise ConfigurationError("serializer_format", "must be a serializer name (str)")
         self._serializer: Serializer = get_serializer(
@@ -230,6 +238,7 @@ class ChannelLayer:
         self.client_id = make_client_id()
         self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
         self._states_lock = threading.Lock()
+        self._hub = Hub(self.get_capacity)
 
     # -- capabilities ---------------------------------------------------------------
 
@@ -290,7 +299,15 @@ class ChannelLayer:
             with self._states_lock:
                 state = self._states.get(loop)
                 if state is None:
-                    state = self._states[loop] = LoopState(self, loop)
+                    state = self._states[loop] = LoopState(
+                        self._hub,
+                        self.backend_class(**self._backend_options),
+                        loop,
+                        serializer=self._serializer,
+                        expiry=self.expiry,
+                        prefetch=self.prefetch,
+                        on_cancel=self._forget,
+                    )
                     self._close_with_loop(loop)
         return state
 
@@ -359,48 +376,19 @@ class ChannelLayer:
 
         ``channel`` is a normal channel name, or a full reply-channel name made by
         :meth:`new_channel` on *this* layer (else :class:`~layers.ChannelNotOwned`).
-        Cancellation loses nothing: a message already taken from the store stays
-        buffered for the next ``receive`` of this channel in this event loop.
+        Cancellation loses nothing: a message already taken from the store goes to
+        the next ``receive`` of this channel in this process (from any event loop),
+        or, for a normal channel nobody here waits on, back to the head of the store.
         """
         state = self._state()
-        box = state.mailboxes.get(channel)
+        box = self._hub.mailboxes.get(channel)
         if box is None or not box.checked:
-            box = self._checked_mailbox(state, channel)
+            box = self._checked_mailbox(channel)
         if state.closing:
             raise LayerClosed("the channel layer is closing")
-        if box.items:
-            message = box.take(time.monotonic())
-            if message is not None:
-                return message
-        queue = box.queue
-        future: asyncio.Future[dict[str, Any]] = state.loop.create_future()
-        box.waiters.append(future)
-        # On an instant backend this task pops for itself (nothing can interrupt a
-        # pop there), saving the hop through a reader task; otherwise, or when
-        # another task already reads this queue, a reader task serves it.
-        driving = state.inline_receive and state.can_drive(queue)
-        state.want(queue, start_reader=not driving)
-        try:
-            if driving:
-                await state.drive(queue, future)
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                # Looked up again: a sweep may have dropped the (then idle) mailbox.
-                state.mailbox(channel, queue).put_back(
-                    future.result(), time.monotonic() + self.expiry
-                )
-            raise
-        finally:
-            if not future.done():
-                future.cancel()
-                box.release()
-                with contextlib.suppress(ValueError):
-                    box.waiters.remove(future)
-            if driving:
-                state.stop_driving(queue)
+        return await state.receive(channel, box)
 
-    def _checked_mailbox(self, state: LoopState, channel: str) -> Mailbox:
+    def _checked_mailbox(self, channel: str) -> Mailbox:
         """Validate a receive on ``channel`` and return its mailbox, marked as checked.
 
         Mailboxes stay until a sweep finds them idle, so a consumer receiving on one
@@ -414,8 +402,8 @@ class ChannelLayer:
                 f"{channel!r} was not made by this layer's new_channel(); "
                 "only the process that made a reply channel may receive on it"
             )
-        state.maybe_sweep()
-        box = state.mailbox(channel, queue)
+        self._hub.maybe_sweep()
+        box = self._hub.mailbox(channel, queue)
         box.checked = True
         return box
 
@@ -475,14 +463,12 @@ class ChannelLayer:
     async def flush(self) -> None:
         """Delete every message and group of this layer (its store namespace).
 
-        Needs the ``flush`` capability. Also drops this event loop's local buffers.
+        Needs the ``flush`` capability. Also drops the messages buffered in this process.
         """
         self.require(Capability.FLUSH)
-        state = self._state()
-        backend = await state.ready()
+        backend = await self._state().ready()
         await backend.flush()
-        for box in state.mailboxes.values():
-            box.items.clear()
+        self._hub.clear()
 
     async def aclose(self) -> None:
         """Stop this event loop's readers and release its connections. Idempotent.

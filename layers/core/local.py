@@ -1,16 +1,25 @@
-"""Per-event-loop machinery of a layer: mailboxes, demand-driven readers, the envelope.
+"""The receive path of a layer: mailboxes, demand-driven readers, the envelope.
 
-Consumers never touch the store. ``receive`` waits on a local :class:`Mailbox`; one
-reader task per queue and event loop pops from the backend *only while a consumer
-waits* on that queue (its *demand*), and hands each message to the first waiting
-consumer or buffers it (bounded by the channel's capacity, drop-oldest, expiring).
-Demand is released the moment a waiter is handed a message, so a reader never pops
-on behalf of a consumer that is already served. An idle reader lingers a while,
-waiting for demand, so a busy channel does not pay for a task per message.
+Consumers never touch the store. ``receive`` waits on a :class:`Mailbox`; the
+mailboxes of a layer live in one :class:`Hub`, shared by every event loop and thread
+the layer is used from, so a message taken from the store is receivable by the next
+``receive`` of its channel from any loop (``async_to_sync`` makes a loop per call).
 
-A cancelled ``receive`` never cancels a pop in flight, and a message handed to a
-consumer that is cancelled before it runs is put back at the front of its mailbox,
-so cancellation loses nothing.
+Each event loop has a :class:`LoopState`: its backend instance and one reader task per
+queue, which pops from the backend *only while consumers of that loop wait* on the
+queue. Its *demand* is the number of those waiters, at every instant: a waiter is
+counted when it starts waiting and uncounted exactly once, when it is handed a
+message or withdraws (served, cancelled, timed out or failed). The :class:`Hub` is
+the one owner of that rule.
+
+A cancelled ``receive`` never cancels a pop in flight. What a reader took for a
+waiter that has gone is handed to the next waiter, else buffered; when nobody in
+this loop waits on a normal channel any more, the reader gives what is buffered
+back to the head of the store (:meth:`Backend.restore`), where any process can
+receive it. With ``prefetch=N`` a reader takes up to N messages of a normal channel
+per pop and keeps up to N buffered for this process, giving them back when it
+closes or goes idle. A message handed to a consumer that is cancelled before it
+runs is put back at the front of its mailbox.
 """
 
 from __future__ import annotations
@@ -18,17 +27,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from layers.core.backend import Backend, GroupPayload
 from layers.core.errors import BackendError, LayerClosed
+from layers.core.serializers import Serializer
 
-if TYPE_CHECKING:
-    from layers.core.layer import ChannelLayer
-
-__all__ = ["LoopState", "Mailbox", "group_payload", "pack", "unpack"]
+__all__ = ["Hub", "LoopState", "Mailbox", "Waiter", "group_payload", "pack", "unpack"]
 
 logger = logging.getLogger("layers")
 
@@ -46,6 +55,8 @@ READER_LINGER = 10.0
 INBOX_BATCH = 100
 SWEEP_INTERVAL = 5.0
 MAX_BACKOFF = 2.0
+#: How long closing waits for a reader's pop in flight before cancelling it.
+CLOSE_GRACE = POLL_TIMEOUT + 0.5
 
 
 def pack(targets: list[str] | None, body: bytes, deadline: float) -> bytes:
@@ -94,19 +105,55 @@ def unpack(payload: bytes) -> tuple[list[str] | None, float, bytes]:
     raise ValueError(f"unknown envelope format {kind!r}")
 
 
+#: A buffered message: when it expires (``time.monotonic()``) and the message.
+Item = tuple[float, dict[str, Any]]
+
+
+class Waiter:
+    """One consumer waiting in ``receive``: the loop state it waits in and its future."""
+
+    __slots__ = ("future", "state")
+
+    def __init__(self, state: LoopState, future: asyncio.Future[dict[str, Any]]) -> None:
+        self.state = state
+        self.future = future
+
+    def give(self, box: Mailbox, item: Item, here: asyncio.AbstractEventLoop | None) -> bool:
+        """Hand ``item`` to this waiter (``here`` is the caller's loop); False if it is gone.
+
+        Across loops the hand-off runs in the waiter's loop, where a waiter cancelled
+        meanwhile gives the message back to the mailbox, first in line.
+        """
+        future = self.future
+        if future.done():
+            return False
+        state = self.state
+        if state.loop is here:
+            future.set_result(item[1])
+            return True
+        try:
+            state.loop.call_soon_threadsafe(state.accept, self, box, item)
+        except RuntimeError:  # its loop is closed
+            return False
+        return True
+
+
 class Mailbox:
-    """Buffered messages and waiting consumers of one channel in one event loop."""
+    """Buffered messages and waiting consumers of one channel (shared by every loop).
 
-    __slots__ = ("checked", "demand", "items", "queue", "waiters")
+    Invariant, kept by :class:`Hub`: while a message is buffered no live consumer
+    waits, so a new message never overtakes a buffered one.
+    """
 
-    def __init__(self, queue: str, bound: int, demand: dict[str, int]) -> None:
+    __slots__ = ("checked", "items", "queue", "waiters")
+
+    def __init__(self, queue: str, bound: int) -> None:
         self.queue = queue
         #: Set once ``receive`` has validated this channel's name and ownership, so
         #: later receives on it skip those checks (a mailbox made by a dispatch is not).
         self.checked = False
-        self.items: deque[tuple[float, dict[str, Any]]] = deque(maxlen=bound)
-        self.waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
-        self.demand = demand
+        self.items: deque[Item] = deque(maxlen=bound)
+        self.waiters: deque[Waiter] = deque()
 
     def take(self, now: float) -> dict[str, Any] | None:
         """Pop the oldest unexpired buffered message, dropping expired ones."""
@@ -117,60 +164,199 @@ class Mailbox:
                 return message
         return None
 
-    def release(self) -> None:
-        """One waiter of this mailbox's queue is gone (served, cancelled or failed)."""
-        remaining = self.demand[self.queue] - 1
-        if remaining:
-            self.demand[self.queue] = remaining
-        else:
-            del self.demand[self.queue]
-
-    def hand_to_waiter(self, message: dict[str, Any]) -> bool:
-        """Give ``message`` to the oldest live waiter; False when none waits."""
-        waiters = self.waiters
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(message)
-                self.release()
-                return True
-        return False
-
-    def deliver(self, message: dict[str, Any], expires_at: float) -> None:
-        """Hand ``message`` to a waiter, else buffer it (dropping the oldest when full)."""
-        if not self.hand_to_waiter(message):
-            if len(self.items) == self.items.maxlen:
-                logger.warning("local buffer of a channel is full: dropping its oldest message")
-            self.items.append((expires_at, message))
-
-    def put_back(self, message: dict[str, Any], expires_at: float) -> None:
-        """Return a message a cancelled consumer had been handed, keeping it first."""
-        if not self.hand_to_waiter(message):
-            self.items.appendleft((expires_at, message))
-
     def idle(self) -> bool:
         """True when nothing is buffered and nobody waits."""
         return not self.items and not self.waiters
 
 
-class LoopState:
-    """Everything a layer holds for one event loop: a backend, readers, mailboxes."""
+class Hub:
+    """The mailboxes of one layer, shared by all its event loops and threads.
 
-    def __init__(self, layer: ChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
-        self.layer = layer
+    The one owner of "demand equals the live waiters": :meth:`wait` counts a waiter
+    in its loop's demand, and it is uncounted exactly once, when it leaves the
+    mailbox's queue of waiters (handed a message by :meth:`deliver`, or
+    :meth:`withdraw`-n). Every method runs under one lock and never awaits.
+    """
+
+    def __init__(self, capacity_of: Callable[[str], int]) -> None:
+        self.lock = threading.Lock()
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.capacity_of = capacity_of
+        self.next_sweep = time.monotonic() + SWEEP_INTERVAL
+
+    def mailbox(self, channel: str, queue: str) -> Mailbox:
+        """Return the mailbox of ``channel`` (whose store queue is ``queue``)."""
+        box = self.mailboxes.get(channel)
+        if box is None:
+            with self.lock:
+                box = self.mailboxes.get(channel)
+                if box is None:
+                    box = self.mailboxes[channel] = Mailbox(queue, self.capacity_of(channel))
+        return box
+
+    def wait(self, channel: str, box: Mailbox, state: LoopState) -> dict[str, Any] | Waiter:
+        """Take the oldest buffered message of ``channel``, else register a waiter."""
+        with self.lock:
+            # A sweep may have dropped the (then idle) mailbox: put it back, or use
+            # the one made since.
+            box = self.mailboxes.setdefault(channel, box)
+            if box.items:
+                message = box.take(time.monotonic())
+                if message is not None:
+                    return message
+            waiter = Waiter(state, state.loop.create_future())
+            box.waiters.append(waiter)
+            state.count(box.queue, 1)
+            return waiter
+
+    def withdraw(self, box: Mailbox, waiter: Waiter) -> None:
+        """``waiter`` stops waiting without a message (cancelled, timed out, failed)."""
+        with self.lock:
+            try:
+                box.waiters.remove(waiter)
+            except ValueError:
+                return  # already uncounted by a delivery
+            waiter.state.count(box.queue, -1)
+
+    def deliver(
+        self,
+        box: Mailbox,
+        item: Item,
+        here: asyncio.AbstractEventLoop | None,
+        *,
+        front: bool = False,
+    ) -> bool:
+        """Buffer ``item`` (first in line with ``front``), then serve waiters in order.
+
+        Returns True when a waiter took it. A full buffer drops its oldest message.
+        """
+        with self.lock:
+            items = box.items
+            if len(items) == items.maxlen:
+                logger.warning("local buffer of a channel is full: dropping its oldest message")
+            if front:
+                items.appendleft(item)
+            else:
+                items.append(item)
+            return self._serve_waiters(box, here) and not items
+
+    def put_front(self, box: Mailbox, items: list[Item], here: asyncio.AbstractEventLoop) -> None:
+        """Return ``items`` (oldest first) to the front of ``box``, serving waiters."""
+        with self.lock:
+            box.items.extendleft(reversed(items))
+            self._serve_waiters(box, here)
+
+    def _serve_waiters(self, box: Mailbox, here: asyncio.AbstractEventLoop | None) -> bool:
+        items = box.items
+        waiters = box.waiters
+        served = False
+        now = time.monotonic()
+        while items and waiters:
+            waiter = waiters.popleft()
+            waiter.state.count(box.queue, -1)
+            if waiter.future.done():  # cancelled; its withdraw finds it gone
+                continue
+            item = items.popleft()
+            if item[0] <= now:
+                waiters.appendleft(waiter)
+                waiter.state.count(box.queue, 1)
+                continue
+            if waiter.give(box, item, here):
+                served = True
+            else:
+                items.appendleft(item)
+        return served
+
+    def take_all(self, box: Mailbox, keep: int) -> list[Item]:
+        """Remove and return the unexpired buffered items beyond the oldest ``keep``."""
+        with self.lock:
+            if box.waiters:
+                return []
+            now = time.monotonic()
+            live = [item for item in box.items if item[0] > now]
+            box.items.clear()
+            box.items.extend(live[:keep])
+            return live[keep:]
+
+    def fail(self, state: LoopState, exc: BaseException) -> None:
+        """Fail every waiter of ``state``'s loop with ``exc`` (the loop state closes)."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                mine = [w for w in box.waiters if w.state is state]
+                for waiter in mine:
+                    box.waiters.remove(waiter)
+                    state.count(box.queue, -1)
+                    if not waiter.future.done():
+                        waiter.future.set_exception(exc)
+
+    def clear(self) -> None:
+        """Drop every buffered message (``flush``)."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                box.items.clear()
+
+    def maybe_sweep(self) -> None:
+        """Sweep when the sweep interval has passed (called on slow paths)."""
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Drop expired buffered messages and idle mailboxes (bounded local memory)."""
+        self.next_sweep = now + SWEEP_INTERVAL
+        with self.lock:
+            for name in list(self.mailboxes):
+                box = self.mailboxes[name]
+                while box.items and box.items[0][0] <= now:
+                    box.items.popleft()
+                if box.idle():
+                    del self.mailboxes[name]
+
+
+class LoopState:
+    """What a layer holds for one event loop: a backend instance and its readers.
+
+    Args:
+        hub: the layer's mailboxes.
+        backend: this loop's backend instance (opened on first use).
+        loop: the event loop.
+        serializer: decodes popped bodies (and encodes messages given back).
+        expiry: the layer's message expiry, capping how long a message is buffered.
+        prefetch: how many messages of a normal channel a reader may take per pop
+            and keep buffered for this process (1: only what waiters ask for).
+        on_cancel: called when ``asyncio.run`` cancels the loop's tasks.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        backend: Backend,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        serializer: Serializer,
+        expiry: float,
+        prefetch: int = 1,
+        on_cancel: Callable[[LoopState], None],
+    ) -> None:
+        self.hub = hub
+        self.backend = backend
         self.loop = loop
-        self.backend: Backend = layer.backend_class(**layer._backend_options)
-        self.inline_receive = layer.backend_class.instant_receive
+        self.serializer = serializer
+        self.expiry = expiry
+        self.prefetch = prefetch
+        #: How many messages of a normal channel a reader keeps while nobody waits.
+        self.hold = prefetch if prefetch > 1 else 0
+        self.on_cancel = on_cancel
+        self.inline_receive = type(backend).instant_receive
+        self.can_restore = type(backend).restore is not Backend.restore
         self.opened = False
         self.open_lock = asyncio.Lock()
         self.closing = False
-        self.mailboxes: dict[str, Mailbox] = {}
         self.demand: dict[str, int] = {}
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.idle_readers: dict[str, asyncio.Future[None]] = {}
         self.driving: set[str] = set()
         self.backoff = 0.0  # seconds the readers wait after a failed receive
-        self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         # asyncio.run() (and so async_to_sync) ends by cancelling every task and
         # waiting for them; a driver task that swallows that cancellation (a pool
         # worker busy connecting) would hang it. This guard is cancelled with the
@@ -181,10 +367,18 @@ class LoopState:
         try:
             await self.loop.create_future()
         except asyncio.CancelledError:
-            self.layer._forget(self)
+            self.on_cancel(self)
             if not self.closing:
                 await self.aclose()
             raise
+
+    def count(self, queue: str, delta: int) -> None:
+        """Change ``queue``'s demand by ``delta`` (only :class:`Hub` calls this)."""
+        remaining = self.demand.get(queue, 0) + delta
+        if remaining > 0:
+            self.demand[queue] = remaining
+        else:
+            self.demand.pop(queue, None)
 
     async def ready(self) -> Backend:
         """Return the backend, opening it on first use."""
@@ -197,26 +391,48 @@ class LoopState:
                     self.opened = True
         return self.backend
 
-    def mailbox(self, channel: str, queue: str) -> Mailbox:
-        """Return the mailbox of ``channel`` (whose store queue is ``queue``)."""
-        box = self.mailboxes.get(channel)
-        if box is None:
-            box = Mailbox(queue, self.layer.get_capacity(channel), self.demand)
-            self.mailboxes[channel] = box
-        return box
-
-    def want(self, queue: str, *, start_reader: bool = True) -> None:
-        """Register one more waiter on ``queue``; make sure something reads it."""
-        demand = self.demand
-        demand[queue] = demand.get(queue, 0) + 1
-        if start_reader and queue not in self.driving:
+    async def receive(self, channel: str, box: Mailbox) -> dict[str, Any]:
+        """Wait for the next message of ``channel`` (mailbox ``box``); safe to cancel."""
+        got = self.hub.wait(channel, box, self)
+        if not isinstance(got, Waiter):
+            return got
+        queue = box.queue
+        future = got.future
+        # On an instant backend this task pops for itself (nothing can interrupt a
+        # pop there), saving the hop through a reader task; otherwise, or when
+        # another task already reads this queue, a reader task serves it.
+        driving = self.inline_receive and self.can_drive(queue)
+        if not driving and queue not in self.driving:
             self._serve(queue)
+        try:
+            if driving:
+                await self.drive(queue, future)
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.put_back(channel, queue, future.result())
+            raise
+        finally:
+            if not future.done():
+                future.cancel()  # a hand-off from another loop now comes back
+            if future.cancelled():
+                self.hub.withdraw(box, got)
+            if driving:
+                self.stop_driving(queue)
 
-    def maybe_sweep(self) -> None:
-        """Sweep when the sweep interval has passed (called on slow paths)."""
-        now = time.monotonic()
-        if now >= self.next_sweep:
-            self.sweep(now)
+    def accept(self, waiter: Waiter, box: Mailbox, item: Item) -> None:
+        """Complete a hand-off from another loop (runs in this loop)."""
+        if not waiter.future.done():
+            waiter.future.set_result(item[1])
+        else:
+            self.hub.deliver(box, item, self.loop, front=True)
+
+    def put_back(self, channel: str, queue: str, message: dict[str, Any]) -> None:
+        """Return a message a cancelled consumer had been handed, keeping it first."""
+        box = self.hub.mailbox(channel, queue)
+        item = (time.monotonic() + self.expiry, message)
+        if not self.hub.deliver(box, item, self.loop, front=True) and not self.closing:
+            self._serve(queue)  # its reader gives it back to the store if nobody wants it
 
     def _serve(self, queue: str) -> None:
         """Wake the idle reader of ``queue``, or start one."""
@@ -247,9 +463,8 @@ class LoopState:
         """
         self.driving.add(queue)
         backend = await self.ready()
-        inbox = queue.endswith("!")
         while not future.done():
-            limit = INBOX_BATCH if inbox else max(1, self.demand.get(queue, 1))
+            limit = self._limit(queue, self.demand.get(queue, 1))
             payloads = await backend.receive(queue, timeout=DRIVE_TIMEOUT, limit=limit)
             if payloads:
                 self.dispatch(queue, payloads)
@@ -259,6 +474,15 @@ class LoopState:
         self.driving.discard(queue)
         if self.demand.get(queue, 0) > 0 and not self.closing:
             self._serve(queue)
+
+    def _limit(self, queue: str, want: int) -> int:
+        if queue.endswith("!"):
+            return INBOX_BATCH
+        if self.prefetch > 1:
+            box = self.hub.mailboxes.get(queue)
+            held = len(box.items) if box is not None else 0
+            return max(1, want, self.prefetch - held)
+        return max(1, want)
 
     async def _linger(self, queue: str) -> bool:
         """Wait up to READER_LINGER for demand on ``queue``; True if it came."""
@@ -275,23 +499,61 @@ class LoopState:
         return self.demand.get(queue, 0) > 0 and not self.closing
 
     async def _read(self, queue: str) -> None:
-        """Pop from ``queue`` while a consumer waits on it; linger, then exit."""
+        """Pop from ``queue`` while a consumer of this loop waits on it; linger, exit."""
         demand = self.demand
-        while not self.closing:
-            if demand.get(queue, 0) <= 0:
-                # A consumer just served usually asks again at once: let it run first,
-                # which costs one loop turn instead of arming a linger timer.
-                await asyncio.sleep(0)
-                if demand.get(queue, 0) <= 0 and not await self._linger(queue):
-                    break
-            await self._read_once(queue, demand.get(queue, 0))
+        while True:
+            while not self.closing:
+                if demand.get(queue, 0) <= 0:
+                    # A consumer just served usually asks again at once: let it run
+                    # first, which costs one loop turn instead of arming a linger timer.
+                    await asyncio.sleep(0)
+                    if demand.get(queue, 0) <= 0:
+                        await self.give_back(queue, keep=self.hold)
+                        if demand.get(queue, 0) <= 0 and not await self._linger(queue):
+                            break
+                await self._read_once(queue, demand.get(queue, 0))
+            # Idle for a whole linger, or closing: hold nothing for this loop any more.
+            await self.give_back(queue, keep=0)
+            if self.closing or demand.get(queue, 0) <= 0:
+                break
         # No await between the last demand check and this removal, so a consumer
         # that arrives meanwhile finds either this task alive or no task at all.
         if self.readers.get(queue) is asyncio.current_task():
             del self.readers[queue]
 
+    async def give_back(self, queue: str, *, keep: int) -> None:
+        """Return what is buffered for normal channel ``queue`` beyond ``keep`` to the store.
+
+        Called by the queue's reader when no consumer of this loop waits, so the
+        messages go back to the head of the store, in order, receivable by any
+        process. A backend without :meth:`Backend.restore` keeps them buffered here.
+        """
+        if not self.can_restore or queue.endswith("!"):
+            return
+        box = self.hub.mailboxes.get(queue)
+        if box is None or len(box.items) <= keep:
+            return
+        items = self.hub.take_all(box, keep)
+        if not items:
+            return
+        now = time.monotonic()
+        wall = time.time()
+        dumps = self.serializer.dumps
+        payloads = [
+            (pack(None, dumps(message), wall + (expires_at - now)), expires_at - now)
+            for expires_at, message in items
+        ]
+        try:
+            backend = await self.ready()
+            restored = await backend.restore(queue, payloads)
+        except Exception:
+            logger.exception("could not give %d message(s) back to %r", len(items), queue)
+            restored = False
+        if not restored:
+            self.hub.put_front(box, items, self.loop)
+
     async def _read_once(self, queue: str, want: int) -> None:
-        limit = INBOX_BATCH if queue.endswith("!") else max(1, want)
+        limit = self._limit(queue, want)
         try:
             backend = await self.ready()
             payloads = await backend.receive(queue, timeout=POLL_TIMEOUT, limit=limit)
@@ -311,11 +573,12 @@ class LoopState:
 
     def dispatch(self, queue: str, payloads: list[bytes]) -> None:
         """Decode payloads popped from ``queue`` and deliver them to mailboxes."""
+        hub = self.hub
         now = time.monotonic()
         wall = time.time()
-        expiry = self.layer.expiry
-        loads = self.layer._serializer.loads
-        mailboxes = self.mailboxes
+        expiry = self.expiry
+        loads = self.serializer.loads
+        loop = self.loop
         for payload in payloads:
             try:
                 targets, deadline, body = unpack(payload)
@@ -324,47 +587,39 @@ class LoopState:
                 if expires_at <= now:
                     continue
                 if targets is None:
-                    self.mailbox(queue, queue).deliver(loads(body), expires_at)
+                    hub.deliver(hub.mailbox(queue, queue), (expires_at, loads(body)), loop)
                 else:
                     for local in targets:
-                        channel = queue + local
-                        box = mailboxes.get(channel) or self.mailbox(channel, queue)
-                        box.deliver(loads(body), expires_at)
+                        box = hub.mailbox(queue + local, queue)
+                        hub.deliver(box, (expires_at, loads(body)), loop)
             except Exception:
                 logger.exception("dropping a message on %r that could not be decoded", queue)
-        if now >= self.next_sweep:
-            self.sweep(now)
-
-    def sweep(self, now: float) -> None:
-        """Drop expired buffered messages and idle mailboxes (bounded local memory)."""
-        self.next_sweep = now + SWEEP_INTERVAL
-        for name in list(self.mailboxes):
-            box = self.mailboxes[name]
-            while box.items and box.items[0][0] <= now:
-                box.items.popleft()
-            if box.idle():
-                del self.mailboxes[name]
+        if now >= hub.next_sweep:
+            hub.sweep(now)
 
     async def aclose(self) -> None:
-        """Stop readers, fail waiters with LayerClosed, close the backend."""
+        """Fail this loop's waiters with LayerClosed, stop its readers, close the backend.
+
+        A reader with a pop in flight finishes it (bounded by :data:`CLOSE_GRACE`)
+        and gives what it holds for normal channels back to the store; what it
+        holds for reply channels stays in the hub for the layer's other loops.
+        """
         self.closing = True
         if self.guard is not asyncio.current_task():
             self.guard.cancel()
         for idle in self.idle_readers.values():
             if not idle.done():
                 idle.set_result(None)
-        readers = list(self.readers.values())
-        for task in readers:
-            task.cancel()
-        for box in self.mailboxes.values():
-            while box.waiters:
-                future = box.waiters.popleft()
-                if not future.done():
-                    future.set_exception(LayerClosed("the channel layer was closed"))
+        self.hub.fail(self, LayerClosed("the channel layer was closed"))
+        readers = [task for task in self.readers.values() if task is not asyncio.current_task()]
         if readers:
+            pending: set[asyncio.Task[None]] = set(readers)
+            if not self.inline_receive:
+                _, pending = await asyncio.wait(readers, timeout=CLOSE_GRACE)
+            for task in pending:
+                task.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
         self.readers.clear()
-        self.mailboxes.clear()
         self.demand.clear()
         async with self.open_lock:
             await self.backend.aclose()

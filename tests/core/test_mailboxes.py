@@ -1,4 +1,4 @@
-"""Per-loop mailboxes: kept between receives, swept when idle, never losing a message."""
+"""Mailboxes: kept between receives, swept when idle, never losing a message."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ async def test_a_mailbox_outlives_one_receive_and_a_sweep_drops_it_when_idle() -
     layer = layers.from_url("memory://mailboxes-sweep")
     await layer.send("kept", {"type": "m"})
     assert (await layer.receive("kept"))["type"] == "m"
-    state = layer._state()
-    assert state.mailboxes["kept"].checked
+    hub = layer._hub
+    assert hub.mailboxes["kept"].checked
     for i in range(50):  # receives that time out leave idle mailboxes behind
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(layer.receive(f"idle{i}"), 0.001)
-    assert len(state.mailboxes) >= 50
-    state.sweep(time.monotonic())
-    assert state.mailboxes == {}
+    assert len(hub.mailboxes) >= 50
+    hub.sweep(time.monotonic())
+    assert hub.mailboxes == {}
     # Swept names are checked again on their next receive.
     with pytest.raises(TypeError):
         await layer.receive("bad name")
@@ -37,16 +37,17 @@ async def test_a_mailbox_outlives_one_receive_and_a_sweep_drops_it_when_idle() -
 async def test_a_message_put_back_after_a_sweep_is_not_lost() -> None:
     layer = layers.from_url("memory://mailboxes-putback")
     reply = await layer.new_channel()
-    state = layer._state()
+    hub = layer._hub
     waiter = asyncio.create_task(layer.receive(reply))
     await asyncio.sleep(0.01)
-    box = state.mailboxes[reply]
+    box = hub.mailboxes[reply]
     # What a reader does: hand the message to the waiting consumer's future. Before
     # the consumer runs, a sweep drops the now idle mailbox and the consumer is
     # cancelled: the message must be put back, in a mailbox the next receive finds.
-    assert box.hand_to_waiter({"type": "first"})
-    state.sweep(time.monotonic())
-    assert reply not in state.mailboxes
+    item = (time.monotonic() + 60, {"type": "first"})
+    assert hub.deliver(box, item, asyncio.get_running_loop())
+    hub.sweep(time.monotonic())
+    assert reply not in hub.mailboxes
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
