@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,8 +46,11 @@ from layers.core.wakeups import Waiter, wake
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
 
-_SWEEP_BATCH = 256
-_SWEEP_INTERVAL = 0.05
+#: How many fully expired queues and groups each write removes, at most: more than
+#: one, so expired entries go at least as fast as writes make new ones.
+_SWEEP_PER_WRITE = 2
+#: How often the idle sweeper visits stores that hold something (seconds).
+_IDLE_SWEEP_INTERVAL = 1.0
 
 
 class MemoryStore:
@@ -63,7 +67,15 @@ class MemoryStore:
         self.waiters: dict[str, list[Waiter]] = {}
         # group -> {channel: membership expiry}, ordered by last group_add.
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
-        self.next_sweep = 0.0
+        #: True while the idle sweeper visits this store (changed under ``lock``).
+        self.watched = False
+
+    def watch(self) -> bool:
+        """Under ``lock``, after a write: True when the idle sweeper must be told."""
+        if self.watched:
+            return False
+        self.watched = True
+        return True
 
     def put(self, queue: str, payload: bytes, expiry: float, capacity: int, now: float) -> bool:
         """Append unless ``capacity`` unexpired payloads are queued; return whether stored."""
@@ -100,17 +112,17 @@ class MemoryStore:
             del self.queues[queue]
         return out
 
-    def sweep(self, now: float) -> None:
-        """Drop up to a batch of queues and groups whose contents all expired.
+    def sweep(self, now: float, budget: int = _SWEEP_PER_WRITE) -> bool:
+        """Drop up to ``budget`` queues and groups whose contents all expired.
 
-        Runs at most every SWEEP_INTERVAL seconds; the front of each last-written
-        order is the first to expire, so the work is proportional to what expired.
+        Every write calls it, so expired entries go at the rate writes make new
+        ones; the idle sweeper (:func:`_idle_sweeper`) reclaims the rest when no
+        write comes. The front of each last-written order is the first to expire,
+        so the work is proportional to what expired. Returns whether the store
+        still holds anything.
         """
-        if now < self.next_sweep:
-            return
-        self.next_sweep = now + _SWEEP_INTERVAL
         queues = self.queues
-        for _ in range(_SWEEP_BATCH):
+        for _ in range(budget):
             if not queues:
                 break
             name, items = next(iter(queues.items()))
@@ -118,13 +130,49 @@ class MemoryStore:
                 break
             del queues[name]
         groups = self.groups
-        for _ in range(_SWEEP_BATCH):
+        for _ in range(budget):
             if not groups:
                 break
             name, members = next(iter(groups.items()))
             if members and max(members.values()) > now:
                 break
             del groups[name]
+        return bool(queues or groups)
+
+
+_stores_to_sweep: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+_sweeper_lock = threading.Lock()
+_sweeper: threading.Thread | None = None
+
+
+def _watch(store: MemoryStore) -> None:
+    """Make sure the idle sweeper visits ``store`` (which holds something)."""
+    global _sweeper
+    with _sweeper_lock:
+        _stores_to_sweep.add(store)
+        if _sweeper is None or not _sweeper.is_alive():
+            _sweeper = threading.Thread(
+                target=_idle_sweeper, name="layers-memory-sweeper", daemon=True
+            )
+            _sweeper.start()
+
+
+def _idle_sweeper() -> None:
+    """Sweep every watched store once a second; exit when none holds anything."""
+    global _sweeper
+    while True:
+        time.sleep(_IDLE_SWEEP_INTERVAL)
+        with _sweeper_lock:
+            stores = list(_stores_to_sweep)
+        for store in stores:
+            with store.lock:
+                if not store.sweep(time.monotonic(), budget=1 << 62):
+                    store.watched = False
+                    _stores_to_sweep.discard(store)
+        with _sweeper_lock:
+            if not _stores_to_sweep:
+                _sweeper = None
+                return
 
 
 _named_stores: dict[str, MemoryStore] = {}
@@ -185,6 +233,9 @@ class MemoryBackend(Backend):
             stored = store.put(queue, payload, expiry, capacity, now)
             waiters = store.waiters.pop(queue, None) if stored else None
             store.sweep(now)
+            watch = stored and store.watch()
+        if watch:
+            _watch(store)
         if waiters:
             wake(waiters)
         return stored
@@ -202,6 +253,9 @@ class MemoryBackend(Backend):
                 if stored:
                     woken.extend(store.waiters.pop(p.queue, ()))
             store.sweep(now)
+            watch = store.watch()
+        if watch:
+            _watch(store)
         if woken:
             wake(woken)
         return results
@@ -236,6 +290,23 @@ class MemoryBackend(Backend):
                         if not waiting:
                             del store.waiters[queue]
 
+    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
+        """Put payloads back at the head of ``queue``; see :meth:`Backend.restore`."""
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            items = store.queues.get(queue)
+            if items is None:
+                items = store.queues[queue] = deque()
+            items.extendleft((now + expiry, payload) for payload, expiry in reversed(payloads))
+            waiters = store.waiters.pop(queue, None)
+            watch = store.watch()
+        if watch:
+            _watch(store)
+        if waiters:
+            wake(waiters)
+        return True
+
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
         """Add or refresh a membership; see :meth:`Backend.group_add`."""
         store = self._store
@@ -248,6 +319,9 @@ class MemoryBackend(Backend):
                 store.groups.move_to_end(group)
             members[channel] = now + expiry
             store.sweep(now)
+            watch = store.watch()
+        if watch:
+            _watch(store)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove a membership if present; see :meth:`Backend.group_discard`."""

@@ -5,6 +5,10 @@ It takes one JSON argument and prints one JSON line of results:
 ``{"mode": "drain", "url": ..., "channel": ..., "quiet": s}``
     Prints ``ready``, then receives ``{"i": n}`` messages until none came for
     ``quiet`` seconds after a first one, and prints the list of ``n``.
+``{"mode": "poll", "url": ..., "channel": ..., "seconds": s, "timeout": t}``
+    Prints ``ready``, then for ``seconds`` receives with a ``timeout`` of its own
+    around every call (a polling consumer), closes the layer cleanly and prints the
+    list of ``n`` it received.
 ``{"mode": "steal", "url": ..., "channel": ...}``
     Tries to receive on another process's reply channel and prints the name of
     the exception raised (or the message received).
@@ -35,6 +39,20 @@ async def _drain(url: str, channel: str, quiet: float, wait: float) -> list[int]
             timeout = quiet
 
 
+async def _poll(url: str, channel: str, seconds: float, timeout: float) -> list[int]:
+    got: list[int] = []
+    async with from_url(url) as layer:
+        print("ready", flush=True)
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), timeout)
+            except TimeoutError:
+                continue
+            got.append(message["i"])
+    return got
+
+
 async def _steal(url: str, channel: str) -> dict[str, Any]:
     async with from_url(url) as layer:
         try:
@@ -53,6 +71,8 @@ def main(argv: list[str]) -> int:
         result = asyncio.run(
             _drain(job["url"], job["channel"], job.get("quiet", 1.0), job.get("wait", 20.0))
         )
+    elif job["mode"] == "poll":
+        result = asyncio.run(_poll(job["url"], job["channel"], job["seconds"], job["timeout"]))
     else:
         result = asyncio.run(_steal(job["url"], job["channel"]))
     print(json.dumps(result), flush=True)

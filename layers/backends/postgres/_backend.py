@@ -452,6 +452,18 @@ class PostgresBackend(Backend):
                 self._wake_local(queue)
         return skipped
 
+    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
+        """Insert them below the queue's lowest id, in one statement; see ``Backend.restore``."""
+        params = {
+            "queue": queue,
+            "payloads": [payload for payload, _ in payloads],
+            "expiries": [float(expiry) for _, expiry in payloads],
+            "channel": self._notify(queue),
+        }
+        await self._query(self._sql.restore, params)
+        self._wake_local(queue)
+        return True
+
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
         """Upsert the membership with a new server-clock expiry; see :meth:`Backend.group_add`."""
         await self._query(self._sql.group_add, (group, channel, float(expiry)), rows=False)

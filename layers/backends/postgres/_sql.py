@@ -91,6 +91,7 @@ class Statements:
     send_batch: bytes
     receive: bytes
     receive_batch: bytes
+    restore: bytes
     group_send: bytes
     group_add: bytes
     group_discard: bytes
@@ -200,6 +201,19 @@ def statements(schema: str) -> Statements:
             " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
             " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
             " RETURNING queue, id, payload"
+        ),
+        # Put payloads back at the head of a queue, oldest first: ids below the
+        # queue's lowest (at most 0 for an empty queue, below every identity value).
+        restore=q(
+            "WITH b AS (SELECT coalesce((SELECT id FROM {s}.messages WHERE queue = %(queue)s"
+            " ORDER BY id LIMIT 1), 1) - cardinality(%(payloads)b::bytea[]) AS low),"
+            " ins AS (INSERT INTO {s}.messages (id, queue, expires_at, payload)"
+            " OVERRIDING SYSTEM VALUE SELECT b.low + r.ord - 1, %(queue)s,"
+            " now() + make_interval(secs => r.expiry), r.payload"
+            " FROM b, unnest(%(payloads)b::bytea[], %(expiries)b::float8[])"
+            " WITH ORDINALITY AS r(payload, expiry, ord))"
+            " SELECT CASE WHEN %(channel)s::text IS NOT NULL"
+            " THEN pg_notify(%(channel)s::text, '') IS NULL END"
         ),
         # group_send in one statement: the members, one payload per receiving queue
         # (as GroupPayload describes it), the capacity check, the insert and the

@@ -115,6 +115,7 @@ class _Script:
 
 _SEND = _Script.of(_scripts.SEND)
 _GROUP_ADD = _Script.of(_scripts.GROUP_ADD)
+_RESTORE = _Script.of(_scripts.RESTORE)
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
@@ -246,6 +247,15 @@ class RedisBackend(Backend):
             for _, _, future in calls[len(results) + 1 :]:
                 future.add_done_callback(_retrieve)
         return results
+
+    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
+        """One ``RESTORE`` script: ``LPUSH`` back at the head, in order; see ``Backend.restore``."""
+        key = self._queue_prefix + "{" + queue + "}"
+        args: list[Any] = []
+        for payload, expiry in payloads:
+            args += (max(1, _ms(expiry)), payload)
+        await self._eval(self._shard(queue), _RESTORE, key, *args)
+        return True
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         """Pipelined ``LPOP``; if the queue is empty, ``BLMPOP`` on the queue's own connection.

@@ -13,7 +13,7 @@ time in milliseconds at which the element expires, written as exactly
 
 from __future__ import annotations
 
-__all__ = ["GROUP_ADD", "SEND", "STAMP_WIDTH"]
+__all__ = ["GROUP_ADD", "RESTORE", "SEND", "STAMP_WIDTH"]
 
 #: Width of the zero-padded expiry stamp in front of every queue element.
 STAMP_WIDTH = 13
@@ -58,6 +58,24 @@ end
 redis.call('RPUSH', key, string.format('%013d', now + expiry) .. ARGV[3])
 if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
 return 1
+"""
+)
+
+#: KEYS[1] = queue key; ARGV = (expiry ms, payload) pairs, oldest first. Puts them
+#: back at the head of the list in that order, whatever the capacity (they were in
+#: it: a consumer that popped them has gone). Returns how many it stored.
+RESTORE = (
+    _NOW
+    + """
+local key = KEYS[1]
+local longest = 0
+for i = #ARGV - 1, 1, -2 do
+  local expiry = tonumber(ARGV[i])
+  if expiry > longest then longest = expiry end
+  redis.call('LPUSH', key, string.format('%013d', now + expiry) .. ARGV[i + 1])
+end
+if longest > 0 and redis.call('PTTL', key) < longest then redis.call('PEXPIRE', key, longest) end
+return #ARGV / 2
 """
 )
 

@@ -31,6 +31,7 @@ __all__ = [
     "delete_ids",
     "insert_many",
     "insert_params",
+    "restore",
     "waiting_queues",
 ]
 
@@ -131,6 +132,24 @@ WHERE coalesce((SELECT size FROM layers_queues AS q WHERE q.queue = put.queue), 
    OR (SELECT count(*) FROM layers_messages AS m
        WHERE m.queue = put.queue AND m.expires_at > ?) < put.capacity
 RETURNING queue
+"""
+
+
+def restore(rows: int) -> str:
+    """Return one statement putting ``rows`` payloads back at the head of a queue.
+
+    They take ids below every id in the table, oldest lowest, so they come out
+    first and in order; the capacity is not checked (they were in the queue). The
+    uncorrelated subquery runs once, and one statement is atomic. Parameters: the
+    queue, the row count, then per row its position (0 = oldest), expires_at and
+    payload.
+    """
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return f"""
+WITH back (position, expires_at, payload) AS (VALUES {values}),
+base (low) AS (SELECT coalesce(min(id), 1) - ? FROM layers_messages)
+INSERT INTO layers_messages (id, queue, expires_at, payload)
+SELECT base.low + back.position, ?, back.expires_at, back.payload FROM back, base
 """
 
 

@@ -317,6 +317,22 @@ class SqliteBackend(Backend):
                 stored.add(p.queue)
         return stored
 
+    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
+        """Put payloads back at the head of ``queue``, in one statement.
+
+        See :meth:`Backend.restore`.
+        """
+        conn = self._connection()
+        now = time.time()
+        params: list[Any] = []
+        for position, (payload, expiry) in enumerate(payloads):
+            params += (position, now + expiry, payload)
+        params += (len(payloads), queue)
+        await self._run(conn, _sql.restore(len(payloads)), params)
+        if self._hub is not None:
+            self._hub.notify(queue)
+        return True
+
     # -- receiving ------------------------------------------------------------------
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:

@@ -1,0 +1,209 @@
+"""Nothing is hoarded or stranded: demand follows the live waiters, from any loop or process.
+
+A consumer that polls with a timeout (``asyncio.wait_for(layer.receive(c), t)``),
+is cancelled, or exits must leave nothing behind: no demand that keeps its process
+popping for nobody, no message stuck in its process while others wait, and no
+message stuck in an event loop that has closed (``async_to_sync`` runs each call in
+a new loop). These rules run the API the way applications call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any
+
+from layers.conformance_tests.helpers import drain, receive_within, unique
+from layers.conformance_tests.plugin import LayerFactory, async_test, requires, settings
+from layers.conformance_tests.test_processes import _need_url, _result, _spawn
+from layers.core.backend import Capability
+from layers.core.layer import ChannelLayer
+
+
+async def _poll(layer: ChannelLayer, channel: str, stop: asyncio.Event, got: list[int]) -> None:
+    """Receive with a 5 ms timeout around every call until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            message = await asyncio.wait_for(layer.receive(channel), 0.005)
+        except TimeoutError:
+            continue
+        got.append(message["i"])
+
+
+@async_test
+async def test_timed_out_receive_leaves_no_demand(layer_factory: LayerFactory) -> None:
+    """After one receive timed out on A, everything sent goes to B, who waits."""
+    channel = unique("timeout")
+    async with layer_factory() as a, layer_factory() as b:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(a.receive(channel), 0.05)
+        await asyncio.sleep(0.05)
+        got = []
+        for i in range(20):
+            await a.send(channel, {"i": i})
+            got.append((await receive_within(b, channel))["i"])
+        assert got == list(range(20)), "a layer kept receiving for a receive that timed out"
+
+
+@async_test
+async def test_polling_consumers_hoard_nothing(layer_factory: LayerFactory) -> None:
+    """Three polling consumers on A, then none: B receives all that is sent afterwards.
+
+    While A polls, what A and B receive together is exactly what was sent; once A
+    stops polling (still open), A takes nothing more; when A closes, whatever it
+    still held is receivable by B.
+    """
+    channel = unique("poll")
+    async with layer_factory(capacity=1000) as a, layer_factory(capacity=1000) as b:
+        stop = asyncio.Event()
+        got_a: list[int] = []
+        pollers = [asyncio.create_task(_poll(a, channel, stop, got_a)) for _ in range(3)]
+        got_b: list[int] = []
+
+        async def steady() -> None:
+            while True:
+                got_b.append((await b.receive(channel))["i"])
+
+        consumer = asyncio.create_task(steady())
+        for i in range(200):
+            await b.send(channel, {"i": i})
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*pollers)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        # A has stopped polling but stays open: nothing more may go to it.
+        held_by_a = len(got_a)
+        for i in range(200, 250):
+            await b.send(channel, {"i": i})
+        late = [m["i"] for m in await drain(b, channel)]
+        assert len(got_a) == held_by_a
+        await a.aclose()
+        late += [m["i"] for m in await drain(b, channel)]
+        everything = got_a + got_b + late
+        assert len(everything) == len(set(everything)), "a message was delivered twice"
+        missing = sorted(set(range(250)) - set(everything))
+        assert not missing, f"lost {len(missing)} message(s), e.g. {missing[:10]}"
+        assert [i for i in late if i >= 200] == list(range(200, 250)), (
+            "messages sent after the pollers stopped did not all reach the waiting layer"
+        )
+
+
+def _in_new_loop(fn: Any) -> Any:
+    """Run ``fn()`` (a coroutine function) in a new event loop, as ``async_to_sync`` does."""
+    return asyncio.run(fn())
+
+
+@async_test
+async def test_reply_messages_survive_the_event_loop_that_took_them(
+    layer_factory: LayerFactory,
+) -> None:
+    """Successive loops: a loop that received one reply message does not strand the other."""
+    async with layer_factory() as layer:
+        first, second = await layer.new_channel(), await layer.new_channel()
+
+        async def send_both() -> None:
+            await layer.send(first, {"n": 1})
+            await layer.send(second, {"n": 2})
+
+        async def receive(channel: str) -> dict[str, Any]:
+            async with asyncio.timeout(settings.wait):
+                return await layer.receive(channel)
+
+        await asyncio.to_thread(_in_new_loop, send_both)
+        assert await asyncio.to_thread(_in_new_loop, lambda: receive(second)) == {"n": 2}
+        assert await asyncio.to_thread(_in_new_loop, lambda: receive(first)) == {"n": 1}
+
+
+@async_test
+async def test_normal_messages_survive_the_event_loop_that_took_them(
+    layer_factory: LayerFactory,
+) -> None:
+    """Successive loops receive a normal channel's messages one each, in order."""
+    channel = unique("loops")
+    async with layer_factory() as layer:
+        for i in range(3):
+            await layer.send(channel, {"i": i})
+
+        async def receive() -> dict[str, Any]:
+            async with asyncio.timeout(settings.wait):
+                return await layer.receive(channel)
+
+        got = [(await asyncio.to_thread(_in_new_loop, receive))["i"] for _ in range(3)]
+        assert got == [0, 1, 2]
+
+
+@async_test
+async def test_reply_channels_received_from_concurrent_event_loops(
+    layer_factory: LayerFactory,
+) -> None:
+    """Two loops wait on two reply channels of one layer at once: each gets all of its own."""
+    total = 20
+    async with layer_factory(capacity=4 * total) as layer:
+        mine, theirs = await layer.new_channel(), await layer.new_channel()
+        started = threading.Event()
+
+        async def other_loop() -> list[int]:
+            got = []
+            started.set()
+            async with asyncio.timeout(settings.wait * 2):
+                for _ in range(total):
+                    got.append((await layer.receive(theirs))["i"])
+            return got
+
+        other = asyncio.create_task(asyncio.to_thread(_in_new_loop, other_loop))
+        await asyncio.to_thread(started.wait)
+        got: list[int] = []
+
+        async def here() -> None:
+            for _ in range(total):
+                got.append((await receive_within(layer, mine))["i"])
+
+        receiving = asyncio.create_task(here())
+        for i in range(total):
+            await layer.send(theirs, {"i": i})
+            await layer.send(mine, {"i": i})
+            await asyncio.sleep(0.002)
+        await receiving
+        assert got == list(range(total))
+        assert await other == list(range(total))
+
+
+@requires(Capability.CROSS_PROCESS)
+@async_test
+async def test_polling_process_exits_and_loses_nothing(
+    layer_factory: LayerFactory, layer_url: str | None
+) -> None:
+    """A process polls with 5 ms timeouts, then exits cleanly; a steady consumer gets the rest."""
+    url, channel, total = _need_url(layer_url), unique("pollproc"), 300
+    poller = await _spawn(
+        {"mode": "poll", "url": url, "channel": channel, "seconds": 1.5, "timeout": 0.005}
+    )
+    assert poller.stdout is not None
+    assert (await poller.stdout.readline()).strip() == b"ready"
+    async with layer_factory(capacity=total) as layer:
+        got: list[int] = []
+
+        async def steady() -> None:
+            while True:
+                got.append((await layer.receive(channel))["i"])
+
+        consumer = asyncio.create_task(steady())
+        for i in range(total):
+            await layer.send(channel, {"i": i})
+            await asyncio.sleep(0.004)
+        polled: list[int] = await _result(poller)  # type: ignore[assignment]
+        await asyncio.sleep(settings.quiet)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        got += [m["i"] for m in await drain(layer, channel)]
+    everything = polled + got
+    assert len(everything) == len(set(everything)), "a message reached two consumers"
+    missing = sorted(set(range(total)) - set(everything))
+    assert not missing, f"lost {len(missing)} of {total}, e.g. {missing[:10]}"
+    # The poller's own messages stay in order. A message it gave back on exit may
+    # reach the steady consumer after later ones (as a requeue does in AMQP).
+    assert polled == sorted(polled), "order changed"
