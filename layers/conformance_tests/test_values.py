@@ -149,6 +149,7 @@ BAD_MESSAGES: list[Any] = [
     {"object": object()},
     {"nested": [{"deep": object()}]},
     {"int": 2**64},
+    {"int": 2**63},
     {"int": -(2**63) - 1},
     {"complex": 1j},
 ]

@@ -98,13 +98,23 @@ class SupportsChannelLayer(Protocol):
         ...
 
 
-def _number(setting: str, value: object, *, minimum: float, integer: bool = False) -> Any:
+#: The largest accepted expiry (ten years): every store's clock arithmetic fits.
+MAX_EXPIRY = 10 * 365 * 86400
+#: The largest accepted count (capacity, sizes): fits every store's 32-bit columns.
+MAX_COUNT = 2**31 - 1
+
+
+def _number(
+    setting: str, value: object, *, minimum: float, maximum: float, integer: bool = False
+) -> Any:
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if integer else "a number"
         raise ConfigurationError(setting, f"must be {kind}, not {value!r}")
-    if value < minimum:  # type: ignore[operator]
-        raise ConfigurationError(setting, f"must be at least {minimum}, not {value!r}")
+    if not minimum <= value <= maximum:  # type: ignore[operator]  # NaN fails both
+        raise ConfigurationError(
+            setting, f"must be a number from {minimum} to {maximum}, not {value!r}"
+        )
     return value
 
 
@@ -125,7 +135,7 @@ def _compile_capacities(
                 "channel_capacity", f"expected (pattern, capacity), got {pair!r}"
             )
         pattern, value = pair
-        _number("channel_capacity", value, minimum=1, integer=True)
+        _number("channel_capacity", value, minimum=1, maximum=MAX_COUNT, integer=True)
         if isinstance(pattern, str):
             compiled.append((re.compile(fnmatch.translate(pattern)), value))
         elif isinstance(pattern, re.Pattern):
@@ -219,14 +229,20 @@ class ChannelLayer:
             raise ConfigurationError("backend", "give a backend (name or class) or a url")
         if url is not None:
             url_backend_options = self.backend_class.options_from_url(url)
-        self.expiry: float = _number("expiry", expiry, minimum=0.001)
-        self.group_expiry: float = _number("group_expiry", group_expiry, minimum=0.001)
-        self.capacity: int = _number("capacity", capacity, minimum=1, integer=True)
+        self.expiry: float = _number("expiry", expiry, minimum=0.001, maximum=MAX_EXPIRY)
+        self.group_expiry: float = _number(
+            "group_expiry", group_expiry, minimum=0.001, maximum=MAX_EXPIRY
+        )
+        self.capacity: int = _number(
+            "capacity", capacity, minimum=1, maximum=MAX_COUNT, integer=True
+        )
         self.channel_capacity = _compile_capacities(channel_capacity)
         if max_message_size is not None:
-            _number("max_message_size", max_message_size, minimum=1, integer=True)
+            _number(
+                "max_message_size", max_message_size, minimum=1, maximum=MAX_COUNT, integer=True
+            )
         self.max_message_size = max_message_size
-        self.prefetch: int = _number("prefetch", prefetch, minimum=1, integer=True)
+        self.prefetch: int = _number("prefetch", prefetch, minimum=1, maximum=10_000, integer=True)
         if not isinstance(serializer_format, str):
             raise ConfigurationError("serializer_format", "must be a serializer name (str)")
         self._serializer: Serializer = get_serializer(

@@ -2,7 +2,9 @@
 
 Every message is checked at ``send`` time: a dict with str keys whose values are the
 ASGI types (``bytes``, ``str``, ``int`` in the signed 64-bit range, ``float``,
-``bool``, ``None``, ``list`` and ``dict``; tuples are accepted and arrive as lists).
+``bool``, ``None``, ``list`` and ``dict``; tuples are accepted and arrive as lists),
+nested at most :data:`MAX_DEPTH` containers deep (so a message that contains
+itself is refused too).
 Anything else raises :class:`layers.InvalidMessage`, a :class:`TypeError`, before
 any I/O, so the error shows where the message was made.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
@@ -26,6 +29,7 @@ import msgpack
 from layers.core.errors import ConfigurationError, InvalidMessage, MissingDriver
 
 __all__ = [
+    "MAX_DEPTH",
     "EncryptingSerializer",
     "JSONSerializer",
     "MsgpackSerializer",
@@ -36,7 +40,9 @@ __all__ = [
 ]
 
 _INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1  # msgpack carries unsigned 64-bit too; the spec's floor is signed 64-bit
+_INT_MAX = 2**63 - 1
+#: How many containers (dicts and lists) a message may nest, the message itself included.
+MAX_DEPTH = 100
 _SCALARS = (str, bytes, float, bool, type(None))
 # Exact types that need no further check (subclasses of them take the slow path).
 _FLAT = frozenset({str, bytes, float, bool, type(None)})
@@ -50,12 +56,19 @@ def _where(parent: str, key: object) -> str:
     return parent if key is _ROOT else f"{parent}[{key!r}]"
 
 
-def _check_value(value: object, parent: str, key: object = _ROOT) -> None:
+def _check_value(value: object, parent: str, key: object = _ROOT, depth: int = 1) -> None:
     kind = type(value)
     if kind is int:
         if not _INT_MIN <= cast(int, value) <= _INT_MAX:
-            raise InvalidMessage(f"{_where(parent, key)} = {value} does not fit in 64 bits")
-    elif kind is dict:
+            raise InvalidMessage(
+                f"{_where(parent, key)} = {value} does not fit in a signed 64-bit integer"
+            )
+        return
+    if depth > MAX_DEPTH and (kind is dict or kind is list or kind is tuple):
+        raise InvalidMessage(
+            f"the message nests more than {MAX_DEPTH} containers deep (or contains itself)"
+        )
+    if kind is dict:
         path = _where(parent, key)
         for name, item in cast(dict[object, object], value).items():
             if type(name) is not str:
@@ -63,12 +76,12 @@ def _check_value(value: object, parent: str, key: object = _ROOT) -> None:
                     f"message keys must be str; {path} has key {name!r} ({type(name).__name__})"
                 )
             if type(item) not in _FLAT:  # containers, ints and anything invalid
-                _check_value(item, path, name)
+                _check_value(item, path, name, depth + 1)
     elif kind is list or kind is tuple:
         path = _where(parent, key)
         for index, item in enumerate(cast(Iterable[object], value)):
             if type(item) not in _FLAT:
-                _check_value(item, path, index)
+                _check_value(item, path, index, depth + 1)
     elif not isinstance(value, _SCALARS):
         raise InvalidMessage(
             f"{_where(parent, key)} is a {kind.__name__}; messages may hold only bytes, str, "
@@ -118,12 +131,20 @@ class MsgpackSerializer:
 
 
 _BYTES_MARK = "__bytes__"
+# A one-key user dict whose key is the mark, with any number of extra leading
+# underscores, is written with one more underscore and read back with one fewer, so
+# no user value can be mistaken for boxed bytes.
+_ESCAPED = re.compile(r"_*__bytes__")
 
 
 def _box(value: Any) -> Any:
     if isinstance(value, bytes):
         return {_BYTES_MARK: base64.b64encode(value).decode("ascii")}
     if isinstance(value, dict):
+        if len(value) == 1:
+            ((key, item),) = value.items()
+            if _ESCAPED.fullmatch(key):
+                return {"_" + key: _box(item)}
         return {k: _box(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_box(v) for v in value]
@@ -131,13 +152,22 @@ def _box(value: Any) -> Any:
 
 
 def _unbox(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and _BYTES_MARK in obj:
-        return base64.b64decode(obj[_BYTES_MARK])
+    if len(obj) == 1:
+        ((key, item),) = obj.items()
+        if key == _BYTES_MARK:
+            return base64.b64decode(item)
+        if _ESCAPED.fullmatch(key):
+            return {key[1:]: item}
     return obj
 
 
 class JSONSerializer:
-    """JSON with bytes boxed as ``{"__bytes__": base64}`` so they stay bytes."""
+    """JSON with bytes boxed as ``{"__bytes__": base64}`` so they stay bytes.
+
+    A user dict that looks like a box (one key ``__bytes__``, with any number of
+    extra leading underscores) is escaped with one more underscore, so every
+    message reads back exactly as it was sent.
+    """
 
     def dumps(self, message: dict[str, Any]) -> bytes:
         """Serialize as compact UTF-8 JSON; NaN and infinities are refused."""

@@ -30,20 +30,34 @@ async def test_dropping_an_empty_queue_never_strands_a_waiter() -> None:
 
 
 @async_test
-async def test_expired_queues_are_swept_in_bounded_batches() -> None:
+async def test_expired_queues_go_as_fast_as_writes_make_them() -> None:
     store = MemoryStore()
     backend = MemoryBackend(store)
     for i in range(1000):
         await backend.send(f"stale{i}", b"x", expiry=0.01, capacity=10)
-    assert len(store.queues) == 1000
-    await asyncio.sleep(0.06)
+    await asyncio.sleep(0.02)
+    before = len(store.queues)
     await backend.send("fresh", b"y", expiry=10, capacity=10)
-    # One call sweeps at most a batch: cost does not grow with the number of channels.
-    assert 1000 - memory._SWEEP_BATCH <= len(store.queues) - 1 < 1000
-    for _ in range(10):
-        await asyncio.sleep(memory._SWEEP_INTERVAL)
-        await backend.send("fresh", b"y", expiry=10, capacity=10)
-    assert set(store.queues) == {"fresh"}
+    # One write removes a few expired queues: its cost never grows with the channels.
+    assert before + 1 - memory._SWEEP_PER_WRITE == len(store.queues)
+    # Every write removes more expired queues than it makes new ones.
+    for i in range(1000):
+        await backend.send(f"next{i}", b"y", expiry=0.01, capacity=10)
+    assert len(store.queues) <= before + 1
+
+
+@async_test
+async def test_idle_time_reclaims_every_expired_queue() -> None:
+    """A million sends to fresh names, then silence: the store ends empty (issue: it kept 880k)."""
+    store = MemoryStore()
+    backend = MemoryBackend(store)
+    for i in range(20_000):
+        await backend.send(f"fresh{i}", b"x", expiry=0.05, capacity=10)
+    assert len(store.queues) > 1000
+    deadline = asyncio.get_running_loop().time() + 5 * memory._IDLE_SWEEP_INTERVAL
+    while store.queues and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    assert len(store.queues) == 0
 
 
 @async_test
@@ -53,6 +67,9 @@ async def test_expired_groups_are_swept() -> None:
     for i in range(100):
         await backend.group_add(f"g{i}", "c", expiry=0.01)
     await asyncio.sleep(0.06)
+    deadline = asyncio.get_running_loop().time() + 5 * memory._IDLE_SWEEP_INTERVAL
+    while len(store.groups) > 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
     await backend.group_add("live", "c", expiry=10)
     assert set(store.groups) == {"live"}
 
