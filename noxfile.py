@@ -80,6 +80,30 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def chaos(session: nox.Session) -> None:
+    """The randomized multi-process loss rule for a minute per backend (nightly)."""
+    session.install("-e", ".[test]")
+    seconds = session.posargs[0] if session.posargs else "60"
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, url in _conformance_urls(session, tmp):
+            session.log(f"randomized processes on {name} for {seconds} s: {url}")
+            session.run(
+                "pytest",
+                "-p",
+                "layers.conformance_tests",
+                "--layer-url",
+                url,
+                "--pyargs",
+                "layers.conformance_tests.test_chaos",
+                "-q",
+                env={
+                    "LAYERS_CONFORMANCE_CHAOS_SECONDS": seconds,
+                    "LAYERS_CONFORMANCE_TIMEOUT": str(float(seconds) * 3 + 60),
+                },
+            )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff>=0.6")
