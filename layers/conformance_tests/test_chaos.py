@@ -20,6 +20,7 @@ import secrets
 
 from layers.conformance_tests.helpers import drain, unique
 from layers.conformance_tests.plugin import LayerFactory, async_test, requires
+from layers.conformance_tests.test_loss import restores
 from layers.conformance_tests.test_processes import _need_url, _spawn
 from layers.core.backend import Capability
 from layers.core.errors import ChannelFull
@@ -93,7 +94,10 @@ async def test_randomized_processes_never_duplicate_and_lose_only_to_kills(
     for n, (_, clean) in enumerate(logs):
         assert clean or n in killed, f"{roles[n]} consumer did not finish ({context})"
     lost = set(range(sent)) - set(received) - full
-    allowed = LOSS_PER_KILL * len(killed)
+    # Without Backend.restore, a consumer that exits cleanly may lose what its
+    # cancelled receives' pops brought (one per receive loop).
+    exits = 0 if restores(layer) else len(roles) - len(killed)
+    allowed = LOSS_PER_KILL * (len(killed) + exits)
     assert len(lost) <= allowed, (
         f"lost {len(lost)} message(s), more than the {allowed} killed processes may hold"
         f" ({context}; e.g. {sorted(lost)[:10]})"

@@ -167,6 +167,22 @@ class Backend(abc.ABC):
     #: for any backend that talks to a server.
     instant_receive: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse, when the class is defined, a capability declared without its methods."""
+        super().__init_subclass__(**kwargs)
+        missing = [
+            f"{method}() (needed by the {capability.value!r} capability)"
+            for capability, methods in _CAPABILITY_METHODS.items()
+            if capability in cls.capabilities
+            for method in methods
+            if getattr(cls, method) is getattr(Backend, method)
+        ]
+        if missing:
+            raise TypeError(
+                f"backend {cls.__qualname__} declares capabilities it does not implement: "
+                f"define {', '.join(missing)}, or remove the capability"
+            )
+
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise the backend options once, when the layer is made.
@@ -325,3 +341,10 @@ class Backend(abc.ABC):
         Safe to call twice and on an instance that never opened. Stored payloads
         stay in a shared store. Must not raise for an already-broken connection.
         """
+
+
+#: The methods a backend must define for each capability it declares.
+_CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
+    Capability.GROUPS: ("group_add", "group_discard", "group_channels"),
+    Capability.FLUSH: ("flush",),
+}
