@@ -520,7 +520,10 @@ class Shard:
             deadline = time.monotonic() + timeout
             while True:
                 if pipe.reader is None:
-                    await pipe.connect()
+                    try:
+                        await pipe.connect()
+                    except (RedisError, OSError) as exc:
+                        raise NotSent(f"redis {self.spec.id}: {exc or type(exc).__name__}") from exc
                     await self._sync_clock(pipe)
                 elif time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
                     await self._sync_clock(pipe)

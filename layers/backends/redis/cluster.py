@@ -194,6 +194,7 @@ class RedisClusterBackend(RedisBackend):
         self._refreshed = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = False
+        self._outage: float | None = None  # when receives first found a node unreachable
 
     # -- configuration ----------------------------------------------------------------
 
@@ -466,18 +467,26 @@ class RedisClusterBackend(RedisBackend):
                         return []
                     continue
                 shard = self._shard(queue)
-                return await shard.pop(key, max(0.0, deadline - time.monotonic()), limit)
+                live = await shard.pop(key, max(0.0, deadline - time.monotonic()), limit)
+                self._outage = None
+                return live
             except ClusterRedirect as exc:
                 error: BackendError = exc
             except NotSent as exc:
+                # The node cannot be reached: a failover may be under way. Retry on
+                # the new owner; raise only once it lasts longer than RETRY_FOR.
                 self._stale()
                 error = exc
+                now = time.monotonic()
+                self._outage = self._outage or now
+                if now - self._outage > RETRY_FOR:
+                    raise
             except BackendUnavailable:
                 self._stale()
                 raise
-            if time.monotonic() >= deadline and redirect_of(error) is None:
-                raise error
-            asking = await self._follow(error, slot, started)
+            if time.monotonic() >= deadline:
+                return []
+            asking = await self._follow(error, slot, time.monotonic())
             if time.monotonic() >= deadline and asking is None:
                 return []
         return []
