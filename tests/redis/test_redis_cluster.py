@@ -128,7 +128,9 @@ async def run_traffic(
     return tally, started, ended
 
 
-def _channels_on(port: int, cluster: RedisCluster, count: int, slots: range | None = None) -> list[str]:
+def _channels_on(
+    port: int, cluster: RedisCluster, count: int, slots: range | None = None
+) -> list[str]:
     """``count`` channel names stored on the primary at ``port`` (within ``slots`` if given)."""
     ranges = [
         tuple(int(x) for x in part.split("-")) if "-" in part else (int(part), int(part))
@@ -229,7 +231,7 @@ def test_failover_during_traffic_no_duplicate_no_hung_receive(redis_cluster) -> 
 
     url = cluster.url + "?prefix=failover"
     try:
-        tally, killed, _ = asyncio.run(run_traffic(url, channels, kill_primary, after=2.0))
+        tally, _, _ = asyncio.run(run_traffic(url, channels, kill_primary, after=2.0))
         new_owner = _owner_port(cluster, key_slot(channels[0]))
         assert new_owner != victim
     finally:
