@@ -307,6 +307,10 @@ class RedisCluster:
                 out.append(int(row[0].rpartition(":")[2]))
         return out
 
+    def cli(self, port: int, *args: str) -> str:
+        """Run one redis-cli command on the node at ``port``."""
+        return redis_cli(port, *args)
+
     def node_id(self, port: int) -> str:
         return redis_cli(port, "CLUSTER", "MYID")
 

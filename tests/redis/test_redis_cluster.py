@@ -13,12 +13,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 import layers
 from layers.backends.redis.cluster import key_slot
-from layers.core.errors import BackendError, ChannelFull
+from layers.core.errors import BackendError, ChannelFull, ConfigurationError
 
 # The fixture's class (tests/redis/conftest.py); this directory is not a package,
 # because a package named "redis" would hide the driver.
@@ -29,6 +30,143 @@ pytestmark = pytest.mark.slow
 
 def test_conformance_on_a_six_node_cluster(redis_cluster, run_conformance) -> None:  # type: ignore[no-untyped-def]
     run_conformance(redis_cluster.url + "?prefix=conformance")
+
+
+def _commandstat(cluster: RedisCluster, port: int, command: str) -> int:
+    for line in cluster.cli(port, "INFO", "commandstats").splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_group_send_costs_one_write_per_queue_and_one_round_trip_per_node(
+    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layers.backends.redis import _shard
+
+    writes: list[tuple[str, int]] = []
+    original = _shard.Pipe.write_nowait
+
+    def counting(self: _shard.Pipe, batch: list[Any]) -> None:
+        writes.append((self.where, len(batch)))
+        original(self, batch)
+
+    async def main() -> None:
+        async with layers.from_url(redis_cluster.url + "?prefix=fan") as layer:
+            plain = [f"fan.member{i}" for i in range(100)]
+            replies = [await layer.new_channel() for _ in range(20)]  # one inbox
+            for member in plain + replies:
+                await layer.group_add("fan", member)
+            nodes = {_owner_port(redis_cluster, key_slot(m)) for m in plain}
+            assert len(nodes) == 3  # the members really are spread over every primary
+            await layer.group_send("fan", {"n": 0})  # loads the script on every node
+            for member in plain + replies:
+                assert await layer.receive(member) == {"n": 0}
+            for port in redis_cluster.primaries():
+                redis_cluster.cli(port, "CONFIG", "RESETSTAT")
+            monkeypatch.setattr(_shard.Pipe, "write_nowait", counting)
+            await layer.group_send("fan", {"n": 1})
+            monkeypatch.undo()
+            evalsha = sum(
+                _commandstat(redis_cluster, p, "evalsha") for p in redis_cluster.primaries()
+            )
+            assert evalsha == 101  # 100 plain channels + 1 inbox for 20 reply channels
+            # The member read, then at most two pipeline writes per node (the first
+            # command of a loop iteration goes out at once, the rest together).
+            assert len(writes) <= 1 + 2 * 3, writes
+            for member in plain + replies:
+                assert await layer.receive(member) == {"n": 1}
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_flush_reaches_every_primary(redis_cluster: RedisCluster) -> None:
+    async def main() -> None:
+        async with layers.from_url(redis_cluster.url + "?prefix=flushme") as layer:
+            for i in range(60):
+                await layer.send(f"flush.chan{i}", {"i": i})
+                await layer.group_add(f"flush.group{i}", f"flush.chan{i}")
+            counts = [
+                len(redis_cluster.cli(p, "KEYS", "flushme:*").split())
+                for p in redis_cluster.primaries()
+            ]
+            assert all(c > 0 for c in counts)
+            assert sum(counts) == 120
+            await layer.flush()
+            for port in redis_cluster.primaries():
+                assert redis_cluster.cli(port, "KEYS", "flushme:*") == ""
+
+    asyncio.run(main())
+
+
+def test_cluster_url_on_a_single_server_is_a_configuration_error(shared_url: str) -> None:
+    parts = urlsplit(shared_url)
+    url = f"redis+cluster://{parts.hostname}:{parts.port}"
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            with pytest.raises(ConfigurationError, match="not a Redis Cluster node"):
+                await layer.send("some.chan", {})
+
+    asyncio.run(main())
+
+
+def test_single_server_url_on_a_cluster_node_says_to_use_the_cluster_url(
+    redis_cluster: RedisCluster,
+) -> None:
+    url = f"redis://127.0.0.1:{redis_cluster.primaries()[0]}/0?prefix=wrongmode"
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            results = await asyncio.gather(
+                *(layer.send(f"wrong.chan{i}", {}) for i in range(30)), return_exceptions=True
+            )
+            errors = [r for r in results if r is not None]
+            assert errors  # two thirds of the channels live on other nodes
+            for error in errors:
+                assert isinstance(error, BackendError)
+                assert "redis+cluster://" in str(error)
+        async with layers.from_url(redis_cluster.url + "?prefix=wrongmode") as layer:
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_credentials_never_show_in_errors(redis_cluster: RedisCluster) -> None:
+    port = redis_cluster.ports[0]
+
+    async def main() -> None:
+        async with layers.from_url(f"redis+cluster://nobody:hunter22@127.0.0.1:{port}") as layer:
+            with pytest.raises(BackendError) as info:
+                await layer.send("some.chan", {})
+            text = f"{info.value} {info.value!r} {info.value.__cause__!r} {layer!r}"
+            assert "hunter22" not in text
+            assert "WRONGPASS" in text or "invalid username-password" in text
+
+    asyncio.run(main())
+
+
+def test_blocking_receive_outlives_a_short_socket_timeout_on_resp3(
+    redis_cluster: RedisCluster,
+) -> None:
+    # redis-py 8 made socket_timeout 5 s and RESP3 the defaults; blocking pops must
+    # not be cut by either (their own read deadline is the block time plus a margin).
+    url = redis_cluster.url + "?prefix=slowpop&socket_timeout=0.5&protocol=3"
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+
+            async def late() -> None:
+                await asyncio.sleep(1.5)
+                await layer.send("slow.chan", {"late": True})
+
+            sender = asyncio.create_task(late())
+            assert await asyncio.wait_for(layer.receive("slow.chan"), 10) == {"late": True}
+            await sender
+            await layer.flush()
+
+    asyncio.run(main())
 
 
 # -- traffic through a disruption -------------------------------------------------------
@@ -81,6 +219,7 @@ async def run_traffic(
     layer = layers.from_url(url)
     tally = Tally(channels)
     stop = asyncio.Event()
+    stopped: list[float] = []
 
     async def produce(channel: str) -> None:
         seq = 0
@@ -102,12 +241,16 @@ async def run_traffic(
         got = tally.received[channel]
         while True:
             confirmed = tally.confirmed[channel]
-            if stop.is_set() and confirmed and got and got[-1] >= confirmed[-1][0]:
-                return
+            if stop.is_set():
+                if confirmed and got and got[-1] >= confirmed[-1][0]:
+                    return
+                if time.monotonic() > stopped[0] + 20:
+                    return  # checked by the caller: anything confirmed and missing is lost
             try:
-                message = await asyncio.wait_for(layer.receive(channel), 20)
+                # A cancelled receive loses nothing (the contract), so poll in slices.
+                message = await asyncio.wait_for(layer.receive(channel), 0.5)
             except TimeoutError:
-                return  # checked by the caller: anything confirmed and missing is lost
+                continue
             got.append(message["seq"])
 
     try:
@@ -118,6 +261,7 @@ async def run_traffic(
         await asyncio.to_thread(disrupt)
         ended = time.monotonic()
         await asyncio.sleep(after)
+        stopped.append(time.monotonic())
         stop.set()
         await asyncio.gather(*producers)
         async with asyncio.timeout(60):
