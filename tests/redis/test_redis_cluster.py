@@ -169,6 +169,45 @@ def test_blocking_receive_outlives_a_short_socket_timeout_on_resp3(
     asyncio.run(main())
 
 
+def test_wait_replicas_confirms_each_send_on_a_replica(redis_cluster: RedisCluster) -> None:
+    url = redis_cluster.url + "?prefix=waitok&wait_replicas=1&wait_timeout=2"
+
+    async def main() -> None:
+        for port in redis_cluster.primaries():
+            redis_cluster.cli(port, "CONFIG", "RESETSTAT")
+        async with layers.from_url(url) as layer:
+            for i in range(30):
+                await layer.send(f"wait.chan{i}", {"i": i})
+            for i in range(5):
+                await layer.group_add("wait.group", f"wait.chan{i}")
+            await layer.group_send("wait.group", {"g": True})
+            waits = sum(_commandstat(redis_cluster, p, "wait") for p in redis_cluster.primaries())
+            assert waits >= 30 + 1  # one per send, at least one for the group_send
+            for i in range(30):
+                assert await layer.receive(f"wait.chan{i}") == {"i": i}
+            await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_wait_replicas_beyond_the_replicas_raises_but_stores_once(
+    redis_cluster: RedisCluster,
+) -> None:
+    url = redis_cluster.url + "?prefix=waitko&wait_replicas=2&wait_timeout=0.2"
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            with pytest.raises(BackendError, match="only 1 of 2 replicas"):
+                await layer.send("wait.short", {"n": 1})
+            # Stored once, as the error says: it is delivered, and only once.
+            assert await layer.receive("wait.short") == {"n": 1}
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(layer.receive("wait.short"), 0.5)
+            await layer.flush()
+
+    asyncio.run(main())
+
+
 # -- traffic through a disruption -------------------------------------------------------
 
 

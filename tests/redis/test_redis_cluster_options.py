@@ -63,6 +63,8 @@ def test_credentials_never_show_in_repr() -> None:
         ("redis+cluster://h:7000?read_from_replicas=true", "read_from_replicas", "primaries"),
         ("redis+cluster://h:7000/2", "hosts", "only database 0"),
         ("redis+cluster://h:7000?no_such_option=1", "hosts", "bad options"),
+        ("redis+cluster://h:7000?wait_replicas=-1", "wait_replicas", "int >= 0"),
+        ("redis+cluster://h:7000?wait_replicas=1&wait_timeout=0", "wait_timeout", "> 0"),
     ],
 )
 def test_bad_cluster_config_is_refused(url: str, setting: str, words: str) -> None:

@@ -50,6 +50,12 @@ Options
         As for :class:`~layers.backends.redis.RedisChannelLayer`.
     ``read_from_replicas``
         Accepted for compatibility; only ``False``.
+    ``wait_replicas``, ``wait_timeout``
+        With ``wait_replicas=N`` (default 0: off), every ``send`` is followed by
+        ``WAIT N`` (pipelined, same connection) and returns once N replicas hold the
+        message; if fewer confirm within ``wait_timeout`` seconds (default 1), the
+        message is stored once and ``send`` raises :class:`~layers.BackendError`.
+        ``group_send`` waits once per node and logs a warning instead.
 
 Capabilities
     ``groups``, ``flush``, ``cross_process``, ``cross_host``.
@@ -69,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -111,6 +118,8 @@ REFRESH_TIMEOUT = 2.0
 REFRESH_INTERVAL = 0.25
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_CLUSTER_OPTIONS = ("read_from_replicas", "wait_replicas", "wait_timeout")
+logger = logging.getLogger("layers")
 
 
 def key_slot(name: str) -> int:
@@ -161,12 +170,30 @@ def _seeds_from_url(url: str) -> tuple[list[HostSpec], dict[str, str]]:
             "url", f"expected redis+cluster:// or rediss+cluster://, got {parts.scheme}://"
         )
     query = parse_qsl(parts.query, keep_blank_values=True)
-    replicas = [v for k, v in query if k == "read_from_replicas"]
-    rest = urlencode([(k, v) for k, v in query if k != "read_from_replicas"])
+    ours = {k: v for k, v in query if k in _CLUSTER_OPTIONS}
+    rest = urlencode([(k, v) for k, v in query if k not in _CLUSTER_OPTIONS])
     specs, options = hosts_from_url(parts._replace(scheme=plain, query=rest).geturl())
-    if replicas:
-        options["read_from_replicas"] = replicas[-1]
+    options.update(ours)
     return specs, options
+
+
+def _wait_options(options: dict[str, Any]) -> tuple[int, int]:
+    """``wait_replicas`` (an int >= 0) and ``wait_timeout`` (seconds > 0), as ``WAIT`` args."""
+    raw = options.pop("wait_replicas", 0)
+    try:
+        replicas = int(raw)
+    except (TypeError, ValueError):
+        replicas = -1
+    if replicas < 0 or isinstance(raw, bool | float):
+        raise ConfigurationError("wait_replicas", f"must be an int >= 0, not {raw!r}")
+    raw = options.pop("wait_timeout", 1.0)
+    try:
+        timeout = float(raw)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not (0 < timeout < math.inf) or isinstance(raw, bool):
+        raise ConfigurationError("wait_timeout", f"must be a number of seconds > 0, not {raw!r}")
+    return replicas, max(1, round(timeout * 1000))
 
 
 def _no_replicas(value: object) -> None:
@@ -183,8 +210,9 @@ class RedisClusterBackend(RedisBackend):
 
     name = "redis+cluster"
 
-    def __init__(self, *, config: RedisConfig) -> None:
+    def __init__(self, *, config: RedisConfig, wait: tuple[int, int] = (0, 0)) -> None:
         super().__init__(config=config)
+        self._wait = wait  # WAIT numreplicas timeout-ms after each send; (0, _): off
         self._template = config.hosts[0]
         self._seeds = [_address(spec) for spec in config.hosts]
         self._nodes: dict[tuple[str, int], Shard] = {}
@@ -209,6 +237,7 @@ class RedisClusterBackend(RedisBackend):
         """Validate the seeds, ``prefix`` and ``read_from_replicas`` (no I/O)."""
         options = dict(options)
         _no_replicas(options.pop("read_from_replicas", False))
+        wait = _wait_options(options)
         hosts = options.get("hosts")
         if isinstance(hosts, Sequence) and not isinstance(hosts, str | bytes):
             specs: list[HostSpec] = []
@@ -224,7 +253,7 @@ class RedisClusterBackend(RedisBackend):
         config: RedisConfig = prepared["config"]
         for spec in config.hosts:
             _check_seed(spec)
-        return prepared
+        return {**prepared, "wait": wait}
 
     # -- routing ----------------------------------------------------------------------
 
@@ -337,7 +366,9 @@ class RedisClusterBackend(RedisBackend):
             await self._refresh()
         return None
 
-    async def _run(self, slot: int, *args: Any, script: Script | None = None) -> Any:
+    async def _run(
+        self, slot: int, *args: Any, script: Script | None = None, wait: bool = False
+    ) -> Any:
         """Run one command (or script) on the slot's owner, following redirections.
 
         Only refused or unsent commands are re-sent; a reply lost with its connection
@@ -349,7 +380,13 @@ class RedisClusterBackend(RedisBackend):
         for _ in range(MAX_REDIRECTS):
             try:
                 shard = asking or self._owner(slot)
-                reply = await self._once(shard, args, script, asking=asking is not None)
+                reply = await self._once(
+                    shard,
+                    args,
+                    script,
+                    asking=asking is not None,
+                    wait=self._wait if wait else None,
+                )
             except ClusterRedirect as exc:
                 error: BackendError = exc
             except NotSent as exc:
@@ -370,17 +407,28 @@ class RedisClusterBackend(RedisBackend):
 
     @staticmethod
     async def _once(
-        shard: Shard, args: tuple[Any, ...], script: Script | None, *, asking: bool
+        shard: Shard,
+        args: tuple[Any, ...],
+        script: Script | None,
+        *,
+        asking: bool,
+        wait: tuple[int, int] | None = None,
     ) -> Any:
         if asking:
             shard.execute("ASKING").add_done_callback(_ignore)
         if script is None:
             return await shard.execute(*args)
-        reply = await shard.execute("EVALSHA", script.sha, *args)
+        future = shard.execute("EVALSHA", script.sha, *args)
+        waited = _wait_after(shard, wait)
+        reply = await future
         if isinstance(reply, NoScriptError):  # not run: this node lacks the script
             if asking:
                 shard.execute("ASKING").add_done_callback(_ignore)
-            reply = await shard.execute("EVAL", script.source, *args)
+            future = shard.execute("EVAL", script.source, *args)
+            waited = _wait_after(shard, wait, waited)
+            reply = await future
+        if waited is not None and wait is not None and reply == 1:
+            await _check_acks(shard, waited, wait)
         return reply
 
     # -- the contract -----------------------------------------------------------------
@@ -405,7 +453,7 @@ class RedisClusterBackend(RedisBackend):
         """The ``SEND`` script on the queue's primary (see the module docs for failover)."""
         key = self._queue_prefix + "{" + queue + "}"
         args = (1, key, ms(expiry), capacity, payload)
-        reply = await self._run(key_slot(queue), *args, script=_SEND)
+        reply = await self._run(key_slot(queue), *args, script=_SEND, wait=self._wait[0] > 0)
         return bool(reply == 1)
 
     async def send_many(self, puts: Sequence[Put]) -> list[bool]:
@@ -413,6 +461,7 @@ class RedisClusterBackend(RedisBackend):
         if not self._open:
             raise BackendError("the redis+cluster backend is not open")
         calls: list[tuple[int, tuple[Any, ...], asyncio.Future[Any] | None]] = []
+        used: dict[int, Shard] = {}
         for put in puts:
             slot = key_slot(put.queue)
             key = self._queue_prefix + "{" + put.queue + "}"
@@ -420,6 +469,10 @@ class RedisClusterBackend(RedisBackend):
             shard = self._slots[slot]
             future = None if shard is None else shard.execute("EVALSHA", _SEND.sha, *args)
             calls.append((slot, args, future))
+            if shard is not None:
+                used[id(shard)] = shard
+        # One WAIT per node, behind its sends on the same connection.
+        waits = {k: (s, _wait_after(s, self._wait)) for k, s in used.items()}
         results: list[bool] = []
         try:
             for slot, args, future in calls:
@@ -433,12 +486,21 @@ class RedisClusterBackend(RedisBackend):
                     self._stale()
                     raise
                 if isinstance(reply, ResponseError):  # refused, not run: run it the long way
-                    reply = await self._run(slot, *args, script=_SEND)
+                    reply = await self._run(slot, *args, script=_SEND, wait=self._wait[0] > 0)
                 results.append(reply == 1)
+            for shard, waited in waits.values():
+                if waited is not None:
+                    try:
+                        await _check_acks(shard, waited, self._wait)
+                    except BackendError as exc:  # stored: a group_send does not fail for it
+                        logger.warning("%s", exc)
         finally:
             for _, _, future in calls[len(results) + 1 :]:
                 if future is not None:
                     future.add_done_callback(_ignore)
+            for _, waited in waits.values():
+                if waited is not None and not waited.done():
+                    waited.add_done_callback(_ignore)
         return results
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
@@ -546,6 +608,28 @@ class RedisClusterBackend(RedisBackend):
         self._slots = [None] * SLOTS
         for shard in nodes.values():
             await shard.aclose()
+
+
+def _wait_after(
+    shard: Shard, wait: tuple[int, int] | None, previous: asyncio.Future[Any] | None = None
+) -> asyncio.Future[Any] | None:
+    """Queue ``WAIT`` behind the commands just queued on ``shard`` (same connection)."""
+    if previous is not None:
+        previous.add_done_callback(_ignore)
+    if wait is None or wait[0] <= 0:
+        return None
+    return shard.execute("WAIT", wait[0], wait[1])
+
+
+async def _check_acks(shard: Shard, waited: asyncio.Future[Any], wait: tuple[int, int]) -> None:
+    acked = await waited
+    if isinstance(acked, ResponseError):
+        raise translate(acked, shard.spec.id)
+    if int(acked) < wait[0]:
+        raise BackendError(
+            f"redis {shard.spec.id}: stored, but only {acked} of {wait[0]} replicas confirmed it "
+            f"within {wait[1]} ms (wait_replicas); a failover now could lose it"
+        )
 
 
 def _ignore(future: asyncio.Future[Any]) -> None:
