@@ -38,3 +38,13 @@ def test_blocking_receive_outlives_socket_timeout(
         asyncio.run(main())
     # No receive failed and was retried behind the caller's back.
     assert not [r for r in caplog.records if "failed" in r.getMessage()]
+
+
+def test_closing_a_sentinel_layer_works_on_every_supported_driver() -> None:
+    # redis-py before 5.1 has no Sentinel.aclose(); closing must not depend on it.
+    async def main() -> None:
+        layer = layers.from_url("redis+sentinel://127.0.0.1:9/mymaster")
+        await layer._state().ready()  # builds the connection set (no I/O yet)
+        await layer.aclose()
+
+    asyncio.run(main())

@@ -626,4 +626,9 @@ class Shard:
             await pipe.close()
         await self.pool.disconnect()
         if self.sentinel is not None:
-            await self.sentinel.aclose()
+            close = getattr(self.sentinel, "aclose", None)
+            if close is not None:
+                await close()
+            else:  # redis-py < 5.1: close the clients of the sentinels one by one
+                for client in self.sentinel.sentinels:
+                    await client.aclose()
