@@ -252,12 +252,14 @@ async def run_traffic(
     """Send and receive on ``channels`` while ``disrupt()`` runs in a thread.
 
     Returns the tally and the monotonic times the disruption started and ended.
-    Every consumer must get its channel's last confirmed message within 20 s of the
-    producers stopping: a hung ``receive`` fails the test.
+    After the producers stop, a consumer gives up only when no message came for 20 s
+    (a slow, busy machine only makes draining slower): a hung ``receive`` fails the
+    test through the missing messages.
     """
     layer = layers.from_url(url)
     tally = Tally(channels)
     stop = asyncio.Event()
+    produced = asyncio.Event()
     stopped: list[float] = []
 
     async def produce(channel: str) -> None:
@@ -278,23 +280,27 @@ async def run_traffic(
 
     async def consume(channel: str) -> None:
         got = tally.received[channel]
+        last = time.monotonic()
         while True:
             confirmed = tally.confirmed[channel]
-            if stop.is_set():
+            if produced.is_set():  # every send has returned: the tally is final
                 if confirmed and got and got[-1] >= confirmed[-1][0]:
                     return
-                if time.monotonic() > stopped[0] + 20:
-                    return  # checked by the caller: anything confirmed and missing is lost
+                if time.monotonic() > max(stopped[0], last) + 20:
+                    # No message for 20 s while some are missing: a hung receive (or
+                    # a loss); the caller's checks report it.
+                    return
             try:
                 # A cancelled receive loses nothing (the contract), so poll in slices.
                 message = await asyncio.wait_for(layer.receive(channel), 0.5)
             except TimeoutError:
                 continue
             got.append(message["seq"])
+            last = time.monotonic()
 
+    producers = [asyncio.create_task(produce(c)) for c in channels]
+    consumers = [asyncio.create_task(consume(c)) for c in channels]
     try:
-        producers = [asyncio.create_task(produce(c)) for c in channels]
-        consumers = [asyncio.create_task(consume(c)) for c in channels]
         await asyncio.sleep(before)
         started = time.monotonic()
         await asyncio.to_thread(disrupt)
@@ -303,10 +309,14 @@ async def run_traffic(
         stopped.append(time.monotonic())
         stop.set()
         await asyncio.gather(*producers)
-        async with asyncio.timeout(60):
+        produced.set()
+        async with asyncio.timeout(300):
             await asyncio.gather(*consumers)
         await layer.flush()
     finally:
+        for task in producers + consumers:
+            task.cancel()
+        await asyncio.gather(*producers, *consumers, return_exceptions=True)
         await layer.aclose()
     return tally, started, ended
 
