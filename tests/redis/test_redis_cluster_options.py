@@ -88,3 +88,10 @@ def test_key_slot_is_redis_crc16() -> None:
     assert key_slot("foo") == 12182
     assert key_slot("chat.room") == key_slot("chat.room")
     assert key_slot("specific.abc!") != key_slot("specific.abd!")
+
+
+def test_an_unknown_option_lists_the_known_ones_with_a_suggestion() -> None:
+    with pytest.raises(ConfigurationError, match="did you mean 'wait_replicas'") as info:
+        RedisClusterChannelLayer(hosts=[("h", 7000)], wait_replica=1)
+    assert info.value.setting == "wait_replica"
+    assert "read_from_replicas" in str(info.value)

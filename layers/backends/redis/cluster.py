@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import difflib
 import logging
 import math
 import time
@@ -236,6 +237,16 @@ class RedisClusterBackend(RedisBackend):
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate the seeds, ``prefix`` and ``read_from_replicas`` (no I/O)."""
         options = dict(options)
+        known = {"hosts", "prefix", "random_prefix_length", *_CLUSTER_OPTIONS}
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigurationError(
+                    key,
+                    f"unknown option for the redis+cluster backend{hint} "
+                    f"(known: {', '.join(sorted(known))})",
+                )
         _no_replicas(options.pop("read_from_replicas", False))
         wait = _wait_options(options)
         hosts = options.get("hosts")
