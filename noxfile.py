@@ -79,6 +79,49 @@ def tests(session: nox.Session) -> None:
             )
 
 
+#: The oldest redis-py the ``redis`` extra allows (keep in step with pyproject.toml).
+OLDEST_REDIS = "redis==5.0.1"
+
+
+@nox.session
+@nox.parametrize("hiredis", [True, False], ids=["hiredis", "no-hiredis"])
+@nox.parametrize("driver", ["oldest", "newest"])
+def redis_drivers(session: nox.Session, driver: str, hiredis: bool) -> None:
+    """The Redis tests and conformance suite on the oldest and newest supported redis-py.
+
+    With and without hiredis, so a driver release cannot break users silently. The
+    cluster tests run here too (``-- -m 'not slow'`` skips them and the restarts).
+    """
+    session.install("-e", ".[test]")
+    if driver == "oldest":
+        session.install(OLDEST_REDIS)
+    else:
+        session.install("--upgrade", "redis")
+    if not hiredis:
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "hiredis")
+    session.run(
+        "python",
+        "-c",
+        "import importlib.util, redis; print('redis-py', redis.__version__, 'hiredis',"
+        " bool(importlib.util.find_spec('hiredis')))",
+    )
+    session.run("pytest", "tests/redis", "-p", "no:cacheprovider", *session.posargs)
+    if _reachable(REDIS_URL, 6379):
+        url = _with_db(REDIS_URL, 1)
+        session.run(
+            "pytest",
+            "-p",
+            "layers.conformance_tests",
+            "--layer-url",
+            url,
+            "--pyargs",
+            "layers.conformance_tests",
+            "-q",
+        )
+    elif REQUIRE_SERVICES:
+        session.error(f"redis server not reachable at {REDIS_URL}")
+
+
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The randomized multi-process loss rule for a minute per backend (nightly)."""

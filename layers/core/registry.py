@@ -39,13 +39,15 @@ class _Builtin:
     driver: str | None  # the driver's top-level module
 
 
+_CLUSTER = "layers.backends.redis.cluster:RedisClusterBackend"
 _BUILTINS: dict[str, _Builtin] = {
     "memory": _Builtin("layers.backends.memory:MemoryBackend", None, None),
     "redis": _Builtin("layers.backends.redis:RedisBackend", "redis", "redis"),
     "rediss": _Builtin("layers.backends.redis:RedisBackend", "redis", "redis"),
     "unix": _Builtin("layers.backends.redis:RedisBackend", "redis", "redis"),
     "redis+sentinel": _Builtin("layers.backends.redis:RedisBackend", "redis", "redis"),
-    "redis+cluster": _Builtin("layers.backends.redis:RedisBackend", "redis", "redis"),
+    "redis+cluster": _Builtin(_CLUSTER, "redis", "redis"),
+    "rediss+cluster": _Builtin(_CLUSTER, "redis", "redis"),
     "postgresql": _Builtin("layers.backends.postgres:PostgresBackend", "postgres", "psycopg"),
     "postgres": _Builtin("layers.backends.postgres:PostgresBackend", "postgres", "psycopg"),
     "sqlite": _Builtin("layers.backends.sqlite:SqliteBackend", "sqlite", "aiosqlite"),

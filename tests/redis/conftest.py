@@ -192,3 +192,142 @@ def shared_url() -> str:
         if sock.connect_ex((parts.hostname or "127.0.0.1", port)) != 0:
             unavailable(f"no Redis server at {base}")
     return parts._replace(path="/2", query=f"prefix=t{uuid.uuid4().hex[:10]}").geturl()
+
+
+CLUSTER_PORTS = range(7100, 7990)
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """``count`` free loopback ports in 7100-7989 whose bus ports (+10000) are free too."""
+    start = 7100 + (os.getpid() * 7) % 800
+    found: list[int] = []
+    for offset in range(len(CLUSTER_PORTS)):
+        port = CLUSTER_PORTS[(start - 7100 + offset) % len(CLUSTER_PORTS)]
+        if port in _taken or not (_port_free(port) and _port_free(port + 10000)):
+            continue
+        _taken.add(port)
+        found.append(port)
+        if len(found) == count:
+            return found
+    unavailable("no free loopback ports for a Redis Cluster in 7100-7989")
+    raise AssertionError("unreachable")
+
+
+class RedisCluster:
+    """Six ``redis-server --cluster-enabled yes`` nodes: three primaries, three replicas."""
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, workdir: Path, ports: list[int]) -> None:
+        self.workdir = workdir
+        self.nodes = [
+            RedisProcess(
+                workdir,
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(self.NODE_TIMEOUT_MS),
+                "--cluster-replica-validity-factor",
+                "0",
+            )
+            for port in ports
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL with two seeds."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]},127.0.0.1:{self.ports[1]}"
+
+    def node(self, port: int) -> RedisProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        out = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if out.returncode != 0:
+            self.stop()
+            unavailable(f"redis-cli --cluster create failed: {out.stdout[-2000:]}{out.stderr}")
+        self.wait_agreement()
+
+    def running(self) -> list[RedisProcess]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_agreement(self, timeout: float = 60) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and has the same slot map."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = [redis_cli(n.port, "CLUSTER", "INFO") for n in self.running()]
+            maps = {self.slot_map(n.port) for n in self.running()}
+            replicas_synced = all(
+                "master_link_status:up" in redis_cli(n.port, "INFO", "replication")
+                for n in self.running()
+                if "role:slave" in redis_cli(n.port, "INFO", "replication")
+            )
+            if all("cluster_state:ok" in s for s in states) and len(maps) == 1 and replicas_synced:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the cluster did not agree in {timeout}s: {states}")
+            time.sleep(0.2)
+
+    def slot_map(self, port: int) -> tuple[tuple[str, ...], ...]:
+        """Each primary's ``host:port`` and slot ranges, as one node sees them."""
+        rows = []
+        for line in redis_cli(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if len(fields) >= 8 and "master" in fields[2] and "fail" not in fields[2]:
+                rows.append((fields[1].split("@")[0], *sorted(fields[8:])))
+        return tuple(sorted(rows))
+
+    def primaries(self) -> list[int]:
+        """Ports of the primaries that own slots, as the first running node sees them."""
+        out = []
+        for row in self.slot_map(self.running()[0].port):
+            if len(row) > 1:
+                out.append(int(row[0].rpartition(":")[2]))
+        return out
+
+    def cli(self, port: int, *args: str) -> str:
+        """Run one redis-cli command on the node at ``port``."""
+        return redis_cli(port, *args)
+
+    def node_id(self, port: int) -> str:
+        return redis_cli(port, "CLUSTER", "MYID")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real six-node Redis Cluster on loopback, shared by the session's cluster tests."""
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            unavailable(f"{binary} is not installed (needed for the Redis Cluster tests)")
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), _cluster_ports(6))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

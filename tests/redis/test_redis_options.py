@@ -71,9 +71,9 @@ def test_sentinel_url_needs_a_master_name() -> None:
         hosts_from_url("redis+sentinel://s1:26379")
 
 
-def test_cluster_url_is_not_yet_supported() -> None:
-    with pytest.raises(ConfigurationError, match="not yet supported"):
-        layers.from_url("redis+cluster://localhost:7000")
+def test_cluster_url_in_the_hosts_of_a_non_cluster_layer_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="RedisClusterChannelLayer"):
+        RedisChannelLayer(hosts=["redis+cluster://localhost:7000"])
 
 
 def test_layer_takes_channels_redis_options() -> None:

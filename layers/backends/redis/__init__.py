@@ -28,8 +28,8 @@ Connection URL
     (``?sentinel_password=...`` authenticates to the sentinels). Query options:
     ``prefix``, the layer options (``expiry``, ``capacity``...), and redis-py
     connection options (``socket_timeout``, ``socket_keepalive``,
-    ``health_check_interval``, ``ssl_*``...). ``redis+cluster://`` raises
-    :class:`~layers.ConfigurationError` (not yet supported).
+    ``health_check_interval``, ``ssl_*``...). Redis Cluster: ``redis+cluster://``
+    and ``rediss+cluster://`` (:mod:`layers.backends.redis.cluster`).
 
 Options
     ``hosts``

@@ -37,8 +37,8 @@ class HostSpec:
     """
 
     id: str
-    url: str | None = None
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    url: str | None = field(default=None, repr=False)  # may hold a password
+    kwargs: Mapping[str, Any] = field(default_factory=dict, repr=False)
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str = ""
     sentinel_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -170,9 +170,11 @@ def hosts_from_url(url: str) -> tuple[list[HostSpec], dict[str, str]]:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme == "redis+cluster":
+    if scheme in ("redis+cluster", "rediss+cluster"):
         raise ConfigurationError(
-            "url", "redis+cluster:// is not yet supported; use one or more redis:// hosts"
+            "url",
+            f"{scheme}:// is a Redis Cluster URL: use it as the layer URL, or "
+            "layers.backends.redis.cluster.RedisClusterChannelLayer with the nodes as hosts",
         )
     if scheme not in _SCHEMES:
         raise ConfigurationError("url", f"not a Redis URL: {url!r}")

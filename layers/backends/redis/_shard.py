@@ -31,8 +31,17 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    InvalidResponse,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from layers.backends.redis._config import HostSpec
 from layers.backends.redis._scripts import STAMP_WIDTH
@@ -45,7 +54,16 @@ except ImportError:  # pragma: no cover - the generic redis-py parser is used in
     _hiredis = None
 HiredisReader: Any = getattr(_hiredis, "Reader", None)
 
-__all__ = ["Pipe", "Shard", "pack_command", "translate"]
+__all__ = [
+    "ClusterRedirect",
+    "NotSent",
+    "Pipe",
+    "Shard",
+    "pack_command",
+    "redirect_of",
+    "reply_error",
+    "translate",
+]
 
 #: Idle blocking-reader connections kept per host (least recently used are closed).
 MAX_IDLE_READERS = 64
@@ -55,13 +73,91 @@ READ_MARGIN = 5.0
 CLOCK_REFRESH = 30.0
 
 
+class NotSent(BackendUnavailable):
+    """The command was never written (the connection could not be opened): resending is safe."""
+
+
+class ClusterRedirect(BackendError):
+    """A cluster node refused the command: ``MOVED``, ``ASK``, ``TRYAGAIN`` or ``CLUSTERDOWN``.
+
+    The command was not executed, so resending it (elsewhere, or later) is safe.
+    ``kind`` is the reply's code; ``slot``, ``host`` and ``port`` are set for
+    ``MOVED`` and ``ASK``.
+    """
+
+    def __init__(
+        self, message: str, kind: str, slot: int = -1, host: str = "", port: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.slot = slot
+        self.host = host
+        self.port = port
+
+
+def redirect_of(exc: BaseException) -> ClusterRedirect | None:
+    """The :class:`ClusterRedirect` that an error reply means, or ``None`` for other errors."""
+    if isinstance(exc, ClusterRedirect):
+        return exc
+    if not isinstance(exc, ResponseError):
+        return None
+    if isinstance(exc, AskError):  # MovedError is a subclass
+        kind = "MOVED" if isinstance(exc, MovedError) else "ASK"
+        return ClusterRedirect(str(exc), kind, exc.slot_id, exc.host, exc.port)
+    text = str(exc)
+    code, _, rest = text.partition(" ")
+    if isinstance(exc, TryAgainError) or code == "TRYAGAIN":
+        return ClusterRedirect(text, "TRYAGAIN")
+    if isinstance(exc, ClusterDownError) or code == "CLUSTERDOWN":
+        return ClusterRedirect(text, "CLUSTERDOWN")
+    if code in ("MOVED", "ASK"):
+        slot, _, address = rest.partition(" ")
+        host, _, port = address.rpartition(":")
+        if slot.isdigit() and port.isdigit():
+            return ClusterRedirect(text, code, int(slot), host.strip("[]"), int(port))
+    return None
+
+
+_ERROR_CLASSES: dict[str, type[ResponseError]] = {
+    "NOSCRIPT": NoScriptError,
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+}
+
+
+def reply_error(message: str) -> ResponseError:
+    """An error reply as the exception redis-py's parsers give (public classes only)."""
+    code, _, rest = message.partition(" ")
+    kind = _ERROR_CLASSES.get(code)
+    if kind is None:
+        return ResponseError(message)
+    try:
+        return kind(rest)
+    except (TypeError, ValueError):  # a malformed MOVED/ASK reply
+        return ResponseError(message)
+
+
 def translate(exc: BaseException, where: str) -> LayerError:
-    """Return our error for a driver failure, chained to it (``__cause__``)."""
+    """Return our error for a driver failure, chained to it (``__cause__``).
+
+    A cluster redirection becomes a :class:`ClusterRedirect` whose message says how
+    to configure a cluster (seen only when a non-cluster URL points at a cluster node).
+    """
     if isinstance(exc, LayerError):
         return exc
     error: LayerError
+    redirect = redirect_of(exc)
     if isinstance(exc, asyncio.CancelledError):
         error = LayerClosed("the channel layer was closed")
+    elif redirect is not None:
+        redirect.args = (
+            f"redis {where} is a Redis Cluster node and did not run the command "
+            f"({redirect.kind} {exc}); use a redis+cluster:// URL "
+            "(layers.backends.redis.cluster.RedisClusterChannelLayer) for a cluster",
+        )
+        error = redirect
     elif isinstance(exc, ResponseError):
         error = BackendError(f"redis {where}: {exc}")
     else:
@@ -161,9 +257,12 @@ class Pipe:
             if self.reader is None:
                 await self.connect()
         except (RedisError, OSError) as exc:
+            # Nothing of the batch was written: say so, so a router may resend it.
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(translate(exc, self.where))
+                    error = NotSent(f"redis {self.where}: {exc or type(exc).__name__}")
+                    error.__cause__ = exc
+                    future.set_exception(error)
             self.fail(exc)
             return
         self.write_nowait(batch)
@@ -199,8 +298,7 @@ class Pipe:
         Error replies are values (:class:`redis.ResponseError`, subclassed as
         redis-py does), exactly as on the generic path.
         """
-        parse_error = getattr(getattr(self.conn, "_parser", None), "parse_error", ResponseError)
-        parser = HiredisReader(protocolError=InvalidResponse, replyError=parse_error)
+        parser = HiredisReader(protocolError=InvalidResponse, replyError=reply_error)
         gets, feed, inflight = parser.gets, parser.feed, self.inflight
         while not self.broken:
             reply = gets(False)
@@ -235,6 +333,11 @@ class Pipe:
         self.fail(asyncio.CancelledError())
         with contextlib.suppress(RedisError, OSError):
             await self.conn.disconnect()
+
+
+def _ignore(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Shard:
@@ -341,7 +444,7 @@ class Shard:
         stashed = self.stash.get(key)
         if stashed:
             return self._take_stash(key, stashed, limit)
-        live = await self._pop_now(key, limit)
+        live = await self.pop_now(key, limit)
         if live or timeout <= 0:
             return live
         return await self._pop_blocking(key, timeout, limit)
@@ -369,10 +472,16 @@ class Shard:
         now_ms = time.time() * 1000.0 + self.clock_offset
         return [item[STAMP_WIDTH:] for item in items or () if int(item[:STAMP_WIDTH]) > now_ms]
 
-    async def _pop_now(self, key: str, limit: int) -> list[bytes]:
-        """``LPOP key limit`` through the pipeline; unexpired payloads, stashed if cancelled."""
+    async def pop_now(self, key: str, limit: int, *, asking: bool = False) -> list[bytes]:
+        """``LPOP key limit`` through the pipeline; unexpired payloads, stashed if cancelled.
+
+        With ``asking``, ``ASKING`` goes right before it on the same connection (a
+        cluster slot being imported by this node).
+        """
         if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
             await self.server_ms()
+        if asking:
+            self.execute("ASKING").add_done_callback(_ignore)
         future = self.execute("LPOP", key, limit)
         try:
             reply = await asyncio.shield(future)
@@ -411,7 +520,10 @@ class Shard:
             deadline = time.monotonic() + timeout
             while True:
                 if pipe.reader is None:
-                    await pipe.connect()
+                    try:
+                        await pipe.connect()
+                    except (RedisError, OSError) as exc:
+                        raise NotSent(f"redis {self.spec.id}: {exc or type(exc).__name__}") from exc
                     await self._sync_clock(pipe)
                 elif time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
                     await self._sync_clock(pipe)
@@ -514,4 +626,9 @@ class Shard:
             await pipe.close()
         await self.pool.disconnect()
         if self.sentinel is not None:
-            await self.sentinel.aclose()
+            close = getattr(self.sentinel, "aclose", None)
+            if close is not None:
+                await close()
+            else:  # redis-py < 5.1: close the clients of the sentinels one by one
+                for client in self.sentinel.sentinels:
+                    await client.aclose()
