@@ -1,0 +1,46 @@
+"""Consumers for the worker tests, run in ``layers worker`` child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from layers import Channel, Group, Message
+
+
+def job(message: Message) -> None:
+    """A plain function: reply with who handled it, without ``await``."""
+    if message.get("sleep"):
+        Channel("results.started").send({"id": message["id"]})
+        time.sleep(message["sleep"])
+    Channel("results").send({"id": message["id"], "pid": os.getpid()})
+
+
+async def async_job(message: Message) -> None:
+    """A coroutine consumer."""
+    await asyncio.sleep(message.get("sleep", 0))
+    await Channel("results").send({"id": message["id"], "pid": os.getpid(), "async": True})
+
+
+def boom(message: Message) -> None:
+    """Raises for ``{"boom": True}``, else replies."""
+    if message.get("boom"):
+        raise RuntimeError(f"consumer exploded on {message['id']}")
+    assert message.reply_channel is not None
+    message.reply_channel.send({"id": message["id"], "ok": True})
+
+
+def join(message: Message) -> None:
+    """The seed's connect consumer: join the group, then answer."""
+    assert message.reply_channel is not None
+    Group("tier.group").add(message.reply_channel)
+    message.reply_channel.send({"joined": True})
+
+
+channel_routing = {
+    "jobs": job,
+    "async.jobs": async_job,
+    "boom": "tiers_app.boom",
+    "join": join,
+}
