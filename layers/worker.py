@@ -7,7 +7,8 @@ A routing table maps channel names to consumers, as in the original Channels des
         "websocket.connect": ws_connect,             # ... or a callable
     }
 
-A consumer takes one :class:`~layers.Message`. A plain function runs in the worker's
+A consumer takes one :class:`~layers.Message`; inside it, ``Channel(name)`` and
+``Group(name)`` without ``layer=`` use the worker's layer. A plain function runs in the worker's
 thread pool and may use the object API without ``await`` (``message.reply_channel.send(...)``,
 ``Group("liveblog").add(message.reply_channel)``); a coroutine function runs on the
 worker's event loop.
@@ -41,7 +42,7 @@ from asgiref.sync import SyncToAsync
 
 from layers.core.errors import ConfigurationError, LayerClosed
 from layers.core.names import require_valid_channel_name
-from layers.core.objects import Channel, Message
+from layers.core.objects import Channel, Message, current_layer
 
 __all__ = ["Consumer", "Worker", "import_object", "load_routing"]
 
@@ -317,6 +318,7 @@ class Worker:
 
     async def _handle(self, channel: str, content: dict[str, Any]) -> None:
         consumer = self.routing[channel]
+        current_layer.set(self.layer)  # this task's context (and its thread's copy) only
         try:
             message = Message(content=content, channel=Channel(channel, layer=self.layer))
             async with asyncio.timeout(self.time_limit):

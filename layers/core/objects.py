@@ -18,8 +18,9 @@ Forgetting ``await`` therefore never drops a message silently.
 Operations that return a value (``Channel.receive``, ``Channel.new``) are coroutines;
 sync code calls them through ``.sync`` (``Channel("jobs").sync.receive()``).
 
-Objects use the layer given as ``layer=``, else :func:`layers.get_channel_layer`
-(which, in a Django process with Channels, is Channels' own instance for the alias).
+Objects use the layer given as ``layer=``; else, inside a worker's consumer, the
+worker's layer; else :func:`layers.get_channel_layer` (which, in a Django process with
+Channels, is Channels' own instance for the alias).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
@@ -44,7 +46,15 @@ S = TypeVar("S")
 P = ParamSpec("P")
 
 
+#: The layer of the consumer being run: a worker sets it around each consumer call, so
+#: ``Channel(name)`` and ``Group(name)`` there use the layer the message came from.
+current_layer: ContextVar[Any] = ContextVar("layers_current_layer", default=None)
+
+
 def _layer(layer: Any) -> Any:
+    if layer is not None:
+        return layer
+    layer = current_layer.get()
     if layer is not None:
         return layer
     from layers.core.config import get_channel_layer
