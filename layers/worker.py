@@ -224,7 +224,16 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._stop_in_loop)
         print(self.status_line(), file=self.out, flush=True)
-        receivers = [asyncio.create_task(self._receive(ch, slots)) for ch in self.routing]
+        # One receiver per channel receives first and then waits for a slot, so no channel
+        # starves; the others take a slot first, so at most ``concurrency`` plus one
+        # message per channel are ever in hand. Several waiting receives on a channel let
+        # the layer fetch a batch per round trip instead of one message.
+        extra = max(0, self.concurrency // (2 * len(self.routing)) - 1)
+        receivers = [
+            asyncio.create_task(self._receive(ch, slots, slot_first=n > 0))
+            for ch in self.routing
+            for n in range(1 + extra)
+        ]
         stats = asyncio.create_task(self._stats()) if self.stats_interval else None
         try:
             await self._stopping.wait()
@@ -246,23 +255,34 @@ class Worker:
                 await self.layer.aclose()
             self._print_stats(final=True)
 
-    async def _receive(self, channel: str, slots: asyncio.Semaphore) -> None:
+    async def _receive(self, channel: str, slots: asyncio.Semaphore, *, slot_first: bool) -> None:
         """Receive on ``channel`` and dispatch, one message at a time, until cancelled."""
         while True:
+            if slot_first:
+                await slots.acquire()
             try:
                 content = await self.layer.receive(channel)
             except LayerClosed:
+                if slot_first:
+                    slots.release()
                 return
+            except asyncio.CancelledError:
+                if slot_first:
+                    slots.release()
+                raise
             except Exception:
+                if slot_first:
+                    slots.release()
                 logger.exception("receive on %r failed; retrying in 1 s", channel)
                 await asyncio.sleep(1)
                 continue
-            try:
-                await slots.acquire()
-            except asyncio.CancelledError:
-                # Stopping with a message in hand: it is handled in the drain.
-                self._held.append((channel, content))
-                raise
+            if not slot_first:
+                try:
+                    await slots.acquire()
+                except asyncio.CancelledError:
+                    # Stopping with a message in hand: it is handled in the drain.
+                    self._held.append((channel, content))
+                    raise
             self._start(channel, content, slots.release)
 
     def _start(self, channel: str, content: dict[str, Any], done: Callable[[], None]) -> None:

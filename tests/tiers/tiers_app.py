@@ -14,6 +14,7 @@ def job(message: Message) -> None:
     if message.get("sleep"):
         Channel("results.started").send({"id": message["id"]})
         time.sleep(message["sleep"])
+    time.sleep(message.get("pause", 0))
     Channel("results").send({"id": message["id"], "pid": os.getpid()})
 
 
