@@ -177,12 +177,18 @@ class InterfaceServer:
         }
         if more:
             request["body_channel"] = f"http.request.body.{secrets.token_hex(10)}"
+        # Wait on the reply channel before sending, so the layer's reader for it is
+        # already waiting when the worker answers.
+        responding = asyncio.create_task(self._respond(reply, send))
+        await asyncio.sleep(0)
         try:
             await layer.send("http.request", request)
         except ChannelFull:
+            responding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await responding
             await _plain(send, 503, b"Service Unavailable: the http.request channel is full\n")
             return
-        responding = asyncio.create_task(self._respond(reply, send))
         if more:
             streaming = asyncio.create_task(
                 self._stream_body(receive, request["body_channel"], leftover)
