@@ -109,6 +109,8 @@ class InterfaceServer:
         self.worker_options = dict(worker_options or {})
         self._worker: Any = None
         self._worker_task: asyncio.Task[None] | None = None
+        #: HTTP requests and WebSockets being served now.
+        self.connections = 0
 
     @property
     def layer(self) -> Any:
@@ -122,12 +124,17 @@ class InterfaceServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
         kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
+        if kind == "lifespan":
             await self._lifespan(receive, send)
+            return
+        self.connections += 1
+        try:
+            if kind == "http":
+                await self._http(scope, receive, send)
+            elif kind == "websocket":
+                await self._websocket(scope, receive, send)
+        finally:
+            self.connections -= 1
 
     # -- lifespan ------------------------------------------------------------------------
 

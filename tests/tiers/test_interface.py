@@ -117,6 +117,20 @@ async def test_no_worker_reply_in_time_answers_504() -> None:
 
 
 @async_test
+async def test_a_client_that_goes_away_releases_its_request() -> None:
+    server = InterfaceServer(MemoryChannelLayer(), timeout=30)  # no worker will answer
+    async with serving(server) as host:
+        async with httpx.AsyncClient(timeout=0.3) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(f"http://{host}/")
+        for _ in range(100):
+            if server.connections == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert server.connections == 0, "the request is still waiting for its reply"
+
+
+@async_test
 async def test_an_asgi_application_runs_behind_the_tiers() -> None:
     async with serving(tiers(routing=apps.asgi_routing)) as host, httpx.AsyncClient() as client:
         response = await client.put(f"http://{host}/thing", content=b"12345")

@@ -185,6 +185,31 @@ async def test_messages_waiting_for_a_slot_at_stop_are_handled_not_dropped() -> 
     assert sorted(out + left) == [0, 1, 2]
 
 
+@async_test
+async def test_stats_are_printed_periodically() -> None:
+    layer = MemoryChannelLayer()
+    out = io.StringIO()
+
+    def ok(message: Message) -> None:
+        pass
+
+    worker = Worker(layer, {"w.a": ok, "w.b": ok}, stats_interval=0.1, out=out)
+    run = asyncio.create_task(worker.run(close_layer=False))
+    for n in range(3):
+        await layer.send("w.a", {"n": n})
+    await asyncio.sleep(0.35)
+    worker.stop()
+    await run
+    lines = out.getvalue().splitlines()
+    assert lines[0] == worker.status_line()
+    stats = [line for line in lines if line.startswith("layers worker stats:")]
+    assert len(stats) >= 2
+    assert "handled 3, failed 0" in stats[-1]
+    assert "w.a " in stats[-1]
+    assert "/s" in stats[-1]
+    assert lines[-1] == "layers worker stopped: handled 3, failed 0, abandoned 0"
+
+
 def test_routing_errors_name_the_setting() -> None:
     with pytest.raises(layers.ConfigurationError, match="cannot import 'no_such_module'"):
         load_routing("no_such_module:channel_routing")
