@@ -284,6 +284,8 @@ class InterfaceServer:
         while True:
             more = bool(message.get("more_content", False))
             body = message.get("content", b"")
+            if isinstance(body, str):
+                body = body.encode()  # lenient: a worker's str content is sent as UTF-8
             await send({"type": "http.response.body", "body": body, "more_body": more})
             if not more:
                 return

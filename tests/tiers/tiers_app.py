@@ -45,3 +45,17 @@ channel_routing = {
     "boom": "tiers_app.boom",
     "join": join,
 }
+
+
+def stream(message: Message) -> None:
+    """``/stream`` sends a first chunk, then hangs (to be killed); anything else is 200."""
+    assert message.reply_channel is not None
+    if message["path"] == "/stream":
+        message.reply_channel.send(
+            {"status": 200, "headers": [], "content": b"first chunk", "more_content": True}
+        )
+        time.sleep(60)
+    message.reply_channel.send({"status": 200, "headers": [], "content": f"ok {os.getpid()}"})
+
+
+http_routing = {"http.request": stream}
