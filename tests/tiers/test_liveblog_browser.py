@@ -1,7 +1,7 @@
 """The liveblog end to end, as a reader sees it: headless Chromium on the three tiers.
 
 Two ``layers serve`` processes and two ``layers worker`` processes share one backend
-(SQLite, then Redis). Four pages (two per interface server) connect; posts are published
+(SQLite, Redis, then PostgreSQL). Four pages (two per interface server) connect; posts are published
 through both servers, one worker is killed and restarted midway, and every page must
 show every post exactly once, in order.
 
@@ -68,11 +68,12 @@ def _post(base: str, text: str) -> None:
 
 @pytest.mark.slow
 def test_every_page_shows_every_post_once_in_order(
-    cross_url: str,
+    any_cross_url: str,
     browser: Any,
     spawn: Callable[..., Proc],
     start_worker: Callable[..., Proc],
 ) -> None:
+    cross_url = any_cross_url
     workers = [start_worker(cross_url, ROUTING) for _ in range(2)]
     bases, servers = [], []
     for _ in range(2):
