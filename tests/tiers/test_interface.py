@@ -35,7 +35,6 @@ async def serving(app: InterfaceServer) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="error")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
