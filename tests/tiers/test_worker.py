@@ -317,3 +317,26 @@ def test_a_consumer_exception_in_a_worker_process_is_logged_and_it_goes_on(
     assert "consumer tiers_app.boom failed on channel 'boom'" in output
     assert "RuntimeError: consumer exploded on 1" in output
     assert "handled 1, failed 1" in output
+
+
+@pytest.mark.slow
+def test_worker_with_a_django_channel_layers_alias(
+    tmp_path: Any, spawn: Callable[..., Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--layer default`` reads CHANNEL_LAYERS; bare ``Channel(name)`` in consumers uses it."""
+    url = f"sqlite:///{tmp_path}/django.db"
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "django_settings")
+    monkeypatch.setenv("TIER_URL", url)
+    worker = spawn("-m", "layers", "worker", "tiers_app:channel_routing", "--layer", "default")
+    worker.wait_for_output("layers worker: layer")
+
+    async def scenario() -> list[Any]:
+        collecting = asyncio.create_task(_results(url, 2))
+        await _send_jobs(url, "jobs", 1)
+        await _send_jobs(url, "async.jobs", 1)
+        return await collecting
+
+    results = asyncio.run(scenario())
+    assert sorted(r["id"] for r in results) == [0, 0]
+    assert {r["pid"] for r in results} == {worker.popen.pid}
+    assert worker.terminate() == 0, worker.output()
