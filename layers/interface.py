@@ -167,7 +167,8 @@ class InterfaceServer:
             self._worker.stop()
             await self._worker_task
             self._worker_task = None
-        await self.layer.aclose()
+        if self._layer is not None:
+            await self._layer.aclose()
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -203,8 +204,12 @@ class InterfaceServer:
             await asyncio.wait([responding, streaming], return_when=asyncio.FIRST_EXCEPTION)
             if not streaming.done():
                 streaming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await streaming
+            try:
+                await streaming
+            except asyncio.CancelledError:
+                pass
+            except TimeoutError:
+                logger.warning("the worker stopped reading the body of %r: abandoned", reply)
             await responding
             return
         watching = asyncio.create_task(_until_disconnect(receive))

@@ -130,6 +130,20 @@ async def test_a_client_that_goes_away_releases_its_request() -> None:
 
 
 @async_test
+async def test_a_worker_that_never_reads_a_long_body_gets_504_not_a_hang(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def ignore(message: Any) -> None:
+        pass  # neither reads body_channel nor answers
+
+    server = tiers(routing={"http.request": ignore}, timeout=0.5, chunk_size=1024)
+    async with serving(server) as host, httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"http://{host}/", content=os.urandom(300 * 1024))
+    assert response.status_code == 504
+    assert "stopped reading the body" in caplog.text
+
+
+@async_test
 async def test_an_asgi_application_runs_behind_the_tiers() -> None:
     async with serving(tiers(routing=apps.asgi_routing)) as host, httpx.AsyncClient() as client:
         response = await client.put(f"http://{host}/thing", content=b"12345")
