@@ -1,7 +1,8 @@
-"""The Django liveblog: a ``post_save`` handler's ``Group("liveblog").send(...)`` reaches readers.
+"""The liveblog with HTTP and WebSocket clients: the Django variant, and one process.
 
-Posts are saved by a worker (``POST /posts``) and by a plain script (as a management
-command would), both through the ORM in sync code; an open WebSocket must see both.
+Django: a ``post_save`` handler's ``Group("liveblog").send(...)`` reaches readers. Posts are
+saved by a worker (``POST /posts``) and by a plain script (as a management command would),
+both through the ORM in sync code; an open WebSocket must see both.
 """
 
 from __future__ import annotations
@@ -68,3 +69,33 @@ def test_post_save_broadcasts_reach_an_open_page(
     ]
     assert worker.terminate() == 0, worker.output()
     assert server.terminate() in (0, -15), server.output()
+
+
+@pytest.mark.slow
+def test_the_liveblog_in_one_process_on_the_memory_backend(spawn: Callable[..., Proc]) -> None:
+    """The README's development command: both tiers in one ``layers serve`` process."""
+    port = free_port()
+    server = spawn(
+        "-m", "layers", "serve", "--url", "memory://", "--port", str(port),
+        "--routing", "examples.liveblog.routing:channel_routing",
+    )  # fmt: skip
+    _wait_http(f"http://127.0.0.1:{port}", server)
+
+    async def scenario() -> list[str]:
+        async with connect(f"ws://127.0.0.1:{port}/liveblog/") as ws:
+            async with httpx.AsyncClient() as client:
+                page = await client.get(f"http://127.0.0.1:{port}/")
+                assert "<h1>Liveblog</h1>" in page.text
+                for text in ("one", "two"):
+                    posted = await client.post(
+                        f"http://127.0.0.1:{port}/posts", data={"text": text}
+                    )
+                    assert posted.status_code == 201
+                missing = await client.get(f"http://127.0.0.1:{port}/nope")
+                assert missing.status_code == 404
+            async with asyncio.timeout(10):
+                return [json.loads(await ws.recv())["text"] for _ in range(2)]
+
+    assert asyncio.run(scenario()) == ["one", "two"]
+    assert server.terminate() in (0, -15), server.output()
+    assert "layers worker stopped: handled" in server.output()
