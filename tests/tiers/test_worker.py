@@ -265,7 +265,7 @@ def test_two_worker_processes_share_the_work_exactly_once(
     async def scenario() -> list[Any]:
         # Results are read while jobs are sent: the results channel holds only 100.
         collecting = asyncio.create_task(_results(cross_url, 200))
-        await _send_jobs(cross_url, "jobs", 150, pause=0.01)  # so no worker takes all
+        await _send_jobs(cross_url, "jobs", 150, pause=0.04)  # so no worker takes all
         await _send_jobs(cross_url, "async.jobs", 50)
         return await collecting
 
