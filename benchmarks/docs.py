@@ -115,6 +115,10 @@ _OUTRO = """
 - While one layer is measured, the worker processes of the others are frozen
   (`SIGSTOP`), so no idle polling task of one layer slows down another.
 
+The three tiers (an HTTP request through the interface server, the layer and a worker,
+against the same handler served directly) are measured separately: see
+[](performance-tiers.md).
+
 ## Running it yourself
 
 ```console

@@ -20,7 +20,7 @@ from layers.core.errors import (
 )
 from layers.core.layer import ChannelLayer, SupportsChannelLayer
 from layers.core.names import non_local_name, valid_channel_name, valid_group_name
-from layers.core.objects import Channel, Group, Message
+from layers.core.objects import Channel, Group, Message, Pending
 from layers.core.registry import available_backends, get_backend, register_backend
 from layers.core.serializers import register_serializer
 
@@ -44,6 +44,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "MissingDriver",
+    "Pending",
     "Put",
     "SupportsChannelLayer",
     "UnknownBackend",

@@ -46,10 +46,24 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _worker(argv: list[str]) -> int:
+    from layers.worker import main as worker_main
+
+    return worker_main(argv)
+
+
+def _serve(argv: list[str]) -> int:
+    from layers.interface import main as serve_main
+
+    return serve_main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "run a live scenario: workers, reply channels, a group broadcast, FIFO"),
     "conformance": (_conformance, "run the conformance suite on a layer URL"),
     "backends": (_backends, "list the installed backends and their capabilities"),
+    "worker": (_worker, "run a worker: receive on routed channels and run their consumers"),
+    "serve": (_serve, "run an interface server: HTTP and WebSocket to messages (uvicorn)"),
 }
 
 

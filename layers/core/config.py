@@ -202,14 +202,43 @@ def _settings() -> Mapping[str, Any]:
     return {}
 
 
+def _channels_layer(alias: str) -> Any:
+    """Django Channels' own instance for ``alias``, when Channels is installed and can make it.
+
+    Sharing it matters: a second instance of ``MemoryChannelLayer`` is a second, separate
+    store, and on other backends a second set of connections.
+    """
+    if _django_channel_layers() is None:
+        return None
+    try:
+        from channels.layers import InvalidChannelLayerError, channel_layers
+    except ImportError:
+        return None
+    if alias not in channel_layers.configs:
+        return None
+    try:
+        return channel_layers[alias]
+    except InvalidChannelLayerError:
+        # Channels cannot import this BACKEND (a registered name such as "redis"), so
+        # no Channels code can hold another instance of it: ours is the only one.
+        return None
+
+
 def get_channel_layer(alias: str = DEFAULT_ALIAS, *, test: bool = False) -> Any:
     """Return the layer for ``alias`` (made once, then cached).
 
     Reads, in order: :func:`configure`, Django's ``CHANNEL_LAYERS`` when Django is
-    configured, then the ``LAYERS_URL`` environment variable. Unlike Channels,
-    an unknown alias raises :class:`~layers.ConfigurationError` instead of
-    returning None. ``test=True`` builds from ``TEST_CONFIG``.
+    configured, then the ``LAYERS_URL`` environment variable. With Django settings
+    and Channels installed, the layer is Channels' own instance for the alias
+    (``channels.layers.get_channel_layer(alias)``), so the object API and Channels'
+    consumers share one layer. Unlike Channels, an unknown alias raises
+    :class:`~layers.ConfigurationError` instead of returning None. ``test=True``
+    builds from ``TEST_CONFIG``.
     """
+    if not test and _configured is None:
+        shared = _channels_layer(alias)
+        if shared is not None:
+            return shared
     cache_key = f"{alias}:test" if test else alias
     layer = _instances.get(cache_key)
     if layer is not None:

@@ -1,36 +1,60 @@
 """The object API of the original Channels design: ``Channel``, ``Group``, ``Message``.
 
-Async first::
+The same calls work from async and from sync code::
 
-    await Channel("thumbnails").send({"id": 42})
-    await Group("liveblog").add(reply_channel)
-    await Group("liveblog").send({"text": "hello"})
-    message = await Channel("thumbnails").receive()   # a Message
-    await message.reply_channel.send({"done": True})
+    Channel("thumbnails").send({"id": 42})        # sync code: sent when it returns
+    await Channel("thumbnails").send({"id": 42})  # async code: sent when the await returns
+    Group("liveblog").add(message.reply_channel)
+    Group("liveblog").send({"text": "hello"})
 
-Sync callers (Django views and signals, management commands) use the same objects
-through ``.sync``, built on :func:`asgiref.sync.async_to_sync` rather than written
-twice: ``Channel("thumbnails").sync.send({"id": 42})``.
+The operations that only act (``Channel.send``, ``Group.add``/``discard``/``send``,
+``Message.reply``) look at the calling thread: with no event loop running there (a
+worker's sync consumer, a Django view or signal handler under WSGI, a management command)
+they run to completion before returning, through :func:`asgiref.sync.async_to_sync`;
+in a thread running an event loop they return a :class:`Pending` to await, and if it is
+never awaited it still runs, in order, as a background task whose failure is logged.
+Forgetting ``await`` therefore never drops a message silently.
 
-Objects use the layer given as ``layer=``, else :func:`layers.get_channel_layer`.
+Operations that return a value (``Channel.receive``, ``Channel.new``) are coroutines;
+sync code calls them through ``.sync`` (``Channel("jobs").sync.receive()``).
+
+Objects use the layer given as ``layer=``; else, inside a worker's consumer, the
+worker's layer; else :func:`layers.get_channel_layer` (which, in a Django process with
+Channels, is Channels' own instance for the alias).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from asgiref.sync import async_to_sync
 
 from layers.core.names import require_valid_channel_name, require_valid_group_name
 
-__all__ = ["Channel", "Group", "Message"]
+__all__ = ["Channel", "Group", "Message", "Pending"]
+
+logger = logging.getLogger("layers.objects")
 
 T = TypeVar("T")
+S = TypeVar("S")
+P = ParamSpec("P")
+
+
+#: The layer of the consumer being run: a worker sets it around each consumer call, so
+#: ``Channel(name)`` and ``Group(name)`` there use the layer the message came from.
+current_layer: ContextVar[Any] = ContextVar("layers_current_layer", default=None)
 
 
 def _layer(layer: Any) -> Any:
+    if layer is not None:
+        return layer
+    layer = current_layer.get()
     if layer is not None:
         return layer
     from layers.core.config import get_channel_layer
@@ -38,8 +62,81 @@ def _layer(layer: Any) -> Any:
     return get_channel_layer()
 
 
+class Pending(Awaitable[None]):
+    """An operation started from a thread that runs an event loop.
+
+    Awaited at once, it runs in the awaiting task, exactly like the coroutine it wraps
+    (cancelling the await cancels the operation, which then happened once or not at
+    all). Not awaited by the time the loop next turns, it starts as a background task;
+    operations started that way start in the order they were called, and a failure is
+    logged on the ``layers.objects`` logger (awaiting the task later re-raises it).
+    """
+
+    __slots__ = ("_awaited", "_coro", "_task", "_what")
+
+    def __init__(self, coro: Coroutine[Any, Any, None] | None, what: str) -> None:
+        self._coro = coro
+        self._task: asyncio.Task[None] | None = None
+        self._awaited = False
+        self._what = what
+        if coro is not None:
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            self._task = asyncio.ensure_future(coro)
+            self._task.add_done_callback(self._report)
+
+    def _report(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._awaited:
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("%s, never awaited, failed", self._what, exc_info=exc)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        self._awaited = True
+        if self._task is not None:
+            return (yield from self._task)
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            return (yield from coro.__await__())
+        return None
+
+    def __repr__(self) -> str:
+        state = "running" if self._task is not None else "done" if self._coro is None else "new"
+        return f"<Pending {self._what} {state}>"
+
+
+_DONE = Pending(None, "done")
+
+
+def sync_safe(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, None]],
+) -> Callable[Concatenate[S, P], Pending]:
+    """Make an async method that returns nothing safe to call from sync and async code.
+
+    See the module docstring: without a running loop in the calling thread the call
+    completes before returning (errors raise there); with one, it returns a
+    :class:`Pending`. Used for every acting method of the object API.
+    """
+
+    @functools.wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Pending:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            async_to_sync(method)(self, *args, **kwargs)
+            return _DONE
+        return Pending(method(self, *args, **kwargs), f"{self!r}.{method.__name__}()")
+
+    call.sync_safe = True  # type: ignore[attr-defined]
+    return call
+
+
 class _Sync(Generic[T]):
-    """Sync view of an object: each coroutine method, wrapped with ``async_to_sync``."""
+    """Sync view of an object: its coroutine methods wrapped with ``async_to_sync``."""
 
     def __init__(self, target: T) -> None:
         self._target = target
@@ -48,6 +145,8 @@ class _Sync(Generic[T]):
         method = getattr(self._target, name)
         if not callable(method):
             raise AttributeError(name)
+        if getattr(method, "sync_safe", False):
+            return method  # type: ignore[no-any-return]
         return async_to_sync(method)
 
 
@@ -68,8 +167,13 @@ class Channel:
         """The channel's methods for sync code (``Channel(...).sync.send(msg)``)."""
         return _Sync(self)
 
+    @sync_safe
     async def send(self, content: dict[str, Any]) -> None:
-        """Send ``content``; raises :class:`~layers.ChannelFull` when full."""
+        """Send ``content``; raises :class:`~layers.ChannelFull` when full.
+
+        Safe from sync code (sent when the call returns) and async code (await it);
+        see :class:`Pending`.
+        """
         await self.layer.send(self.name, content)
 
     async def receive(self) -> Message:
@@ -113,16 +217,25 @@ class Group:
         """The group's methods for sync code (``Group(...).sync.send(msg)``)."""
         return _Sync(self)
 
+    @sync_safe
     async def add(self, channel: Channel | str) -> None:
-        """Add a channel (refreshes its membership expiry if already a member)."""
+        """Add a channel (refreshes its membership expiry if already a member).
+
+        Safe from sync and async code (see :class:`Pending`).
+        """
         await self.layer.group_add(self.name, str(channel))
 
+    @sync_safe
     async def discard(self, channel: Channel | str) -> None:
-        """Remove a channel; a no-op for a non-member."""
+        """Remove a channel; a no-op for a non-member. Safe from sync and async code."""
         await self.layer.group_discard(self.name, str(channel))
 
+    @sync_safe
     async def send(self, content: dict[str, Any]) -> None:
-        """Send a copy of ``content`` to every member; full members are skipped."""
+        """Send a copy of ``content`` to every member; full members are skipped.
+
+        Safe from sync and async code (see :class:`Pending`).
+        """
         await self.layer.group_send(self.name, content)
 
     def __repr__(self) -> str:
@@ -146,8 +259,30 @@ class Message:
         channel = Channel(reply, layer=self.channel._layer) if isinstance(reply, str) else None
         object.__setattr__(self, "reply_channel", channel)
 
+    @property
+    def channel_layer(self) -> Any:
+        """The layer this message came from."""
+        return self.channel.layer
+
+    def __getitem__(self, key: str) -> Any:
+        return self.content[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.content
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.content)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``content.get(key, default)``: a Message reads like its content dict."""
+        return self.content.get(key, default)
+
+    @sync_safe
     async def reply(self, content: dict[str, Any]) -> None:
-        """Send ``content`` to this message's reply channel (ValueError if it has none)."""
+        """Send ``content`` to this message's reply channel (ValueError if it has none).
+
+        Safe from sync and async code (see :class:`Pending`).
+        """
         if self.reply_channel is None:
             raise ValueError("this message has no reply_channel")
         await self.reply_channel.send(content)

@@ -1,0 +1,1 @@
+"""The liveblog: the original Channels example, running on the three tiers."""
