@@ -259,6 +259,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"conformance profile {settings.profile!r} is unknown; use one of {', '.join(PROFILES)}"
         )
+    if settings.thorough and "LAYERS_CONFORMANCE_TIMEOUT" not in os.environ:
+        settings.test_timeout = 600.0  # long runs: 100,000-message orderings on a network
     _register_hypothesis_profiles()
     if not config.getoption("--no-conformance-suite", default=False) and not _suite_named(config):
         config.args.append(str(PACKAGE_DIR))
