@@ -147,7 +147,7 @@ class _Collector:
             return
         self._done += 1
         result.seconds = time.monotonic() - self._started
-        self._print(_rule_line(result, progress=f"[{self._done}/{len(self.results)}]"))
+        self._print(_rule_line(result, progress=f"{self._done}/{len(self.results)}"))
 
     def _print(self, line: str) -> None:
         if self.out is not None:
@@ -160,7 +160,7 @@ def _rule_line(rule: _Outcome, progress: str = "") -> str:
         extras = [progress] if progress else []
         if rule.seconds >= 1.0:
             extras.append(f"{rule.seconds:.1f} s")
-        line += f"  ({', '.join(extras)})"
+        line += f"  [{', '.join(extras)}]"
     if rule.detail:
         line += f"\n          -> {plain(rule.detail)[:300]}"
     return line
