@@ -262,8 +262,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.thorough and "LAYERS_CONFORMANCE_TIMEOUT" not in os.environ:
         settings.test_timeout = 600.0  # long runs: 100,000-message orderings on a network
     _register_hypothesis_profiles()
-    if not config.getoption("--no-conformance-suite", default=False) and not _suite_named(config):
+    if config.getoption("--no-conformance-suite", default=False):
+        return
+    _check_layer_url(config)
+    if not _suite_named(config):
         config.args.append(str(PACKAGE_DIR))
+
+
+def _check_layer_url(config: pytest.Config) -> None:
+    """Stop the run at once (one line) when ``--layer-url`` cannot build a layer."""
+    url = config.getoption("--layer-url", default=None)
+    if not isinstance(url, str) or not url:
+        return
+    from layers.core.config import from_url
+
+    try:
+        from_url(url)
+    except (ValueError, ImportError) as exc:  # ConfigurationError, MissingDriver
+        from layers.conformance_tests.cli import shown_url
+
+        raise pytest.UsageError(f"--layer-url {shown_url(url)}: {exc}") from None
 
 
 @pytest.fixture

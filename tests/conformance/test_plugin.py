@@ -196,3 +196,17 @@ def test_rules_opt_into_the_thorough_profile(tmp_path: Path, profile: str, expec
         assert "runs only in the thorough profile (--conformance-profile thorough)" in proc.stdout
     else:
         assert "test_long_run PASSED" in proc.stdout
+
+
+def test_plugin_form_stops_at_once_on_a_layer_url_that_builds_nothing(tmp_path: Path) -> None:
+    """``pytest --layer-url`` with an unknown backend: one usage error, no rule runs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "layers.conformance_tests", "-p",
+         "no:cacheprovider", "-q", "--layer-url", "memroy://"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--layer-url memroy://: BACKEND: unknown backend 'memroy'" in proc.stderr
+    assert "Did you mean 'memory'?" in proc.stderr
+    assert "failed" not in proc.stdout
+    assert len((proc.stdout + proc.stderr).strip().splitlines()) == 1
