@@ -1,4 +1,5 @@
-"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``.
+"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``,
+``conformance_thorough`` (nightly).
 
 ``tests`` runs the unit and integration tests, then the conformance suite on every
 built-in backend whose server is reachable. Servers are found through
@@ -144,6 +145,16 @@ def chaos(session: nox.Session) -> None:
                     "LAYERS_CONFORMANCE_TIMEOUT": str(float(seconds) * 3 + 60),
                 },
             )
+
+
+@nox.session
+def conformance_thorough(session: nox.Session) -> None:
+    """Nightly: the conformance suite's thorough profile on every backend (not run by CI)."""
+    session.install("-e", ".[test]")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, url in _conformance_urls(session, tmp):
+            session.log(f"thorough conformance run on {name}: {url}")
+            session.run("layers", "conformance", url, "--profile", "thorough")
 
 
 @nox.session

@@ -2,13 +2,27 @@
 
 It implements the three required primitives, declares no optional capability, and is
 registered under a URL scheme. Run it: ``python examples/custom_backend.py``.
+Packaged with an entry point and a ``conftest.py`` as docs/writing-a-backend.md
+shows, it passes the conformance suite.
 """
 
 import asyncio
+import threading
 import time
 from collections import deque
+from typing import Any
 
 import layers
+
+
+class DictStore:
+    """The queues of one layer, shared by its per-event-loop backend instances."""
+
+    def __init__(self) -> None:
+        # Event loops of one layer may run in different threads (async_to_sync):
+        # every check-then-change of the queues happens under this lock.
+        self.lock = threading.Lock()
+        self.queues: dict[str, deque[tuple[float, bytes]]] = {}
 
 
 class DictBackend(layers.Backend):
@@ -16,41 +30,47 @@ class DictBackend(layers.Backend):
 
     name = "dict"
     capabilities = frozenset()  # no groups, no flush: the core refuses those calls clearly
+    # receive never suspends between taking payloads and returning them (no I/O), so a
+    # waiting consumer may pop for itself: cancelling it cannot lose a payload.
+    instant_receive = True
 
-    def __init__(self, queues: dict[str, deque[tuple[float, bytes]]]) -> None:
-        self.queues = queues
+    def __init__(self, store: DictStore) -> None:
+        self.store = store
 
     @classmethod
-    def options_from_url(cls, url: str) -> dict[str, object]:
+    def options_from_url(cls, url: str) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def prepare_options(cls, options: dict[str, object]) -> dict[str, object]:
-        return {"queues": {}}  # one store per layer, shared by its event loops
+    def prepare_options(cls, options: Any) -> dict[str, Any]:
+        return {"store": DictStore()}  # one store per layer, shared by its event loops
 
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
         now = time.monotonic()
-        items = self.queues.setdefault(queue, deque())
-        while items and items[0][0] <= now:
-            items.popleft()
-        if len(items) >= capacity:
-            return False
-        items.append((now + expiry, payload))
-        return True
+        with self.store.lock:
+            items = self.store.queues.setdefault(queue, deque())
+            while items and items[0][0] <= now:  # one expiry per layer: oldest expire first
+                items.popleft()
+            if len(items) >= capacity:
+                return False
+            items.append((now + expiry, payload))
+            return True
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while True:
             now = time.monotonic()
-            items = self.queues.get(queue, deque())
             out = []
-            while items and len(out) < limit:
-                expires_at, payload = items.popleft()
-                if expires_at > now:
-                    out.append(payload)
+            with self.store.lock:  # take and return with no await in between
+                items = self.store.queues.get(queue, deque())
+                while items and len(out) < limit:
+                    expires_at, payload = items.popleft()
+                    if expires_at > now:
+                        out.append(payload)
             if out or now >= deadline:
                 return out
-            await asyncio.sleep(0.005)  # a real backend waits for a wake-up instead
+            # A real backend waits for a wake-up instead of polling.
+            await asyncio.sleep(min(0.005, deadline - now))
 
     async def aclose(self) -> None:
         pass

@@ -10,6 +10,12 @@
 
 With a cross-process URL (``sqlite:///demo.db``, ``redis://``, ``postgresql://``) and
 ``--processes N`` the workers run as N separate OS processes sharing the store.
+
+The demo keeps to its own namespace: every channel and group it uses is named
+``demo.<run>.…`` after a random run id, it consumes what it sends and leaves its
+groups, and it never calls ``flush()``. Other data in the same store (another
+application's channels and groups under the same prefix, file or schema) is left
+alone, and several demos can run on one store at once.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -29,13 +36,46 @@ from layers.core.errors import ChannelFull, ConfigurationError
 from layers.core.layer import ChannelLayer
 from layers.core.objects import Channel, Group
 
-__all__ = ["main", "run_demo"]
+__all__ = ["Names", "main", "run_demo"]
 
-REQUESTS = "demo.requests"
-NEWS = "demo.news"
-FIFO = "demo.fifo"
+#: The message type that tells a worker to stop.
 STOP = "demo.stop"
-READY = "demo.ready"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The channel and group names of one demo run, all under ``demo.<run>.``."""
+
+    run: str
+
+    @classmethod
+    def fresh(cls) -> Names:
+        """Names for a new run, under a random run id."""
+        return cls(secrets.token_hex(4))
+
+    @property
+    def requests(self) -> str:
+        """The normal channel the workers compete on."""
+        return f"demo.{self.run}.requests"
+
+    @property
+    def news(self) -> str:
+        """The group the listeners join."""
+        return f"demo.{self.run}.news"
+
+    @property
+    def fifo(self) -> str:
+        """The channel of the FIFO check."""
+        return f"demo.{self.run}.fifo"
+
+    @property
+    def ready(self) -> str:
+        """Where worker processes announce they are serving."""
+        return f"demo.{self.run}.ready"
+
+    def prefix(self, kind: str) -> str:
+        """A ``new_channel()`` prefix of this run."""
+        return f"demo.{self.run}.{kind}."
 
 
 @dataclass
@@ -90,9 +130,9 @@ class Report:
         return self.lines()[-1].endswith("OK")
 
 
-async def worker(layer: ChannelLayer, name: str) -> None:
-    """Answer ``demo.requests`` until a stop message; reply with who answered."""
-    requests = Channel(REQUESTS, layer=layer)
+async def worker(layer: ChannelLayer, name: str, names: Names) -> None:
+    """Answer the run's requests channel until a stop message; reply with who answered."""
+    requests = Channel(names.requests, layer=layer)
     while True:
         message = await requests.receive()
         if message.content.get("type") == STOP:
@@ -107,9 +147,11 @@ async def worker(layer: ChannelLayer, name: str) -> None:
         )
 
 
-async def _client(layer: ChannelLayer, ids: range, report: Report, seen: set[int]) -> None:
-    reply = await Channel.new("demo.client.", layer=layer)
-    requests = Channel(REQUESTS, layer=layer)
+async def _client(
+    layer: ChannelLayer, names: Names, ids: range, report: Report, seen: set[int]
+) -> None:
+    reply = await Channel.new(names.prefix("client"), layer=layer)
+    requests = Channel(names.requests, layer=layer)
     for request_id in ids:
         started = time.perf_counter()
         await requests.send(
@@ -123,9 +165,11 @@ async def _client(layer: ChannelLayer, ids: range, report: Report, seen: set[int
         report.answered_by[answer["worker"]] = report.answered_by.get(answer["worker"], 0) + 1
 
 
-async def _listener(layer: ChannelLayer, count: int, report: Report, joined: asyncio.Event) -> None:
-    inbox = await Channel.new("demo.listener.", layer=layer)
-    news = Group(NEWS, layer=layer)
+async def _listener(
+    layer: ChannelLayer, names: Names, count: int, report: Report, joined: asyncio.Event
+) -> None:
+    inbox = await Channel.new(names.prefix("listener"), layer=layer)
+    news = Group(names.news, layer=layer)
     await news.add(inbox)
     joined.set()
     for expected in range(count):
@@ -135,27 +179,29 @@ async def _listener(layer: ChannelLayer, count: int, report: Report, joined: asy
     await news.discard(inbox)
 
 
-async def _broadcasts(layer: ChannelLayer, listeners: int, count: int, report: Report) -> None:
+async def _broadcasts(
+    layer: ChannelLayer, names: Names, listeners: int, count: int, report: Report
+) -> None:
     joined = [asyncio.Event() for _ in range(listeners)]
-    tasks = [asyncio.create_task(_listener(layer, count, report, ev)) for ev in joined]
+    tasks = [asyncio.create_task(_listener(layer, names, count, report, ev)) for ev in joined]
     await asyncio.gather(*(ev.wait() for ev in joined))
     report.broadcasts_expected = listeners * count
     for seq in range(count):
-        await Group(NEWS, layer=layer).send({"type": "demo.news", "seq": seq})
+        await Group(names.news, layer=layer).send({"type": "demo.news", "seq": seq})
     await asyncio.gather(*tasks)
 
 
-async def _fifo(layer: ChannelLayer, count: int, report: Report) -> None:
+async def _fifo(layer: ChannelLayer, names: Names, count: int, report: Report) -> None:
     async def consume() -> None:
         for expected in range(count):
-            report.fifo_ok &= (await layer.receive(FIFO))["i"] == expected
+            report.fifo_ok &= (await layer.receive(names.fifo))["i"] == expected
             report.fifo_count += 1
 
     consumer = asyncio.create_task(consume())
     for i in range(count):
         while True:
             try:
-                await layer.send(FIFO, {"type": "demo.fifo", "i": i})
+                await layer.send(names.fifo, {"type": "demo.fifo", "i": i})
                 break
             except ChannelFull:  # back-pressure: let the consumer catch up
                 await asyncio.sleep(0.001)
@@ -172,8 +218,14 @@ async def run_demo(
     broadcasts: int = 20,
     fifo: int = 500,
     processes: list[subprocess.Popen[bytes]] | None = None,
+    names: Names | None = None,
 ) -> Report:
-    """Run the scenario on ``layer``; local worker tasks unless ``processes`` serve."""
+    """Run the scenario on ``layer``; local worker tasks unless ``processes`` serve.
+
+    Everything happens on ``names`` (a fresh run's by default; worker ``processes``
+    must serve the same run): nothing else in the store is read, changed or flushed.
+    """
+    names = names or Names.fresh()
     report = Report(
         backend=layer.backend_class.name or layer.backend_class.__name__,
         workers=len(processes) if processes else workers,
@@ -182,40 +234,38 @@ async def run_demo(
     async with layer:
         async with asyncio.timeout(120):  # time the scenario, not the workers' start-up
             for _ in processes or ():
-                await layer.receive(READY)
+                await layer.receive(names.ready)
         started = time.perf_counter()
-        if not processes:
-            await layer.flush()
         local = (
             []
             if processes
-            else [asyncio.create_task(worker(layer, f"worker-{i + 1}")) for i in range(workers)]
+            else [
+                asyncio.create_task(worker(layer, f"worker-{i + 1}", names)) for i in range(workers)
+            ]
         )
         seen: set[int] = set()
         share = -(-requests // clients)
         await asyncio.gather(
             *(
-                _client(layer, range(i * share, min(requests, (i + 1) * share)), report, seen)
+                _client(
+                    layer, names, range(i * share, min(requests, (i + 1) * share)), report, seen
+                )
                 for i in range(clients)
             ),
-            _broadcasts(layer, listeners, broadcasts, report),
-            _fifo(layer, fifo, report),
+            _broadcasts(layer, names, listeners, broadcasts, report),
+            _fifo(layer, names, fifo, report),
         )
         for _ in range(report.workers):
-            await layer.send(REQUESTS, {"type": STOP})
+            await layer.send(names.requests, {"type": STOP})
         await asyncio.gather(*local)
     report.seconds = time.perf_counter() - started
     report.messages = 2 * requests + broadcasts * (1 + listeners) + fifo
     return report
 
 
-def _spawn_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "layers", "demo", "--url", url, "--worker", f"process-{i + 1}"]
-        )
-        for i in range(count)
-    ]
+def _spawn_workers(url: str, count: int, names: Names) -> list[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "layers", "demo", "--url", url, "--run", names.run]
+    return [subprocess.Popen([*command, "--worker", f"process-{i + 1}"]) for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,12 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="run workers as N OS processes (needs a cross-process backend)",
     )
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=200,
+        help="request/answer round trips the clients make (default: 200)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     layer = from_url(args.url)
+    names = Names(args.run) if args.run else Names.fresh()
     if args.worker:
-        asyncio.run(_serve(layer, args.worker))
+        asyncio.run(_serve(layer, args.worker, names))
         return 0
     processes: list[subprocess.Popen[bytes]] = []
     if args.processes:
@@ -241,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigurationError(
                 "--processes", f"{args.url} is one process only; try --url sqlite:///demo.db"
             )
-        asyncio.run(_flush(layer))
-        processes = _spawn_workers(args.url, args.processes)
+        processes = _spawn_workers(args.url, args.processes, names)
     try:
-        report = asyncio.run(run_demo(layer, requests=args.requests, processes=processes or None))
+        report = asyncio.run(
+            run_demo(layer, requests=args.requests, processes=processes or None, names=names)
+        )
     finally:
         for process in processes:
             try:
@@ -255,12 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-async def _flush(layer: ChannelLayer) -> None:
+async def _serve(layer: ChannelLayer, name: str, names: Names) -> None:
     async with layer:
-        await layer.flush()
-
-
-async def _serve(layer: ChannelLayer, name: str) -> None:
-    async with layer:
-        await layer.send(READY, {"type": READY})
-        await worker(layer, f"{name} (pid {os.getpid()})")
+        await layer.send(names.ready, {"type": "demo.ready"})
+        await worker(layer, f"{name} (pid {os.getpid()})", names)

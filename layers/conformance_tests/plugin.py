@@ -30,6 +30,18 @@ What a backend cannot do
     defines a function with the name of a conformance test, or when a fixture
     other than the four above is overridden.
 
+Profiles
+    ``--conformance-profile fast`` (the default; ``$LAYERS_CONFORMANCE_PROFILE``)
+    keeps the whole suite to about half a minute on ``memory://``: few Hypothesis
+    examples, no shrinking, short runs. ``--conformance-profile thorough`` is for
+    nightly runs: many Hypothesis examples with shrinking, long runs and large
+    orderings. A rule opts in three ways: :func:`hypothesis_settings` gives the
+    profile's Hypothesis settings (registered as the Hypothesis profiles
+    ``layers-conformance-fast`` and ``layers-conformance-thorough``);
+    :func:`scaled` picks a size (``scaled(2_000, 100_000)``); :func:`thorough_only`
+    marks a rule that runs only in the thorough profile (it skips, saying so, in
+    the fast one).
+
 Collection
     When the plugin is enabled and the command line does not already name the
     suite, the plugin adds the shipped test package to the run, so enabling the
@@ -58,24 +70,32 @@ from layers.core.layer import ChannelLayer
 
 __all__ = [
     "OVERRIDABLE_FIXTURES",
+    "PROFILES",
     "LayerFactory",
     "async_test",
     "conformance_known_bugs",
+    "hypothesis_settings",
     "layer",
     "layer_factory",
     "layer_url",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
+    "pytest_report_header",
     "pytest_runtest_setup",
     "requires",
+    "scaled",
     "settings",
+    "thorough_only",
 ]
 
 P = ParamSpec("P")
 
 PACKAGE = "layers.conformance_tests"
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: The run profiles: ``fast`` (the default) and ``thorough`` (nightly).
+PROFILES = ("fast", "thorough")
 
 #: The fixtures a backend's test suite may override; any other override is refused.
 OVERRIDABLE_FIXTURES = frozenset({"layer_factory", "layer_url", "layer", "conformance_known_bugs"})
@@ -90,6 +110,13 @@ class _Settings:
     quiet: float = float(os.environ.get("LAYERS_CONFORMANCE_QUIET", "0.25"))
     #: How long a message that must arrive may take.
     wait: float = float(os.environ.get("LAYERS_CONFORMANCE_WAIT", "10"))
+    #: ``fast`` or ``thorough`` (see :data:`PROFILES`).
+    profile: str = os.environ.get("LAYERS_CONFORMANCE_PROFILE", "fast")
+
+    @property
+    def thorough(self) -> bool:
+        """True in the thorough (nightly) profile."""
+        return self.profile == "thorough"
 
 
 settings = _Settings()
@@ -122,8 +149,54 @@ def requires(*capabilities: Capability) -> pytest.MarkDecorator:
     return pytest.mark.requires(*capabilities)
 
 
+def thorough_only() -> pytest.MarkDecorator:
+    """Mark a rule that runs only in the thorough profile (it skips, saying so, otherwise)."""
+    return pytest.mark.conformance_thorough
+
+
+def scaled(fast: int, thorough: int) -> int:
+    """Return ``fast`` in the fast profile and ``thorough`` in the thorough one."""
+    return thorough if settings.thorough else fast
+
+
+def _register_hypothesis_profiles() -> None:
+    from hypothesis import HealthCheck, Phase
+    from hypothesis import settings as hypothesis
+
+    common: dict[str, Any] = {
+        "deadline": None,  # real time and real stores: a slow step is not a bug
+        "database": None,  # never write .hypothesis/ into the author's project
+        "suppress_health_check": list(HealthCheck),
+    }
+    hypothesis.register_profile(
+        "layers-conformance-fast",
+        max_examples=10,
+        derandomize=True,
+        print_blob=False,
+        # Shrinking a failure of a stateful rule on real time can take minutes;
+        # the fast profile reports the failing steps as found.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        **common,
+    )
+    hypothesis.register_profile(
+        "layers-conformance-thorough", max_examples=200, print_blob=True, **common
+    )
+
+
+def hypothesis_settings(**overrides: Any) -> Any:
+    """Return the current profile's Hypothesis settings, with ``overrides`` applied."""
+    from hypothesis import settings as hypothesis
+
+    try:
+        parent = hypothesis.get_profile(f"layers-conformance-{settings.profile}")
+    except Exception:  # hypothesis raises InvalidArgument for an unregistered profile
+        _register_hypothesis_profiles()
+        parent = hypothesis.get_profile(f"layers-conformance-{settings.profile}")
+    return hypothesis(parent, **overrides)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add ``--layer-url``, ``--conformance-quiet`` and ``--no-conformance-suite``."""
+    """Add the suite's options (``--layer-url``, ``--conformance-profile`` and others)."""
     group = parser.getgroup("layers", "channel-layers conformance suite")
     group.addoption(
         "--layer-url",
@@ -137,6 +210,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="seconds to wait when checking that nothing arrives "
         "(default $LAYERS_CONFORMANCE_QUIET or 0.25; raise it for poll-only backends)",
+    )
+    group.addoption(
+        "--conformance-profile",
+        choices=PROFILES,
+        default=None,
+        help="fast (default: about half a minute on memory://) or thorough (nightly: "
+        "many Hypothesis examples with shrinking, long runs); "
+        "default $LAYERS_CONFORMANCE_PROFILE or fast",
     )
     group.addoption(
         "--no-conformance-suite",
@@ -165,11 +246,42 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires(*capabilities): needs backend capabilities (skips without)"
     )
+    config.addinivalue_line(
+        "markers", "conformance_thorough: runs only with --conformance-profile thorough"
+    )
     quiet = config.getoption("--conformance-quiet", default=None)
     if quiet is not None:
         settings.quiet = float(quiet)
-    if not config.getoption("--no-conformance-suite", default=False) and not _suite_named(config):
+    profile = config.getoption("--conformance-profile", default=None)
+    if profile is not None:
+        settings.profile = profile
+    if settings.profile not in PROFILES:
+        raise pytest.UsageError(
+            f"conformance profile {settings.profile!r} is unknown; use one of {', '.join(PROFILES)}"
+        )
+    if settings.thorough and "LAYERS_CONFORMANCE_TIMEOUT" not in os.environ:
+        settings.test_timeout = 600.0  # long runs: 100,000-message orderings on a network
+    _register_hypothesis_profiles()
+    if config.getoption("--no-conformance-suite", default=False):
+        return
+    _check_layer_url(config)
+    if not _suite_named(config):
         config.args.append(str(PACKAGE_DIR))
+
+
+def _check_layer_url(config: pytest.Config) -> None:
+    """Stop the run at once (one line) when ``--layer-url`` cannot build a layer."""
+    url = config.getoption("--layer-url", default=None)
+    if not isinstance(url, str) or not url:
+        return
+    from layers.core.config import from_url
+
+    try:
+        from_url(url)
+    except (ValueError, ImportError) as exc:  # ConfigurationError, MissingDriver
+        from layers.conformance_tests.cli import shown_url
+
+        raise pytest.UsageError(f"--layer-url {shown_url(url)}: {exc}") from None
 
 
 @pytest.fixture
@@ -244,10 +356,24 @@ def _is_suite_item(item: pytest.Function) -> bool:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Fail a suite test whose ``requires`` marker names an unknown capability."""
+    """Fail a suite test whose ``requires`` marker names an unknown capability.
+
+    Skip a rule marked :func:`thorough_only` outside the thorough profile.
+    """
     for mark in item.iter_markers("requires"):
         for capability in mark.args:
             Capability(capability)
+    if not settings.thorough and item.get_closest_marker("conformance_thorough"):
+        pytest.skip("runs only in the thorough profile (--conformance-profile thorough)")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which conformance profile runs, and how to pick the other."""
+    other = "fast" if settings.thorough else "thorough"
+    return (
+        f"channel-layers conformance: profile {settings.profile} "
+        f"(--conformance-profile {other} for the other)"
+    )
 
 
 # -- anti-override ---------------------------------------------------------------------

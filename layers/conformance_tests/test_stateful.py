@@ -5,6 +5,10 @@ steps against one layer; a reference model of the contract (FIFO, at-most-once,
 expiry, capacity, groups) checks every result. Time is real, so the model keeps,
 for each message, the window in which it was stored and treats messages near their
 expiry as possibly present: it fails only on behaviour no correct layer can show.
+
+The fast profile runs 10 derandomized programs of 15 steps and reports a failure
+unshrunk (shrinking on real time can take minutes); the thorough profile runs 200
+random programs of 40 steps and shrinks a failure to its shortest form.
 """
 
 from __future__ import annotations
@@ -14,12 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from layers.conformance_tests.helpers import unique
-from layers.conformance_tests.plugin import LayerFactory
+from layers.conformance_tests.plugin import LayerFactory, hypothesis_settings, scaled
 from layers.conformance_tests.plugin import settings as run_settings
 from layers.core.backend import Capability
 from layers.core.errors import ChannelFull
@@ -182,14 +185,5 @@ def test_random_operations_match_the_model(layer_factory: LayerFactory) -> None:
     """Random sends, receives, group operations, flushes and time steps obey the contract."""
     machine = _machine(layer_factory)
     run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=25,
-            stateful_step_count=15,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-            print_blob=False,
-        ),
+        machine, settings=hypothesis_settings(stateful_step_count=scaled(15, 40))
     )

@@ -84,7 +84,7 @@ def _check_value(value: object, parent: str, key: object = _ROOT, depth: int = 1
                 _check_value(item, path, index, depth + 1)
     elif not isinstance(value, _SCALARS):
         raise InvalidMessage(
-            f"{_where(parent, key)} is a {kind.__name__}; messages may hold only bytes, str, "
+            f"{_where(parent, key)} is of type {kind.__name__}; messages may hold only bytes, str, "
             "int, float, bool, None, list and dict"
         )
 
