@@ -151,6 +151,11 @@ class MemoryBackend(Backend):
         self._store = store
 
     @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """None: ``memory://`` URLs take only the layer options in their query."""
+        return frozenset()
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """``memory://`` (private store) or ``memory://NAME`` (a named, shared store)."""
         parts = urlsplit(url)

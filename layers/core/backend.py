@@ -196,6 +196,36 @@ class Backend(abc.ABC):
         return dict(options)
 
     @classmethod
+    def option_names(cls) -> frozenset[str] | None:
+        """The backend options this backend takes as keywords, or None for "any".
+
+        The core checks every backend option against it before
+        :meth:`prepare_options` and answers an unknown one with
+        :class:`layers.UnknownOption` (the same message on every backend). The
+        default reads the keywords of ``__init__`` (None when it takes
+        ``**kwargs``); override it when ``prepare_options`` maps options to other
+        ``__init__`` arguments.
+        """
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        return frozenset(
+            name
+            for name, p in params.items()
+            if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
+        )
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str] | None:
+        """The query parameters this backend's URLs take, or None to leave them unchecked.
+
+        The core removes the layer options (``expiry``...) first, then answers any
+        other name not in this set with :class:`layers.UnknownOption`. The default,
+        None, leaves the query to :meth:`options_from_url`.
+        """
+        return None
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """Turn a connection URL into backend options (called before :meth:`prepare_options`).
 

@@ -72,6 +72,16 @@ class PostgresBackend(Backend):
     # -- configuration ----------------------------------------------------------------
 
     @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The backend settings, ``url``/``dsn``/``database`` and every libpq keyword."""
+        return _options.option_names(in_url=False)
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """The backend settings and every libpq keyword."""
+        return _options.option_names(in_url=True)
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """Map the backend's query parameters to options; keep the rest for libpq."""
         return _options.from_url(url)

@@ -95,7 +95,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDriver("redis", "redis", "redis") from exc
 
 from layers.backends.redis import _scripts
-from layers.backends.redis._config import HostSpec, Router, hosts_from_url, parse_hosts
+from layers.backends.redis._config import (
+    HostSpec,
+    Router,
+    hosts_from_url,
+    parse_hosts,
+    url_query_names,
+)
 from layers.backends.redis._shard import Shard, translate
 from layers.core.backend import Backend, Capability, Put
 from layers.core.layer import ChannelLayer
@@ -153,6 +159,16 @@ class RedisBackend(Backend):
         self._shards: list[Shard] = []
 
     # -- configuration ----------------------------------------------------------------
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """``hosts``, ``prefix`` and ``random_prefix_length`` (channels_redis's names)."""
+        return frozenset({"hosts", "prefix", "random_prefix_length"})
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """``prefix`` and the redis-py connection options (``socket_timeout``...)."""
+        return url_query_names()
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:

@@ -89,6 +89,11 @@ class SqliteBackend(Backend):
     # -- configuration --------------------------------------------------------------
 
     @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """``poll_interval``, ``busy_timeout`` and ``cleanup_interval``."""
+        return frozenset(_options.DEFAULTS)
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """``sqlite:///relative.db``, ``sqlite:////abs/path.db``; query = options."""
         return _options.options_from_url(url)
