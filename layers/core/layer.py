@@ -86,7 +86,10 @@ class SupportsChannelLayer(Protocol):
     Django Channels' own alike.
     """
 
-    extensions: list[str]
+    @property
+    def extensions(self) -> list[str]:
+        """The extensions the layer supports (``"groups"``, ``"flush"``)."""
+        ...
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Send a message to a channel."""
@@ -242,16 +245,26 @@ class ChannelLayer:
         options = {**_LAYER_DEFAULTS, **url_layer_options, **given}
         #: Where ``capacity`` came from, for :class:`~layers.ChannelFull` messages.
         self._capacity_origin = (
-            "capacity"
+            f"capacity={options['capacity']!r}"
             if "capacity" in given
-            else "capacity in the URL"
+            else f"capacity={options['capacity']!r} in the URL"
             if "capacity" in url_layer_options
-            else "the default capacity"
+            else f"the default capacity ({options['capacity']!r})"
         )
         self.expiry: float = _number("expiry", options["expiry"], minimum=0.001)
         self.group_expiry: float = _number("group_expiry", options["group_expiry"], minimum=0.001)
         self.capacity: int = _number("capacity", options["capacity"], minimum=1, integer=True)
+        if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
+            channel_capacity = list(channel_capacity)
         self.channel_capacity = _compile_capacities(channel_capacity)
+        self._capacity_labels = [
+            repr(p) if isinstance(p, str) else f"re.compile({getattr(p, 'pattern', p)!r})"
+            for p in (
+                channel_capacity
+                if isinstance(channel_capacity, Mapping)
+                else [pair[0] for pair in channel_capacity or ()]
+            )
+        ]
         size: Any = options["max_message_size"]
         if size is not None:
             _number("max_message_size", size, minimum=1, integer=True)
@@ -453,29 +466,76 @@ class ChannelLayer:
 
     # -- the Channels API -----------------------------------------------------------
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
+    async def send(
+        self, channel: str, message: dict[str, Any], *, wait: float | None = None
+    ) -> None:
         """Send ``message`` to ``channel``.
 
         Raises :class:`TypeError` for a bad name, :class:`~layers.InvalidMessage`
         for a bad message (both before any I/O), :class:`~layers.ChannelFull` when
-        the channel holds its capacity of unexpired messages (nothing is stored),
-        :class:`~layers.BackendError` when the store fails. Cancellation: the
-        message is stored once or not at all.
+        the channel holds its capacity of unexpired messages (nothing is stored;
+        the error names the limit and the setting that set it),
+        :class:`~layers.BackendError` when the store fails.
+
+        Backpressure: with ``wait=SECONDS`` a send to a full channel waits up to
+        that long for room (it retries, at most 50 ms apart, as consumers drain the
+        channel) and raises :class:`~layers.ChannelFull` only when the time is up.
+        ``wait=None`` (the default) or ``0`` fails at once, as Channels does. The
+        message's ``expiry`` counts from when it is stored, not from the call.
+
+        Cancellation: the message is stored once or not at all, also while waiting.
         """
         require_valid_channel_name(channel)
+        if wait is not None:
+            _number("wait", wait, minimum=0)
         body = self._encode(message)
         index = channel.find("!")
-        deadline = time.time() + self.expiry
-        if index < 0:
-            queue, payload = channel, pack(None, body, deadline)
-        else:
-            queue, payload = channel[: index + 1], pack([channel[index + 1 :]], body, deadline)
+        capacity = self.get_capacity(channel)
         backend = await self._state().ready()
+        if index < 0:
+            queue, local = channel, None
+        else:
+            queue, local = channel[: index + 1], [channel[index + 1 :]]
         stored = await backend.send(
-            queue, payload, expiry=self.expiry, capacity=self.get_capacity(channel)
+            queue,
+            pack(local, body, time.time() + self.expiry),
+            expiry=self.expiry,
+            capacity=capacity,
         )
+        if not stored and wait:
+            give_up = time.monotonic() + wait
+            delay = 0.002
+            while not stored:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 0.05)
+                stored = await backend.send(
+                    queue,
+                    pack(local, body, time.time() + self.expiry),
+                    expiry=self.expiry,
+                    capacity=capacity,
+                )
         if not stored:
-            raise ChannelFull(f"channel {channel!r} is full")
+            raise ChannelFull(self._full_message(channel, capacity, wait))
+
+    def _full_message(self, channel: str, capacity: int, wait: float | None) -> str:
+        """Say which limit a full channel hit and which setting set it."""
+        for (pattern, _value), label in zip(
+            self.channel_capacity, self._capacity_labels, strict=True
+        ):
+            if pattern.match(channel):
+                origin = f"channel_capacity pattern {label}"
+                break
+        else:
+            origin = self._capacity_origin
+        waited = f" after waiting {wait:g} s for room" if wait else ""
+        return (
+            f"channel {channel!r} is full{waited}: it holds {capacity} unexpired "
+            f"messages, the limit set by {origin} (pass send(..., wait=SECONDS) to wait "
+            "for room)"
+        )
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for and return the next message on ``channel``, oldest first.

@@ -108,6 +108,12 @@ class PostgresBackend(Backend):
         if s.poll_only:
             kwargs["prepare_threshold"] = None  # transaction poolers: no named statements
         configure = None if s.poll_only or s.synchronous_commit is None else self._configure
+        if (self._conninfo, s.schema) not in _READY:
+            # The first open in this process connects once by itself, so a wrong
+            # database, bad credentials or a refused connection fail at once with
+            # the server's message (the pool would retry in the background until
+            # pool_timeout and log the cause instead).
+            await self._probe(kwargs)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self._conninfo,
             kwargs=kwargs,
@@ -119,7 +125,7 @@ class PostgresBackend(Backend):
             name=f"channel-layers:{s.schema}",
         )
         try:
-            await pool.open(wait=False)
+            await pool.open(wait=True, timeout=s.pool_timeout)
             self._pool = pool
             await self._ensure_schema()
         except BaseException:
@@ -131,6 +137,20 @@ class PostgresBackend(Backend):
         self._cleanup = asyncio.get_running_loop().create_task(
             self._cleanup_loop(), name="layers-postgres-cleanup"
         )
+
+    async def _probe(self, kwargs: dict[str, Any]) -> None:
+        """Connect once, outside the pool; raise :class:`BackendUnavailable` with the cause."""
+        timeout = self._settings.pool_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"cannot connect to PostgreSQL: no answer within pool_timeout={timeout:g} s"
+            ) from exc
+        except psycopg.Error as exc:
+            raise BackendUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        await conn.close()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         value = self._settings.synchronous_commit
@@ -148,9 +168,19 @@ class PostgresBackend(Backend):
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.aclose()
-        await self._release_idle()
         pool, self._pool = self._pool, None
+        held, self._idle[:] = list(self._idle), []
         if pool is not None:
+            # Take the pool's idle connections out first and hand them back once it
+            # is closed (putconn then closes them): when asyncio.run() has already
+            # cancelled the pool's workers (the end of an async_to_sync call),
+            # pool.close() stops before closing its idle connections, which would
+            # stay open on the server until garbage-collected.
+            for _ in range(pool.get_stats().get("pool_available", 0)):
+                try:
+                    held.append(await pool.getconn(timeout=0.1))
+                except Exception:
+                    break
             try:
                 await pool.close(timeout=2.0)
             except asyncio.CancelledError:
@@ -161,6 +191,10 @@ class PostgresBackend(Backend):
                     raise
             except Exception:
                 logger.debug("error closing the pool", exc_info=True)
+            finally:
+                for conn in held:
+                    with contextlib.suppress(Exception):
+                        await pool.putconn(conn)
 
     # -- helpers ------------------------------------------------------------------------
 
