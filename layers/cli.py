@@ -46,10 +46,17 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _inspect(argv: list[str]) -> int:
+    from layers.inspector import main as inspect_main
+
+    return inspect_main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "run a live scenario: workers, reply channels, a group broadcast, FIFO"),
     "conformance": (_conformance, "run the conformance suite on a layer URL"),
     "backends": (_backends, "list the installed backends and their capabilities"),
+    "inspect": (_inspect, "show the busiest channels and groups of a layer (--watch, --json)"),
 }
 
 

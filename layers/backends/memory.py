@@ -38,7 +38,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from layers.core.backend import Backend, Capability, Put
+from layers.core.backend import (
+    Backend,
+    BackendStatistics,
+    Capability,
+    Put,
+    QueueStatistics,
+)
 from layers.core.errors import ConfigurationError
 from layers.core.layer import ChannelLayer
 from layers.core.wakeups import Waiter, wake
@@ -144,7 +150,7 @@ class MemoryBackend(Backend):
     """The per-loop view of a :class:`MemoryStore`."""
 
     name = "memory"
-    capabilities = frozenset({Capability.GROUPS, Capability.FLUSH})
+    capabilities = frozenset({Capability.GROUPS, Capability.FLUSH, Capability.STATISTICS})
     instant_receive = True
 
     def __init__(self, store: MemoryStore) -> None:
@@ -274,6 +280,22 @@ class MemoryBackend(Backend):
             for channel in expired:
                 del members[channel]
             return list(members)
+
+    async def statistics(self) -> BackendStatistics:
+        """Count every queue's unexpired payloads and every group's members, under the lock."""
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            queues = []
+            for name, items in store.queues.items():
+                live = [expires_at for expires_at, _ in items if expires_at > now]
+                if live:
+                    queues.append(QueueStatistics(name, len(live), live[0] - now))
+            groups = {
+                name: sum(1 for until in members.values() if until > now)
+                for name, members in store.groups.items()
+            }
+        return BackendStatistics(queues, groups)
 
     async def flush(self) -> None:
         """Empty every queue and group of this layer's store."""

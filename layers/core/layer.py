@@ -53,6 +53,7 @@ from layers.core.names import (
     require_valid_group_name,
 )
 from layers.core.serializers import Serializer, get_serializer, validate_message
+from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStatistics
 
 __all__ = ["ChannelLayer", "SupportsChannelLayer"]
 
@@ -654,6 +655,34 @@ class ChannelLayer:
             skipped = await backend.group_send(group, payload)
         if skipped:
             logger.info("group_send to %r skipped %d full queue(s)", group, skipped)
+
+    async def statistics(self) -> LayerStatistics:
+        """Return a snapshot of this layer's store: pending messages and groups.
+
+        Each channel with pending messages, busiest first, with the age of its
+        oldest message, its capacity and whether it is full; each group with its
+        size, largest first. Needs the ``statistics`` capability (every built-in
+        backend has it). Read-only: cancelling it changes nothing.
+        """
+        self.require(Capability.STATISTICS)
+        backend = await self._state().ready()
+        raw = await backend.statistics()
+        channels = [
+            ChannelStatistics(
+                name=q.queue,
+                pending=q.pending,
+                oldest_age=None
+                if q.oldest_ttl is None
+                else round(max(0.0, self.expiry - q.oldest_ttl), 3),
+                capacity=self.get_capacity(q.queue),
+            )
+            for q in raw.queues
+            if q.pending > 0
+        ]
+        channels.sort(key=lambda c: (-c.pending, c.name))
+        groups = [GroupStatistics(name, size) for name, size in raw.groups.items() if size > 0]
+        groups.sort(key=lambda g: (-g.size, g.name))
+        return LayerStatistics(channels, groups)
 
     async def flush(self) -> None:
         """Delete every message and group of this layer (its store namespace).

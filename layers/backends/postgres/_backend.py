@@ -19,7 +19,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from layers.backends.postgres import _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._listener import Listener, _Watch, notify_channel
-from layers.core.backend import Backend, Capability, GroupPayload, Put
+from layers.core.backend import (
+    Backend,
+    BackendStatistics,
+    Capability,
+    GroupPayload,
+    Put,
+    QueueStatistics,
+)
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
 from layers.core.layer import ChannelLayer
 
@@ -51,6 +58,7 @@ class PostgresBackend(Backend):
             Capability.CROSS_PROCESS,
             Capability.CROSS_HOST,
             Capability.PERSISTENT,
+            Capability.STATISTICS,
         }
     )
 
@@ -507,6 +515,15 @@ class PostgresBackend(Backend):
     async def group_channels(self, group: str) -> list[str]:
         """Return the unexpired members; see :meth:`Backend.group_channels`."""
         return [row[0] for row in await self._query(self._sql.group_channels, (group,))]
+
+    async def statistics(self) -> BackendStatistics:
+        """Two read-only aggregate queries; see :meth:`Backend.statistics`."""
+        queues = await self._query(self._sql.queue_statistics)
+        groups = await self._query(self._sql.group_statistics)
+        return BackendStatistics(
+            [QueueStatistics(str(q), int(n), float(ttl)) for q, n, ttl in queues],
+            {str(g): int(n) for g, n in groups},
+        )
 
     async def flush(self) -> None:
         """Delete every message and membership in this layer's schema (nothing else)."""
