@@ -31,6 +31,8 @@ Use as a Django Channels ``BACKEND``::
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -46,10 +48,26 @@ from layers.core.backend import (
     QueueStatistics,
 )
 from layers.core.errors import ConfigurationError
+
 from layers.core.layer import ChannelLayer
 from layers.core.wakeups import Waiter, wake
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
+
+logger = logging.getLogger("layers")
+
+_WORKER_WARNING = (
+    "the memory backend keeps messages inside this process: this worker will only see "
+    "messages sent from within itself, never from other processes (web servers, other "
+    "workers). Use sqlite://, redis:// or postgresql:// to feed workers."
+)
+
+
+def _warn_in_a_worker() -> None:
+    """Say so when Channels' ``runworker`` runs on the memory backend (it would idle)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "runworker":
+        logger.warning(_WORKER_WARNING)
+
 
 _SWEEP_BATCH = 256
 _SWEEP_INTERVAL = 0.05
@@ -173,7 +191,12 @@ class MemoryBackend(Backend):
 
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Resolve the ``store`` option to the store the per-loop instances share."""
+        """Resolve the ``store`` option to the store the per-loop instances share.
+
+        Under Channels' ``runworker`` command it also logs that a worker on this
+        backend cannot see messages sent by other processes.
+        """
+        _warn_in_a_worker()
         for key in options:
             if key != "store":
                 raise ConfigurationError(
