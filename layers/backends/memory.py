@@ -48,7 +48,6 @@ from layers.core.backend import (
     QueueStatistics,
 )
 from layers.core.errors import ConfigurationError
-
 from layers.core.layer import ChannelLayer
 from layers.core.wakeups import Waiter, wake
 
