@@ -166,6 +166,47 @@ def test_backend_option_keyword_overrides_url(spelling: str, tmp_path: Path) -> 
             assert prepared[option] == keyword
 
 
+# every PostgreSQL setting: (value in the URL, keyword value)
+POSTGRES_SETTINGS: dict[str, tuple[str, Any]] = {
+    "schema": ("from_url", "from_kw"),
+    "unlogged": ("true", False),
+    "synchronous_commit": ("local", "on"),
+    "poll_only": ("true", False),
+    "poll_interval": ("3", 0.5),
+    "notify": ("false", True),
+    "pool_min_size": ("2", 1),
+    "pool_max_size": ("3", 5),
+    "pool_timeout": ("3", 4.0),
+    "cleanup_interval": ("9", 7.0),
+    "cleanup_batch": ("50", 70),
+}
+
+
+@pytest.mark.parametrize("option", sorted(POSTGRES_SETTINGS))
+@pytest.mark.parametrize("spelling", ["from_url", "config"])
+def test_every_postgres_setting_keyword_overrides_url(option: str, spelling: str) -> None:
+    in_url, keyword = POSTGRES_SETTINGS[option]
+    url = f"postgresql://postgres@127.0.0.1/x?{option}={in_url}"
+    if spelling == "from_url":
+        layer = layers.from_url(url, **{option: keyword})
+    else:
+        layer = layers.layer_from_config({"CONFIG": {"url": url, option: keyword}})
+    assert getattr(layer._backend_options["settings"], option) == keyword
+    # and a libpq keyword too
+    layer = layers.from_url(
+        "postgresql://postgres@127.0.0.1/x?connect_timeout=3", connect_timeout=7
+    )
+    assert "connect_timeout=7" in layer._backend_options["conninfo"]
+
+
+def test_memory_store_keyword_overrides_url_name() -> None:
+    from layers.backends.memory import named_store
+
+    layer = layers.from_url("memory://from_url", store="from_keyword")
+    assert layer._backend_options["store"] is named_store("from_keyword")
+    assert layers.from_url("memory://from_url")._backend_options["store"] is named_store("from_url")
+
+
 def test_the_rule_is_documented() -> None:
     assert "overrides" in (config.__doc__ or "")
     assert "keyword" in (layers.ChannelLayer.__doc__ or "")
