@@ -106,10 +106,12 @@ class PostgresBackend(Backend):
     # -- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the pool (connecting in the background) and check the schema.
+        """Create the pool, wait for its first connection, and check the schema.
 
-        Raises :class:`layers.BackendError` when the server cannot be reached within
-        ``pool_timeout``. A cancelled or failed ``open`` closes what it opened.
+        The first open of a process connects once by itself first, so a wrong
+        database, bad credentials or a refused connection raise
+        :class:`layers.BackendUnavailable` at once with the server's message; later
+        ones raise it when the server cannot be reached within ``pool_timeout``. A cancelled or failed ``open`` closes what it opened.
         """
         s = self._settings
         kwargs: dict[str, Any] = {"autocommit": True}
@@ -133,7 +135,11 @@ class PostgresBackend(Backend):
             name=f"channel-layers:{s.schema}",
         )
         try:
-            await pool.open(wait=True, timeout=s.pool_timeout)
+            # Wait for the first connection: a background attempt still running when
+            # an async_to_sync call ends is cancelled by asyncio.run(), which
+            # psycopg_pool logs as "error connecting" with an empty reason.
+            with self._translate():
+                await pool.open(wait=True, timeout=s.pool_timeout)
             self._pool = pool
             await self._ensure_schema()
         except BaseException:
