@@ -111,7 +111,8 @@ class PostgresBackend(Backend):
         The first open of a process connects once by itself first, so a wrong
         database, bad credentials or a refused connection raise
         :class:`layers.BackendUnavailable` at once with the server's message; later
-        ones raise it when the server cannot be reached within ``pool_timeout``. A cancelled or failed ``open`` closes what it opened.
+        ones raise it when the server cannot be reached within ``pool_timeout``.
+        A cancelled or failed ``open`` closes what it opened.
         """
         s = self._settings
         kwargs: dict[str, Any] = {"autocommit": True}
