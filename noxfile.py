@@ -167,9 +167,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package, and on a Channels app typed with Channels' stubs."""
     session.install("-e", ".[all,conformance]", "mypy>=1.11", "pytest")
     session.run("mypy")
+    # Application code typed against types-channels (Channels' own stubs) must accept
+    # our layers: see tests/typing/channels_app.py.
+    session.install("channels>=4.1", "types-channels>=4.3")
+    session.run("mypy", "--strict", "tests/typing/channels_app.py")
 
 
 @nox.session

@@ -17,6 +17,7 @@ from layers.core.errors import (
     MessageTooLarge,
     MissingDriver,
     UnknownBackend,
+    UnknownOption,
 )
 from layers.core.layer import ChannelLayer, SupportsChannelLayer
 from layers.core.names import non_local_name, valid_channel_name, valid_group_name
@@ -48,6 +49,7 @@ __all__ = [
     "Put",
     "SupportsChannelLayer",
     "UnknownBackend",
+    "UnknownOption",
     "__version__",
     "available_backends",
     "configure",

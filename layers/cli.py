@@ -76,12 +76,19 @@ def _serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
+def _inspect(argv: list[str]) -> int:
+    from layers.inspector import main as inspect_main
+
+    return inspect_main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "run a live scenario: workers, reply channels, a group broadcast, FIFO"),
     "conformance": (_conformance, "run the conformance suite on a layer URL"),
     "backends": (_backends, "list the installed backends and their capabilities"),
     "worker": (_worker, "run a worker: receive on routed channels and run their consumers"),
     "serve": (_serve, "run an interface server: HTTP and WebSocket to messages (uvicorn)"),
+    "inspect": (_inspect, "show the busiest channels and groups of a layer (--watch, --json)"),
 }
 
 

@@ -31,6 +31,8 @@ Use as a Django Channels ``BACKEND``::
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import threading
 import time
 import weakref
@@ -39,12 +41,33 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from layers.core.backend import Backend, Capability, Put
+from layers.core.backend import (
+    Backend,
+    BackendStatistics,
+    Capability,
+    Put,
+    QueueStatistics,
+)
 from layers.core.errors import ConfigurationError
 from layers.core.layer import ChannelLayer
 from layers.core.wakeups import Waiter, wake
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
+
+logger = logging.getLogger("layers")
+
+_WORKER_WARNING = (
+    "the memory backend keeps messages inside this process: this worker will only see "
+    "messages sent from within itself, never from other processes (web servers, other "
+    "workers). Use sqlite://, redis:// or postgresql:// to feed workers."
+)
+
+
+def _warn_in_a_worker() -> None:
+    """Say so when Channels' ``runworker`` runs on the memory backend (it would idle)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "runworker":
+        logger.warning(_WORKER_WARNING)
+
 
 #: How many fully expired queues and groups each write removes, at most: more than
 #: one, so expired entries go at least as fast as writes make new ones.
@@ -192,11 +215,16 @@ class MemoryBackend(Backend):
     """The per-loop view of a :class:`MemoryStore`."""
 
     name = "memory"
-    capabilities = frozenset({Capability.GROUPS, Capability.FLUSH})
+    capabilities = frozenset({Capability.GROUPS, Capability.FLUSH, Capability.STATISTICS})
     instant_receive = True
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """None: ``memory://`` URLs take only the layer options in their query."""
+        return frozenset()
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -210,7 +238,12 @@ class MemoryBackend(Backend):
 
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Resolve the ``store`` option to the store the per-loop instances share."""
+        """Resolve the ``store`` option to the store the per-loop instances share.
+
+        Under Channels' ``runworker`` command it also logs that a worker on this
+        backend cannot see messages sent by other processes.
+        """
+        _warn_in_a_worker()
         for key in options:
             if key != "store":
                 raise ConfigurationError(
@@ -343,6 +376,22 @@ class MemoryBackend(Backend):
             for channel in expired:
                 del members[channel]
             return list(members)
+
+    async def statistics(self) -> BackendStatistics:
+        """Count every queue's unexpired payloads and every group's members, under the lock."""
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            queues = []
+            for name, items in store.queues.items():
+                live = [expires_at for expires_at, _ in items if expires_at > now]
+                if live:
+                    queues.append(QueueStatistics(name, len(live), live[0] - now))
+            groups = {
+                name: sum(1 for until in members.values() if until > now)
+                for name, members in store.groups.items()
+            }
+        return BackendStatistics(queues, groups)
 
     async def flush(self) -> None:
         """Empty every queue and group of this layer's store."""

@@ -282,6 +282,7 @@ def preflight(url: str) -> None:
         password = _password(url)
         if password:
             reason = reason.replace(password, "***")
+        reason = " ".join(reason.split())  # a server's message may span lines: one line
         raise UsageProblem(f"cannot use the layer at {shown_url(url)}: {reason}") from exc
     finally:
         root.removeHandler(logged)

@@ -61,8 +61,8 @@ async def test_channels_api_shape(layer_factory: LayerFactory) -> None:
     caps = {str(c) for c in layer.capabilities}
     assert ("groups" in layer.extensions) == ("groups" in caps)
     assert ("flush" in layer.extensions) == ("flush" in caps)
-    assert layer.valid_channel_name("a.b!c")
-    assert layer.valid_group_name("a.b")
+    assert layer.require_valid_channel_name("a.b!c")
+    assert layer.require_valid_group_name("a.b")
     await layer.aclose()
 
 

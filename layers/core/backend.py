@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 from layers.core.errors import ConfigurationError
 
-__all__ = ["Backend", "Capability", "GroupPayload", "Put"]
+__all__ = ["Backend", "BackendStatistics", "Capability", "GroupPayload", "Put", "QueueStatistics"]
 
 
 class Capability(enum.StrEnum):
@@ -76,6 +76,9 @@ class Capability(enum.StrEnum):
     PERSISTENT = "persistent"
     """Stored messages survive a restart of the process (not necessarily of the server)."""
 
+    STATISTICS = "statistics"
+    """:meth:`Backend.statistics` reports pending messages per queue and group sizes."""
+
 
 @dataclass(frozen=True, slots=True)
 class Put:
@@ -85,6 +88,26 @@ class Put:
     payload: bytes
     expiry: float
     capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatistics:
+    """What :meth:`Backend.statistics` reports about one non-empty queue."""
+
+    queue: str
+    #: Unexpired payloads waiting in the queue.
+    pending: int
+    #: Seconds until the oldest unexpired payload expires (None if unknown).
+    oldest_ttl: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatistics:
+    """A snapshot of a backend's namespace: its non-empty queues and its groups."""
+
+    queues: list[QueueStatistics]
+    #: Group name -> number of unexpired members (groups with none may be left out).
+    groups: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +235,36 @@ class Backend(abc.ABC):
         return dict(options)
 
     @classmethod
+    def option_names(cls) -> frozenset[str] | None:
+        """The backend options this backend takes as keywords, or None for "any".
+
+        The core checks every backend option against it before
+        :meth:`prepare_options` and answers an unknown one with
+        :class:`layers.UnknownOption` (the same message on every backend). The
+        default reads the keywords of ``__init__`` (None when it takes
+        ``**kwargs``); override it when ``prepare_options`` maps options to other
+        ``__init__`` arguments.
+        """
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        return frozenset(
+            name
+            for name, p in params.items()
+            if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
+        )
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str] | None:
+        """The query parameters this backend's URLs take, or None to leave them unchecked.
+
+        The core removes the layer options (``expiry``...) first, then answers any
+        other name not in this set with :class:`layers.UnknownOption`. The default,
+        None, leaves the query to :meth:`options_from_url`.
+        """
+        return None
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """Turn a connection URL into backend options (called before :meth:`prepare_options`).
 
@@ -325,6 +378,17 @@ class Backend(abc.ABC):
             return 0
         stored = await self.send_many(payload.puts(members))
         return stored.count(False)
+
+    async def statistics(self) -> BackendStatistics:
+        """Report every non-empty queue and every group of this layer's namespace.
+
+        Needs :attr:`Capability.STATISTICS`. Read-only: never removes or changes a
+        payload or a membership, so cancelling it changes nothing. A snapshot: with
+        concurrent writers, counts may be a moment apart from each other. Expired
+        payloads and members are never counted. There is no default: the other
+        primitives cannot list queues without consuming them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not report statistics")
 
     async def flush(self) -> None:
         """Delete every queue and group this layer's options address.

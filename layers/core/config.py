@@ -11,19 +11,31 @@ Every form ends as ``ChannelLayer(backend=BackendClass, **options)``:
   registered backend name (``"redis"``), and ``CONFIG`` may hold a ``url``;
 - :func:`configure` for programs without Django, or the ``LAYERS_URL`` environment
   variable.
+
+Options given twice
+    One rule everywhere: an option given as a keyword argument (``from_url(url,
+    expiry=10)``, ``ChannelLayer(url=..., capacity=5)``) or as a ``CONFIG`` key next
+    to a ``url`` **overrides** the same option in the URL's query string. This holds
+    for the layer options and for every backend option.
+
+Unknown options
+    Every option name is checked once, here, for every backend: an unknown one
+    raises :class:`~layers.UnknownOption` naming the option, the backend, every
+    valid name (layer options included) and the closest match.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from layers.core.backend import Backend
-from layers.core.errors import ConfigurationError
+from layers.core.errors import ConfigurationError, UnknownOption
 from layers.core.registry import get_backend
 
 if TYPE_CHECKING:
@@ -31,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ALIAS",
+    "LAYER_OPTIONS",
+    "check_options",
     "configure",
     "from_url",
     "get_channel_layer",
@@ -47,7 +61,59 @@ _LAYER_QUERY_OPTIONS: dict[str, type] = {
     "capacity": int,
     "max_message_size": int,
     "serializer_format": str,
+    "prefetch": int,
 }
+
+
+#: The options :class:`~layers.ChannelLayer` itself takes, on every backend.
+LAYER_OPTIONS: frozenset[str] = frozenset(
+    {
+        "capacity",
+        "channel_capacity",
+        "expiry",
+        "group_expiry",
+        "max_message_size",
+        "prefetch",
+        "serializer_format",
+        "symmetric_encryption_keys",
+        "url",
+    }
+)
+
+
+def check_options(backend: type[Backend], names: Iterable[str], *, in_url: bool = False) -> None:
+    """Raise :class:`~layers.UnknownOption` for the first name ``backend`` does not take.
+
+    ``names`` are backend options given as keywords (or, with ``in_url``, the query
+    parameters left once the layer options are removed from a URL). The check uses
+    :meth:`Backend.option_names` / :meth:`Backend.url_option_names`; a backend that
+    answers None takes any name and checks them itself.
+    """
+    valid = backend.url_option_names() if in_url else backend.option_names()
+    if valid is None:
+        return
+    layer_names = set(_LAYER_QUERY_OPTIONS) if in_url else set(LAYER_OPTIONS)
+    for name in names:
+        if name in valid:
+            continue
+        everything = sorted(layer_names | set(valid))
+        close = difflib.get_close_matches(name, everything, n=1, cutoff=0.6)
+        shown = [n for n in everything if not (n.startswith("sentinel_") and n[9:] in valid)]
+        if len(shown) < len(everything):
+            shown.append("sentinel_<option>")
+        raise UnknownOption(
+            name,
+            backend.name or backend.__name__,
+            shown,
+            close[0] if close else None,
+            where="in the URL" if in_url else "",
+        )
+
+
+def url_query_names(url: str) -> list[str]:
+    """The names in ``url``'s query string, in order."""
+    query = url.partition("?")[2].partition("#")[0]
+    return [key for key, _ in parse_qsl(query, keep_blank_values=True)]
 
 
 def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
@@ -211,7 +277,8 @@ def _channels_layer(alias: str) -> Any:
     if _django_channel_layers() is None:
         return None
     try:
-        from channels.layers import InvalidChannelLayerError, channel_layers
+        from channels.exceptions import InvalidChannelLayerError
+        from channels.layers import channel_layers
     except ImportError:
         return None
     if alias not in channel_layers.configs:

@@ -9,6 +9,7 @@
     ├── ChannelNotOwned (ValueError) receive() on a reply channel made by another layer/process
     ├── ConfigurationError (ValueError)   a setting is wrong; ``.setting`` names it
     │   ├── UnknownBackend          no backend of that name; lists the installed ones
+    │   ├── UnknownOption           no option of that name; lists the valid ones
     │   └── MissingDriver (ImportError too)   a driver is missing; names the extra to install
     ├── BackendError                the store failed (connection lost, server error, ...)
     │   └── BackendUnavailable      could not reach the store after retrying
@@ -20,9 +21,18 @@ Channels does, so code written for Channels keeps working.
 Backends translate their driver's exceptions into :class:`BackendError` (or a
 subclass) with ``raise ... from exc``, so callers never need to import a driver to
 catch failures.
+
+When Django Channels is installed, the exceptions that have a Channels counterpart
+are also subclasses of it, so code written for Channels keeps catching them:
+:class:`ChannelFull` is a ``channels.exceptions.ChannelFull``,
+:class:`MessageTooLarge` a ``channels.exceptions.MessageTooLarge`` and
+:class:`ConfigurationError` a ``channels.exceptions.InvalidChannelLayerError``.
+Channels stays optional: without it these are plain :class:`LayerError` subclasses.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __all__ = [
     "BackendError",
@@ -36,23 +46,49 @@ __all__ = [
     "MessageTooLarge",
     "MissingDriver",
     "UnknownBackend",
+    "UnknownOption",
 ]
+
+
+def _channels_bases(name: str) -> tuple[type[Exception], ...]:
+    """Return ``(channels.exceptions.<name>,)`` when Channels is installed, else ``()``."""
+    try:
+        from channels import exceptions
+    except ImportError:
+        return ()
+    base = getattr(exceptions, name, None)
+    return (base,) if isinstance(base, type) and issubclass(base, Exception) else ()
 
 
 class LayerError(Exception):
     """Root of every exception channel-layers raises on purpose."""
 
 
-class ChannelFull(LayerError):
+if TYPE_CHECKING:
+    _ChannelFullBases: tuple[type[Exception], ...] = ()
+    _MessageTooLargeBases: tuple[type[Exception], ...] = ()
+    _InvalidChannelLayerBases: tuple[type[Exception], ...] = ()
+else:
+    _ChannelFullBases = _channels_bases("ChannelFull")
+    _MessageTooLargeBases = _channels_bases("MessageTooLarge")
+    _InvalidChannelLayerBases = _channels_bases("InvalidChannelLayerError")
+
+
+class ChannelFull(LayerError, *_ChannelFullBases):  # type: ignore[misc]
     """``send()`` found the channel holding ``capacity`` unexpired messages.
 
     The message was not stored. ``group_send()`` never raises this: it skips full
-    members silently.
+    members silently. The message names the limit and the setting that set it
+    (``capacity`` or the matching ``channel_capacity`` pattern). With Channels
+    installed it is also a ``channels.exceptions.ChannelFull``.
     """
 
 
-class MessageTooLarge(LayerError):
-    """The serialized message is larger than the layer's ``max_message_size``."""
+class MessageTooLarge(LayerError, *_MessageTooLargeBases):  # type: ignore[misc]
+    """The serialized message is larger than the layer's ``max_message_size``.
+
+    With Channels installed it is also a ``channels.exceptions.MessageTooLarge``.
+    """
 
 
 class InvalidMessage(LayerError, TypeError):
@@ -71,8 +107,12 @@ class ChannelNotOwned(LayerError, ValueError):
     """
 
 
-class ConfigurationError(LayerError, ValueError):
-    """A setting has a wrong value or type. ``setting`` names the setting."""
+class ConfigurationError(LayerError, *_InvalidChannelLayerBases, ValueError):  # type: ignore[misc]
+    """A setting has a wrong value or type. ``setting`` names the setting.
+
+    With Channels installed it is also a
+    ``channels.exceptions.InvalidChannelLayerError`` (itself a :class:`ValueError`).
+    """
 
     def __init__(self, setting: str, problem: str) -> None:
         self.setting = setting
@@ -93,6 +133,35 @@ class UnknownBackend(ConfigurationError):
         super().__init__(
             "BACKEND",
             f"unknown backend {name!r}.{hint} Installed backends: {', '.join(installed)}.",
+        )
+
+
+class UnknownOption(ConfigurationError):
+    """An option no backend or layer setting of that name exists.
+
+    Every backend and the layer answer the same way: the option, the backend, every
+    valid name (layer options included) and a close match when there is one.
+    """
+
+    def __init__(
+        self,
+        option: str,
+        backend: str,
+        valid: list[str],
+        suggestion: str | None = None,
+        *,
+        where: str = "",
+    ) -> None:
+        self.option = option
+        self.backend = backend
+        self.valid = valid
+        self.suggestion = suggestion
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        place = f" {where}" if where else ""
+        super().__init__(
+            option,
+            f"unknown option {option!r}{place} for the {backend} backend.{hint} "
+            f"Valid options: {', '.join(valid)}.",
         )
 
 

@@ -22,18 +22,20 @@ How receiving works (the part that makes ``receive`` safe to cancel)
 from __future__ import annotations
 
 import asyncio
+import enum
 import fnmatch
 import logging
 import re
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from layers.core.backend import Backend, Capability
-from layers.core.config import resolve_backend, split_url
+from layers.core.config import check_options, resolve_backend, split_url, url_query_names
 from layers.core.errors import (
     ChannelFull,
     ChannelNotOwned,
@@ -43,6 +45,7 @@ from layers.core.errors import (
 )
 from layers.core.local import Hub, LoopState, Mailbox, group_payload, pack
 from layers.core.names import (
+    INVALID_NAME_ERROR,
     MAX_NAME_LENGTH,
     make_client_id,
     non_local_name,
@@ -51,12 +54,31 @@ from layers.core.names import (
     require_valid_group_name,
 )
 from layers.core.serializers import Serializer, get_serializer, validate_message
+from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStatistics
 
 __all__ = ["ChannelLayer", "SupportsChannelLayer"]
 
 logger = logging.getLogger("layers")
 
 _DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+
+_LAYER_DEFAULTS: dict[str, Any] = {
+    "expiry": 60,
+    "group_expiry": 86400,
+    "capacity": 100,
+    "max_message_size": _DEFAULT_MAX_MESSAGE_SIZE,
+    "serializer_format": "msgpack",
+    "prefetch": 1,
+}
+
+
+class _Unset(enum.Enum):
+    """The "not given" default of an option for which None means something."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 @runtime_checkable
@@ -67,7 +89,10 @@ class SupportsChannelLayer(Protocol):
     Django Channels' own alike.
     """
 
-    extensions: list[str]
+    @property
+    def extensions(self) -> list[str]:
+        """The extensions the layer supports (``"groups"``, ``"flush"``)."""
+        ...
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Send a message to a channel."""
@@ -180,6 +205,11 @@ class ChannelLayer:
             a held message waits for this process even while another is idle, and a
             killed process loses what it held (a clean close gives it back).
         **backend_options: passed to the backend (``hosts``, ``url``, ``prefix``...).
+
+    ``expiry``, ``group_expiry``, ``capacity``, ``serializer_format`` and
+    ``max_message_size`` may also be given in a ``url``'s query string; an option
+    given both ways takes the keyword's value (None, or leaving it out, means "not
+    given"). An unknown option raises :class:`~layers.UnknownOption`.
     """
 
     #: The backend class subclasses bind (``MemoryChannelLayer`` sets it).
@@ -189,36 +219,37 @@ class ChannelLayer:
         self,
         *,
         backend: type[Backend] | str | None = None,
-        expiry: float = 60,
-        group_expiry: float = 86400,
-        capacity: int = 100,
+        expiry: float | None = None,
+        group_expiry: float | None = None,
+        capacity: int | None = None,
         channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]] | None = None,
         symmetric_encryption_keys: Iterable[str | bytes] | None = None,
-        serializer_format: str = "msgpack",
-        max_message_size: int | None = _DEFAULT_MAX_MESSAGE_SIZE,
-        prefetch: int = 1,
+        serializer_format: str | None = None,
+        max_message_size: int | _Unset | None = _UNSET,
+        prefetch: int | None = None,
         **backend_options: Any,
     ) -> None:
+        # One rule for options given twice: a keyword (or Django CONFIG key) wins over
+        # the same option in the URL's query string; None means "not given".
+        given: dict[str, Any] = {
+            "expiry": expiry,
+            "group_expiry": group_expiry,
+            "capacity": capacity,
+            "serializer_format": serializer_format,
+            "prefetch": prefetch,
+        }
+        if max_message_size is not _UNSET:
+            given["max_message_size"] = max_message_size
+        given = {
+            key: value
+            for key, value in given.items()
+            if value is not None or key == "max_message_size"
+        }
         url = backend_options.pop("url", None)
         url_backend_options: dict[str, Any] = {}
+        url_layer_options: dict[str, Any] = {}
         if url is not None:
             scheme, url, url_layer_options = split_url(url)
-            given = {
-                "expiry": (expiry, 60),
-                "group_expiry": (group_expiry, 86400),
-                "capacity": (capacity, 100),
-                "max_message_size": (max_message_size, _DEFAULT_MAX_MESSAGE_SIZE),
-                "serializer_format": (serializer_format, "msgpack"),
-            }
-            for key, value in url_layer_options.items():
-                current, default = given[key]
-                if current != default and current != value:
-                    raise ConfigurationError(key, "given both in the URL and as an option")
-            expiry = url_layer_options.get("expiry", expiry)
-            group_expiry = url_layer_options.get("group_expiry", group_expiry)
-            capacity = url_layer_options.get("capacity", capacity)
-            max_message_size = url_layer_options.get("max_message_size", max_message_size)
-            serializer_format = url_layer_options.get("serializer_format", serializer_format)
             if backend is None and not hasattr(self, "backend_class"):
                 backend = scheme
         if backend is not None:
@@ -227,22 +258,45 @@ class ChannelLayer:
                 raise ConfigurationError("backend", f"must be a Backend subclass, not {backend!r}")
         elif not hasattr(self, "backend_class"):
             raise ConfigurationError("backend", "give a backend (name or class) or a url")
+        check_options(self.backend_class, backend_options)
         if url is not None:
+            check_options(self.backend_class, url_query_names(url), in_url=True)
             url_backend_options = self.backend_class.options_from_url(url)
-        self.expiry: float = _number("expiry", expiry, minimum=0.001, maximum=MAX_EXPIRY)
+        options = {**_LAYER_DEFAULTS, **url_layer_options, **given}
+        #: Where ``capacity`` came from, for :class:`~layers.ChannelFull` messages.
+        self._capacity_origin = (
+            f"capacity={options['capacity']!r}"
+            if "capacity" in given
+            else f"capacity={options['capacity']!r} in the URL"
+            if "capacity" in url_layer_options
+            else f"the default capacity ({options['capacity']!r})"
+        )
+        self.expiry: float = _number("expiry", options["expiry"], minimum=0.001, maximum=MAX_EXPIRY)
         self.group_expiry: float = _number(
-            "group_expiry", group_expiry, minimum=0.001, maximum=MAX_EXPIRY
+            "group_expiry", options["group_expiry"], minimum=0.001, maximum=MAX_EXPIRY
         )
         self.capacity: int = _number(
-            "capacity", capacity, minimum=1, maximum=MAX_COUNT, integer=True
+            "capacity", options["capacity"], minimum=1, maximum=MAX_COUNT, integer=True
         )
+        if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
+            channel_capacity = list(channel_capacity)
         self.channel_capacity = _compile_capacities(channel_capacity)
-        if max_message_size is not None:
-            _number(
-                "max_message_size", max_message_size, minimum=1, maximum=MAX_COUNT, integer=True
+        self._capacity_labels = [
+            repr(p) if isinstance(p, str) else f"re.compile({getattr(p, 'pattern', p)!r})"
+            for p in (
+                channel_capacity
+                if isinstance(channel_capacity, Mapping)
+                else [pair[0] for pair in channel_capacity or ()]
             )
-        self.max_message_size = max_message_size
-        self.prefetch: int = _number("prefetch", prefetch, minimum=1, maximum=10_000, integer=True)
+        ]
+        size: Any = options["max_message_size"]
+        if size is not None:
+            _number("max_message_size", size, minimum=1, maximum=MAX_COUNT, integer=True)
+        self.max_message_size: int | None = size
+        self.prefetch: int = _number(
+            "prefetch", options["prefetch"], minimum=1, maximum=10_000, integer=True
+        )
+        serializer_format = options["serializer_format"]
         if not isinstance(serializer_format, str):
             raise ConfigurationError("serializer_format", "must be a serializer name (str)")
         self._serializer: Serializer = get_serializer(
@@ -286,25 +340,110 @@ class ChannelLayer:
                 return value
         return self.capacity
 
-    # Channels' BaseChannelLayer helpers, for code that calls them on the layer.
-    def valid_channel_name(self, name: str, receive: bool = False) -> bool:
-        """Raise :class:`TypeError` for an invalid channel name, else return True."""
+    # -- Django Channels' BaseChannelLayer surface (Channels 4.3) ---------------------
+    # Code and tests written against ``channels.layers.BaseChannelLayer`` call these on
+    # the layer; they behave, and their errors read, as Channels' do.
+
+    #: The longest channel or group name (Channels' ``BaseChannelLayer.MAX_NAME_LENGTH``).
+    MAX_NAME_LENGTH: int = MAX_NAME_LENGTH
+
+    #: Channels' error text for an invalid name, formatted with ``"Channel"`` or
+    #: ``"Group"``; every invalid-name :class:`TypeError` starts with it.
+    invalid_name_error: str = INVALID_NAME_ERROR
+
+    def require_valid_channel_name(self, name: object, receive: bool = False) -> bool:
+        """Return True for a valid channel name, else raise :class:`TypeError`.
+
+        The error text starts with ``invalid_name_error.format("Channel")``.
+        """
         require_valid_channel_name(name, receive=receive)
         return True
 
-    def valid_group_name(self, name: str) -> bool:
-        """Raise :class:`TypeError` for an invalid group name, else return True."""
+    def require_valid_group_name(self, name: object) -> bool:
+        """Return True for a valid group name, else raise :class:`TypeError`."""
         require_valid_group_name(name)
         return True
 
-    require_valid_channel_name = staticmethod(require_valid_channel_name)
-    require_valid_group_name = staticmethod(require_valid_group_name)
+    def valid_channel_names(self, names: list[str], receive: bool = False) -> bool:
+        """Check a non-empty list of channel names (Channels' helper); True or TypeError."""
+        if not isinstance(names, list) or not names:
+            raise AssertionError("names must be a non-empty list")
+        for name in names:
+            require_valid_channel_name(name, receive=receive)
+        return True
+
+    def valid_channel_name(self, channel_name: object, receive: bool = False) -> bool:
+        """Deprecated, as in Channels: use :meth:`require_valid_channel_name`.
+
+        Emits Channels' :class:`DeprecationWarning`, then checks the name.
+        """
+        warnings.warn(
+            "valid_channel_name is deprecated, use require_valid_channel_name instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.require_valid_channel_name(channel_name)
+
+    def valid_group_name(self, group_name: object) -> bool:
+        """Deprecated, as in Channels: use :meth:`require_valid_group_name`.
+
+        Emits Channels' :class:`DeprecationWarning`, then checks the name.
+        """
+        warnings.warn(
+            "valid_group_name is deprecated, use require_valid_group_name instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.require_valid_group_name(group_name)
+
     non_local_name = staticmethod(non_local_name)
 
-    @staticmethod
-    def match_type_and_length(name: object) -> bool:
-        """Return whether ``name`` is a str of an accepted length (Channels' helper)."""
-        return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH
+    def match_type_and_length(self, name: object) -> bool:
+        """Return whether ``name`` is a str of an accepted length (1 to ``MAX_NAME_LENGTH``)."""
+        return isinstance(name, str) and 0 < len(name) <= self.MAX_NAME_LENGTH
+
+    def compile_capacities(
+        self, channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]]
+    ) -> list[tuple[re.Pattern[str], int]]:
+        """Compile ``{pattern: capacity}`` (globs or regexes) as ``channel_capacity`` holds it.
+
+        Returns ``[(compiled regex, capacity), ...]`` in the given order, as Channels'
+        ``BaseChannelLayer.compile_capacities`` does; bad input raises
+        :class:`~layers.ConfigurationError`.
+        """
+        return _compile_capacities(channel_capacity)
+
+    async def close_pools(self) -> None:
+        """Release every connection this layer holds, in every event loop (channels_redis).
+
+        channels_redis's documented way to close a layer's connections, e.g. at the
+        end of a test or before an ``async_to_sync`` loop closes. Stored messages
+        and groups stay; the layer stays usable and reconnects on its next call.
+        This event loop's readers stop (consumers waiting in ``receive`` here get
+        :class:`~layers.LayerClosed`). The state of another, still running event
+        loop is closed on that loop (waited for up to 5 seconds); the state of a
+        loop that has stopped is dropped. Idempotent. Cancellation: what was
+        already closed stays closed; the rest is closed by a later call.
+        """
+        current = asyncio.get_running_loop()
+        with self._states_lock:
+            states = list(self._states.items())
+            for loop, _state in states:
+                if loop is current or loop.is_closed() or not loop.is_running():
+                    del self._states[loop]
+        for loop, state in states:
+            if loop is current:
+                await state.aclose()
+            elif loop.is_running() and not loop.is_closed():
+                future = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
+                except TimeoutError:
+                    logger.warning("close_pools: another event loop did not close in 5 s")
+
+    async def _close_state(self, state: LoopState) -> None:
+        self._forget(state)
+        await state.aclose()
 
     # -- per-loop state -------------------------------------------------------------
 
@@ -363,29 +502,76 @@ class ChannelLayer:
 
     # -- the Channels API -----------------------------------------------------------
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
+    async def send(
+        self, channel: str, message: dict[str, Any], *, wait: float | None = None
+    ) -> None:
         """Send ``message`` to ``channel``.
 
         Raises :class:`TypeError` for a bad name, :class:`~layers.InvalidMessage`
         for a bad message (both before any I/O), :class:`~layers.ChannelFull` when
-        the channel holds its capacity of unexpired messages (nothing is stored),
-        :class:`~layers.BackendError` when the store fails. Cancellation: the
-        message is stored once or not at all.
+        the channel holds its capacity of unexpired messages (nothing is stored;
+        the error names the limit and the setting that set it),
+        :class:`~layers.BackendError` when the store fails.
+
+        Backpressure: with ``wait=SECONDS`` a send to a full channel waits up to
+        that long for room (it retries, at most 50 ms apart, as consumers drain the
+        channel) and raises :class:`~layers.ChannelFull` only when the time is up.
+        ``wait=None`` (the default) or ``0`` fails at once, as Channels does. The
+        message's ``expiry`` counts from when it is stored, not from the call.
+
+        Cancellation: the message is stored once or not at all, also while waiting.
         """
         require_valid_channel_name(channel)
+        if wait is not None:
+            _number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
         body = self._encode(message)
         index = channel.find("!")
-        deadline = time.time() + self.expiry
-        if index < 0:
-            queue, payload = channel, pack(None, body, deadline)
-        else:
-            queue, payload = channel[: index + 1], pack([channel[index + 1 :]], body, deadline)
+        capacity = self.get_capacity(channel)
         backend = await self._state().ready()
+        if index < 0:
+            queue, local = channel, None
+        else:
+            queue, local = channel[: index + 1], [channel[index + 1 :]]
         stored = await backend.send(
-            queue, payload, expiry=self.expiry, capacity=self.get_capacity(channel)
+            queue,
+            pack(local, body, time.time() + self.expiry),
+            expiry=self.expiry,
+            capacity=capacity,
         )
+        if not stored and wait:
+            give_up = time.monotonic() + wait
+            delay = 0.002
+            while not stored:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 0.05)
+                stored = await backend.send(
+                    queue,
+                    pack(local, body, time.time() + self.expiry),
+                    expiry=self.expiry,
+                    capacity=capacity,
+                )
         if not stored:
-            raise ChannelFull(f"channel {channel!r} is full")
+            raise ChannelFull(self._full_message(channel, capacity, wait))
+
+    def _full_message(self, channel: str, capacity: int, wait: float | None) -> str:
+        """Say which limit a full channel hit and which setting set it."""
+        for (pattern, _value), label in zip(
+            self.channel_capacity, self._capacity_labels, strict=True
+        ):
+            if pattern.match(channel):
+                origin = f"channel_capacity pattern {label}"
+                break
+        else:
+            origin = self._capacity_origin
+        waited = f" after waiting {wait:g} s for room" if wait else ""
+        return (
+            f"channel {channel!r} is full{waited}: it holds {capacity} unexpired "
+            f"messages, the limit set by {origin} (pass send(..., wait=SECONDS) to wait "
+            "for room)"
+        )
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for and return the next message on ``channel``, oldest first.
@@ -475,6 +661,34 @@ class ChannelLayer:
             skipped = await backend.group_send(group, payload)
         if skipped:
             logger.info("group_send to %r skipped %d full queue(s)", group, skipped)
+
+    async def statistics(self) -> LayerStatistics:
+        """Return a snapshot of this layer's store: pending messages and groups.
+
+        Each channel with pending messages, busiest first, with the age of its
+        oldest message, its capacity and whether it is full; each group with its
+        size, largest first. Needs the ``statistics`` capability (every built-in
+        backend has it). Read-only: cancelling it changes nothing.
+        """
+        self.require(Capability.STATISTICS)
+        backend = await self._state().ready()
+        raw = await backend.statistics()
+        channels = [
+            ChannelStatistics(
+                name=q.queue,
+                pending=q.pending,
+                oldest_age=None
+                if q.oldest_ttl is None
+                else round(max(0.0, self.expiry - q.oldest_ttl), 3),
+                capacity=self.get_capacity(q.queue),
+            )
+            for q in raw.queues
+            if q.pending > 0
+        ]
+        channels.sort(key=lambda c: (-c.pending, c.name))
+        groups = [GroupStatistics(name, size) for name, size in raw.groups.items() if size > 0]
+        groups.sort(key=lambda g: (-g.size, g.name))
+        return LayerStatistics(channels, groups)
 
     async def flush(self) -> None:
         """Delete every message and group of this layer (its store namespace).

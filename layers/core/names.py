@@ -15,6 +15,7 @@ import secrets
 import string
 
 __all__ = [
+    "INVALID_NAME_ERROR",
     "MAX_NAME_LENGTH",
     "is_reply_channel",
     "make_client_id",
@@ -28,6 +29,14 @@ __all__ = [
 
 #: The longest accepted channel or group name (the spec asks for at least 100).
 MAX_NAME_LENGTH = 100
+
+#: Django Channels' text for an invalid name (``BaseChannelLayer.invalid_name_error``),
+#: to format with ``"Channel"`` or ``"Group"``. Our errors start with it, so tests that
+#: match Channels' message keep passing; what follows says what is wrong.
+INVALID_NAME_ERROR = (
+    "{} name must be a valid unicode string with length < 100 containing only ASCII "
+    "alphanumerics, hyphens, underscores, or periods."
+)
 
 _CHANNEL_RE = re.compile(r"^[a-zA-Z0-9._-]+(?:![a-zA-Z0-9._-]*)?\Z", re.ASCII)
 _GROUP_RE = re.compile(r"^[a-zA-Z0-9._-]+\Z", re.ASCII)
@@ -78,14 +87,14 @@ def require_valid_channel_name(name: object, *, receive: bool = False) -> str:
         return name  # type: ignore[return-value]
     if receive and isinstance(name, str) and name.endswith("!") and valid_channel_name(name):
         raise TypeError(f"Cannot receive on {name!r}: a reply channel name needs a local part")
-    raise TypeError(f"Invalid channel name {name!r}: {_describe(name)}")
+    raise TypeError(f"{INVALID_NAME_ERROR.format('Channel')} Got {name!r}: it {_describe(name)}.")
 
 
 def require_valid_group_name(name: object) -> str:
     """Return ``name`` if it is a valid group name, else raise :class:`TypeError`."""
     if valid_group_name(name):
         return name  # type: ignore[return-value]
-    raise TypeError(f"Invalid group name {name!r}: {_describe(name)}")
+    raise TypeError(f"{INVALID_NAME_ERROR.format('Group')} Got {name!r}: it {_describe(name)}.")
 
 
 def is_reply_channel(name: str) -> bool:

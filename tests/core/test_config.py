@@ -25,9 +25,9 @@ def test_url_query_sets_layer_options() -> None:
     assert layer.backend_class is MemoryBackend
 
 
-def test_keyword_and_url_may_not_disagree() -> None:
-    with pytest.raises(layers.ConfigurationError, match="expiry"):
-        layers.from_url("memory://?expiry=5", expiry=9)
+def test_keyword_overrides_the_url_query() -> None:
+    # The documented rule (tests/core/test_option_rules.py checks every option).
+    assert layers.from_url("memory://?expiry=5", expiry=9).expiry == 9
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,7 @@ def test_capabilities_and_extensions(tmp_path: Path) -> None:
         "flush",
         "cross_process",
         "persistent",
+        "statistics",
     }
     assert layer.extensions == ["groups", "flush"]
 

@@ -19,7 +19,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from layers.backends.postgres import _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._listener import Listener, _Watch, notify_channel
-from layers.core.backend import Backend, Capability, GroupPayload, Put
+from layers.core.backend import (
+    Backend,
+    BackendStatistics,
+    Capability,
+    GroupPayload,
+    Put,
+    QueueStatistics,
+)
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
 from layers.core.layer import ChannelLayer
 
@@ -51,6 +58,7 @@ class PostgresBackend(Backend):
             Capability.CROSS_PROCESS,
             Capability.CROSS_HOST,
             Capability.PERSISTENT,
+            Capability.STATISTICS,
         }
     )
 
@@ -72,6 +80,16 @@ class PostgresBackend(Backend):
     # -- configuration ----------------------------------------------------------------
 
     @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The backend settings, ``url``/``dsn``/``database`` and every libpq keyword."""
+        return _options.option_names(in_url=False)
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """The backend settings and every libpq keyword."""
+        return _options.option_names(in_url=True)
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """Map the backend's query parameters to options; keep the rest for libpq."""
         return _options.from_url(url)
@@ -88,16 +106,25 @@ class PostgresBackend(Backend):
     # -- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the pool (connecting in the background) and check the schema.
+        """Create the pool, wait for its first connection, and check the schema.
 
-        Raises :class:`layers.BackendError` when the server cannot be reached within
-        ``pool_timeout``. A cancelled or failed ``open`` closes what it opened.
+        The first open of a process connects once by itself first, so a wrong
+        database, bad credentials or a refused connection raise
+        :class:`layers.BackendUnavailable` at once with the server's message; later
+        ones raise it when the server cannot be reached within ``pool_timeout``.
+        A cancelled or failed ``open`` closes what it opened.
         """
         s = self._settings
         kwargs: dict[str, Any] = {"autocommit": True}
         if s.poll_only:
             kwargs["prepare_threshold"] = None  # transaction poolers: no named statements
         configure = None if s.poll_only or s.synchronous_commit is None else self._configure
+        if (self._conninfo, s.schema) not in _READY:
+            # The first open in this process connects once by itself, so a wrong
+            # database, bad credentials or a refused connection fail at once with
+            # the server's message (the pool would retry in the background until
+            # pool_timeout and log the cause instead).
+            await self._probe(kwargs)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self._conninfo,
             kwargs=kwargs,
@@ -109,7 +136,11 @@ class PostgresBackend(Backend):
             name=f"channel-layers:{s.schema}",
         )
         try:
-            await pool.open(wait=False)
+            # Wait for the first connection: a background attempt still running when
+            # an async_to_sync call ends is cancelled by asyncio.run(), which
+            # psycopg_pool logs as "error connecting" with an empty reason.
+            with self._translate():
+                await pool.open(wait=True, timeout=s.pool_timeout)
             self._pool = pool
             await self._ensure_schema()
         except BaseException:
@@ -121,6 +152,20 @@ class PostgresBackend(Backend):
         self._cleanup = asyncio.get_running_loop().create_task(
             self._cleanup_loop(), name="layers-postgres-cleanup"
         )
+
+    async def _probe(self, kwargs: dict[str, Any]) -> None:
+        """Connect once, outside the pool; raise :class:`BackendUnavailable` with the cause."""
+        timeout = self._settings.pool_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"cannot connect to PostgreSQL: no answer within pool_timeout={timeout:g} s"
+            ) from exc
+        except psycopg.Error as exc:
+            raise BackendUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        await conn.close()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         value = self._settings.synchronous_commit
@@ -138,9 +183,19 @@ class PostgresBackend(Backend):
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.aclose()
-        await self._release_idle()
         pool, self._pool = self._pool, None
+        held, self._idle[:] = list(self._idle), []
         if pool is not None:
+            # Take the pool's idle connections out first and hand them back once it
+            # is closed (putconn then closes them): when asyncio.run() has already
+            # cancelled the pool's workers (the end of an async_to_sync call),
+            # pool.close() stops before closing its idle connections, which would
+            # stay open on the server until garbage-collected.
+            for _ in range(pool.get_stats().get("pool_available", 0)):
+                try:
+                    held.append(await pool.getconn(timeout=0.1))
+                except Exception:
+                    break
             try:
                 await pool.close(timeout=2.0)
             except asyncio.CancelledError:
@@ -151,6 +206,10 @@ class PostgresBackend(Backend):
                     raise
             except Exception:
                 logger.debug("error closing the pool", exc_info=True)
+            finally:
+                for conn in held:
+                    with contextlib.suppress(Exception):
+                        await pool.putconn(conn)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -475,6 +534,15 @@ class PostgresBackend(Backend):
     async def group_channels(self, group: str) -> list[str]:
         """Return the unexpired members; see :meth:`Backend.group_channels`."""
         return [row[0] for row in await self._query(self._sql.group_channels, (group,))]
+
+    async def statistics(self) -> BackendStatistics:
+        """Two read-only aggregate queries; see :meth:`Backend.statistics`."""
+        queues = await self._query(self._sql.queue_statistics)
+        groups = await self._query(self._sql.group_statistics)
+        return BackendStatistics(
+            [QueueStatistics(str(q), int(n), float(ttl)) for q, n, ttl in queues],
+            {str(g): int(n) for g, n in groups},
+        )
 
     async def flush(self) -> None:
         """Delete every message and membership in this layer's schema (nothing else)."""

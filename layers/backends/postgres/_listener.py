@@ -103,9 +103,7 @@ class Listener:
         backoff = 0.0
         while not self._closing:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, **self._connect_kwargs
-                )
+                conn = await self._connect()
             except (psycopg.Error, OSError) as exc:
                 backoff = min(_MAX_BACKOFF, backoff * 2 or 0.1)
                 logger.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, backoff)
@@ -123,6 +121,24 @@ class Listener:
                     w.listening.clear()
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """Connect; if cancelled meanwhile, finish, close the connection, then re-raise.
+
+        A connection attempt abandoned half-way (``asyncio.run()`` cancels every task
+        when an ``async_to_sync`` call ends) would stay open on the server until the
+        garbage collector found it.
+        """
+        attempt = asyncio.ensure_future(
+            psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **self._connect_kwargs)
+        )
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                conn = await attempt
+                await conn.close()
+            raise
 
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
         listened: set[str] = set()

@@ -6,6 +6,7 @@ libpq connection string and whose other keys are :class:`Settings` fields.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -13,11 +14,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from layers.core.errors import ConfigurationError
 
-__all__ = ["Settings", "from_url", "normalise"]
+__all__ = ["Settings", "from_url", "libpq_keywords", "normalise", "option_names"]
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
@@ -113,6 +115,18 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "cleanup_interval": _number(float, 0.1),
     "cleanup_batch": _number(int, 1),
 }
+
+
+@functools.cache
+def libpq_keywords() -> frozenset[str]:
+    """The connection keywords the installed libpq knows (``sslmode``, ``connect_timeout``...)."""
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+
+
+def option_names(*, in_url: bool) -> frozenset[str]:
+    """Every backend option: the settings, libpq keywords, and (as keywords) url/dsn/database."""
+    extra = frozenset() if in_url else frozenset({"url", "dsn", "database"})
+    return _FIELD_NAMES | libpq_keywords() | extra
 
 
 def from_url(url: str) -> dict[str, Any]:

@@ -96,6 +96,8 @@ class Statements:
     group_add: bytes
     group_discard: bytes
     group_channels: bytes
+    queue_statistics: bytes
+    group_statistics: bytes
     flush: bytes
     cleanup_messages: bytes
     cleanup_groups: bytes
@@ -245,6 +247,14 @@ def statements(schema: str) -> Statements:
         group_discard=q("DELETE FROM {s}.group_members WHERE group_name = %s AND channel = %s"),
         group_channels=q(
             "SELECT channel FROM {s}.group_members WHERE group_name = %s AND expires_at > now()"
+        ),
+        queue_statistics=q(
+            "SELECT queue, count(*), extract(epoch FROM min(expires_at) - now())::float8"
+            " FROM {s}.messages WHERE expires_at > now() GROUP BY queue"
+        ),
+        group_statistics=q(
+            "SELECT group_name, count(*) FROM {s}.group_members WHERE expires_at > now()"
+            " GROUP BY group_name"
         ),
         flush=q("DELETE FROM {s}.messages; DELETE FROM {s}.group_members"),
         cleanup_messages=q(

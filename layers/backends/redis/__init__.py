@@ -95,9 +95,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDriver("redis", "redis", "redis") from exc
 
 from layers.backends.redis import _scripts
-from layers.backends.redis._config import HostSpec, Router, hosts_from_url, parse_hosts
+from layers.backends.redis._config import (
+    HostSpec,
+    Router,
+    hosts_from_url,
+    parse_hosts,
+    url_query_names,
+)
 from layers.backends.redis._shard import Shard, translate
-from layers.core.backend import Backend, Capability, Put
+from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
 from layers.core.layer import ChannelLayer
 
 __all__ = ["RedisBackend", "RedisChannelLayer", "RedisConfig"]
@@ -138,12 +144,33 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+#: KEYS[1] = queue key; ARGV[1] = now (ms). Returns {live elements, first live stamp}.
+_QUEUE_STATISTICS = """
+local now = tonumber(ARGV[1])
+local n, first = 0, 0
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local t = tonumber(string.sub(item, 1, 13))
+  if t > now then
+    n = n + 1
+    if first == 0 then first = t end
+  end
+end
+return {n, first}
+"""
+
+
 class RedisBackend(Backend):
     """Storage on one or more Redis servers for one event loop. See the module docs."""
 
     name = "redis"
     capabilities = frozenset(
-        {Capability.GROUPS, Capability.FLUSH, Capability.CROSS_PROCESS, Capability.CROSS_HOST}
+        {
+            Capability.GROUPS,
+            Capability.FLUSH,
+            Capability.CROSS_PROCESS,
+            Capability.CROSS_HOST,
+            Capability.STATISTICS,
+        }
     )
 
     def __init__(self, *, config: RedisConfig) -> None:
@@ -154,6 +181,16 @@ class RedisBackend(Backend):
         self._shards: list[Shard] = []
 
     # -- configuration ----------------------------------------------------------------
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """``hosts``, ``prefix`` and ``random_prefix_length`` (channels_redis's names)."""
+        return frozenset({"hosts", "prefix", "random_prefix_length"})
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """``prefix`` and the redis-py connection options (``socket_timeout``...)."""
+        return url_query_names()
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -289,6 +326,38 @@ class RedisBackend(Backend):
         now = int(await shard.server_ms())
         members = await shard.call("ZRANGE", key, f"({now}", "+inf", "BYSCORE")
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def statistics(self) -> BackendStatistics:
+        """``SCAN`` this prefix's keys on every host; count live elements and members.
+
+        Read-only. Per queue, one read-only script counts the unexpired elements and
+        returns the first one's expiry stamp (no payload crosses the network).
+        """
+        prefix = _GLOB_SPECIAL.sub(r"\\\1", self._config.prefix)
+        queues: list[QueueStatistics] = []
+        groups: dict[str, int] = {}
+        for shard in self._shards:
+            now = int(await shard.server_ms())
+            for kind in ("q", "g"):
+                cursor: Any = b"0"
+                while True:
+                    cursor, keys = await shard.call(
+                        "SCAN", cursor, "MATCH", f"{prefix}:{kind}:{{*", "COUNT", 1000
+                    )
+                    for key in keys:
+                        text = key.decode() if isinstance(key, bytes) else str(key)
+                        name = text[text.index("{") + 1 : -1]
+                        if kind == "g":
+                            groups[name] = int(await shard.call("ZCOUNT", key, f"({now}", "+inf"))
+                            continue
+                        count, first = await shard.call("EVAL", _QUEUE_STATISTICS, 1, key, now)
+                        if int(count):
+                            queues.append(
+                                QueueStatistics(name, int(count), (int(first) - now) / 1000)
+                            )
+                    if int(cursor) == 0:
+                        break
+        return BackendStatistics(queues, groups)
 
     async def flush(self) -> None:
         """``SCAN`` + ``UNLINK`` this prefix's keys on every host (never ``KEYS``)."""

@@ -8,20 +8,29 @@ rendezvous hashing; it is shared by every per-loop backend of one layer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
 from layers.core.errors import ConfigurationError
 
-__all__ = ["DEFAULT_HOST", "HostSpec", "Router", "hosts_from_url", "parse_hosts"]
+__all__ = ["DEFAULT_HOST", "HostSpec", "Router", "hosts_from_url", "parse_hosts", "url_query_names"]
 
 DEFAULT_HOST = "redis://localhost:6379"
 
@@ -57,6 +66,32 @@ class HostSpec:
         if self.url is not None:
             return ConnectionPool.from_url(self.url, **kwargs), None
         return ConnectionPool(**kwargs), None
+
+
+@functools.cache
+def url_query_names() -> frozenset[str]:
+    """The names a Redis URL's query may hold: ``prefix`` and redis-py connection options.
+
+    Read from the public signatures of redis-py's connection classes (a typo would
+    otherwise reach them as an unexpected keyword argument); ``sentinel_``-prefixed
+    forms configure the connections to the sentinels of a ``redis+sentinel://`` URL.
+    """
+    names: set[str] = {"prefix"}
+    for kind in (
+        AbstractConnection,
+        Connection,
+        SSLConnection,
+        UnixDomainSocketConnection,
+        ConnectionPool,
+    ):
+        for name, param in inspect.signature(kind.__init__).parameters.items():
+            if name != "self" and param.kind not in (
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            ):
+                names.add(name)
+    names -= {"connection_class", "encoder_class", "parser_class", "retry", "credential_provider"}
+    return frozenset(names | {f"sentinel_{name}" for name in names if name != "prefix"})
 
 
 def _with_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:

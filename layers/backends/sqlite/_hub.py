@@ -8,10 +8,13 @@ In-process
     the receivers waiting on that queue at once, in any event loop or thread.
 
 Across processes
-    SQLite has no notifications, so a *watcher* thread polls ``PRAGMA data_version``
-    on its own read-only connection every ``poll_interval`` seconds while some
-    receiver waits (and for a short linger after, so a receiver that comes straight
-    back does not pay for a restart). ``data_version`` changes whenever *another*
+    SQLite has no notifications, so a *watcher* thread checks ``PRAGMA data_version``
+    on its own read-only connection while some receiver waits (and for a short
+    linger after, so a receiver that comes straight back does not pay for a
+    restart). On Linux it checks when the kernel reports a write to the database or
+    its WAL file (inotify), so an idle watcher sleeps instead of polling and a commit
+    is seen at once; elsewhere, or if inotify is unavailable, it polls every
+    ``poll_interval`` seconds. ``data_version`` changes whenever *another*
     connection commits; since the watcher never writes, that is any commit by any
     process, this one included. On a change the watcher asks which of the waited-on
     queues now hold an unexpired payload and wakes only their receivers.
@@ -27,11 +30,17 @@ Why nothing is missed
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
+import select
 import sqlite3
+import struct
+import sys
 import threading
 import time
+from typing import Any
 
 from layers.backends.sqlite import _sql
 from layers.core.wakeups import Waiter, wake
@@ -44,6 +53,8 @@ logger = logging.getLogger("layers.sqlite")
 WATCH_LINGER = 2.0
 #: The most queue names the watcher puts in one query.
 _QUERY_CHUNK = 500
+#: How often a watcher woken by file events re-checks anyway (and notices its stop).
+_RECHECK = 0.25
 #: Pause after a failed poll (the file vanished, the schema is not there yet...).
 _ERROR_PAUSE = 0.1
 
@@ -153,6 +164,8 @@ class Hub:
     def _watch(self) -> None:
         """Poll ``data_version`` while receivers wait; wake those with something to take."""
         conn: sqlite3.Connection | None = None
+        events: _FileEvents | None = None
+        retry_events = 0.0
         version: int | None = None
         idle_since: float | None = None
         try:
@@ -170,6 +183,11 @@ class Hub:
                 try:
                     if conn is None:
                         conn = _watch_connection(self.path, busy)
+                        conn.execute("PRAGMA data_version").fetchone()  # opens the WAL
+                    if events is None and time.monotonic() >= retry_events:
+                        events = _FileEvents.open([self.path, self.path + "-wal"])
+                        retry_events = time.monotonic() + _RECHECK
+                        version = None  # watched from now on: check from scratch
                     current = conn.execute("PRAGMA data_version").fetchone()[0]
                     if current != version and queues:
                         self._wake_queues(_ready_queues(conn, queues))
@@ -178,15 +196,87 @@ class Hub:
                     # Let the receivers try (and report) themselves; poll again later.
                     logger.debug("watcher of %s failed: %s", self.path, exc)
                     version = None
+                    if events is not None:
+                        events.close()
+                        events = None
                     if conn is not None:
                         conn.close()
                         conn = None
                     self._wake_queues(None)
                     interval = max(interval, _ERROR_PAUSE)
-                self._closed.wait(interval)
+                if events is not None and conn is not None:
+                    # Sleep until a write to the file (or a periodic re-check).
+                    if not events.wait(_RECHECK) and events.lost:
+                        events.close()
+                        events = None
+                else:
+                    self._closed.wait(interval)
         finally:
+            if events is not None:
+                events.close()
             if conn is not None:
                 conn.close()
+
+
+class _FileEvents:
+    """Linux inotify on the database and WAL files: a commit wakes the watcher at once.
+
+    Every commit writes to one of them (the WAL in WAL mode), which the kernel reports
+    as a modification. Made with ``ctypes`` (no dependency); :meth:`open` returns None
+    where inotify is unavailable, and the watcher polls instead.
+    """
+
+    _MODIFY = 0x2
+    _IGNORED = 0x8000  # the watched file went away
+    _OVERFLOW = 0x4000  # events were dropped
+    _libc: Any = None
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        #: Set when the watch broke (file removed, queue overflow): re-open it.
+        self.lost = False
+
+    @classmethod
+    def open(cls, paths: list[str]) -> _FileEvents | None:
+        """Watch ``paths`` (those that exist) for writes, or None if impossible here."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            if cls._libc is None:
+                cls._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            fd = cls._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        if fd < 0:
+            return None
+        watched = 0
+        for path in paths:
+            if os.path.exists(path):
+                watched += cls._libc.inotify_add_watch(fd, os.fsencode(path), cls._MODIFY) >= 0
+        if not watched:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for writes; True if there were some (all are consumed)."""
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if not ready:
+            return False
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return True
+            offset = 0
+            while offset + 16 <= len(data):
+                _wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+                if mask & (self._IGNORED | self._OVERFLOW):
+                    self.lost = True
+                offset += 16 + size
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _watch_connection(path: str, busy_timeout: float) -> sqlite3.Connection:

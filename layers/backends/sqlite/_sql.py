@@ -23,7 +23,9 @@ __all__ = [
     "GROUP_ADD",
     "GROUP_CHANNELS",
     "GROUP_DISCARD",
+    "GROUP_STATISTICS",
     "INSERT",
+    "QUEUE_STATISTICS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SELECT_OLDEST",
@@ -210,6 +212,17 @@ GROUP_DISCARD = "DELETE FROM layers_groups WHERE group_name = ? AND channel = ?"
 
 #: Parameters: group, now.
 GROUP_CHANNELS = "SELECT channel FROM layers_groups WHERE group_name = ? AND expires_at > ?"
+
+#: Pending payloads and the earliest expiry per queue. Parameter: now.
+QUEUE_STATISTICS = (
+    "SELECT queue, count(*), min(expires_at) FROM layers_messages WHERE expires_at > ? "
+    "GROUP BY queue"
+)
+
+#: Unexpired members per group. Parameter: now.
+GROUP_STATISTICS = (
+    "SELECT group_name, count(*) FROM layers_groups WHERE expires_at > ? GROUP BY group_name"
+)
 
 #: Delete a batch of expired memberships. Parameters: now, batch size.
 DELETE_EXPIRED_GROUPS = """

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
-from layers.core.backend import Backend, Capability, Put
+from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
 from layers.core.errors import BackendError, ConfigurationError, LayerClosed, MissingDriver
 
 try:
@@ -60,7 +60,13 @@ class SqliteBackend(Backend):
 
     name = "sqlite"
     capabilities = frozenset(
-        {Capability.GROUPS, Capability.FLUSH, Capability.CROSS_PROCESS, Capability.PERSISTENT}
+        {
+            Capability.GROUPS,
+            Capability.FLUSH,
+            Capability.CROSS_PROCESS,
+            Capability.PERSISTENT,
+            Capability.STATISTICS,
+        }
     )
 
     def __init__(
@@ -87,6 +93,11 @@ class SqliteBackend(Backend):
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- configuration --------------------------------------------------------------
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """``poll_interval``, ``busy_timeout`` and ``cleanup_interval``."""
+        return frozenset(_options.DEFAULTS)
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -451,6 +462,17 @@ class SqliteBackend(Backend):
         conn = self._connection()
         rows = await self._rows(conn, _sql.GROUP_CHANNELS, (group, time.time()))
         return [row[0] for row in rows]
+
+    async def statistics(self) -> BackendStatistics:
+        """Two read-only aggregate queries; see :meth:`Backend.statistics`."""
+        conn = self._connection()
+        now = time.time()
+        rows = await self._rows(conn, _sql.QUEUE_STATISTICS, (now,))
+        groups = await self._rows(conn, _sql.GROUP_STATISTICS, (now,))
+        return BackendStatistics(
+            [QueueStatistics(str(q), int(n), float(first) - now) for q, n, first in rows],
+            {str(g): int(n) for g, n in groups},
+        )
 
     # -- maintenance ----------------------------------------------------------------
 
