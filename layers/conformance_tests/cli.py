@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
+from layers.core.redact import redact_url
+
 if TYPE_CHECKING:
     import pytest
 
@@ -69,15 +71,7 @@ def plain(text: str) -> str:
 
 def shown_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to print)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return redact_url(url)
 
 
 @dataclass

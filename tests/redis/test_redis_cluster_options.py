@@ -62,7 +62,7 @@ def test_credentials_never_show_in_repr() -> None:
     [
         ("redis+cluster://h:7000?read_from_replicas=true", "read_from_replicas", "primaries"),
         ("redis+cluster://h:7000/2", "hosts", "only database 0"),
-        ("redis+cluster://h:7000?no_such_option=1", "hosts", "bad options"),
+        ("redis+cluster://h:7000?no_such_option=1", "no_such_option", "Valid options"),
         ("redis+cluster://h:7000?wait_replicas=-1", "wait_replicas", "int >= 0"),
         ("redis+cluster://h:7000?wait_replicas=1&wait_timeout=0", "wait_timeout", "> 0"),
     ],
@@ -91,7 +91,7 @@ def test_key_slot_is_redis_crc16() -> None:
 
 
 def test_an_unknown_option_lists_the_known_ones_with_a_suggestion() -> None:
-    with pytest.raises(ConfigurationError, match="did you mean 'wait_replicas'") as info:
+    with pytest.raises(ConfigurationError, match="(?i)did you mean 'wait_replicas'") as info:
         RedisClusterChannelLayer(hosts=[("h", 7000)], wait_replica=1)
     assert info.value.setting == "wait_replica"
     assert "read_from_replicas" in str(info.value)

@@ -29,6 +29,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
 from layers.core.errors import ConfigurationError
+from layers.core.redact import redact_url
 
 __all__ = ["DEFAULT_HOST", "HostSpec", "Router", "hosts_from_url", "parse_hosts", "url_query_names"]
 
@@ -164,7 +165,7 @@ def _entry_specs(entry: object) -> list[HostSpec]:
             host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
             spec_id = f"{host}:{port}/{kwargs.get('db', 0)}"
         return [HostSpec(id=spec_id, kwargs=kwargs)]
-    raise ConfigurationError("hosts", f"unsupported host entry {entry!r}")
+    raise ConfigurationError("hosts", f"unsupported host entry {redact_url(repr(entry))}")
 
 
 def parse_hosts(hosts: object) -> list[HostSpec]:
@@ -212,7 +213,7 @@ def hosts_from_url(url: str) -> tuple[list[HostSpec], dict[str, str]]:
             "layers.backends.redis.cluster.RedisClusterChannelLayer with the nodes as hosts",
         )
     if scheme not in _SCHEMES:
-        raise ConfigurationError("url", f"not a Redis URL: {url!r}")
+        raise ConfigurationError("url", f"not a Redis URL: {redact_url(url)!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = {k: v for k, v in query if k == "prefix"}
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
@@ -236,7 +237,9 @@ def _sentinel_from_url(path: str, auth: str, hostlist: list[str], query: str, ur
     segments = [s for s in path.split("/") if s]
     if not segments or len(segments) > 2:
         raise ConfigurationError(
-            "url", f"expected redis+sentinel://host:port[,host:port]/master_name[/db]: {url!r}"
+            "url",
+            "expected redis+sentinel://host:port[,host:port]/master_name[/db]: "
+            f"{redact_url(url)!r}",
         )
     master_name = unquote(segments[0])
     db = segments[1] if len(segments) > 1 else "0"

@@ -228,6 +228,16 @@ class RedisClusterBackend(RedisBackend):
     # -- configuration ----------------------------------------------------------------
 
     @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The Redis options plus ``read_from_replicas``, ``wait_replicas``, ``wait_timeout``."""
+        return super().option_names() | frozenset(_CLUSTER_OPTIONS)
+
+    @classmethod
+    def url_option_names(cls) -> frozenset[str]:
+        """The Redis URL options plus the cluster's own (see :meth:`option_names`)."""
+        return super().url_option_names() | frozenset(_CLUSTER_OPTIONS)
+
+    @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """Map a ``redis+cluster://`` or ``rediss+cluster://`` URL (the hosts are seeds)."""
         specs, options = _seeds_from_url(url)
