@@ -296,3 +296,26 @@ def test_send_many_reports_a_failed_put_and_keeps_the_others(shared_url: str) ->
             await layer.flush()
 
     asyncio.run(main())
+
+
+def test_a_malformed_inbox_element_costs_only_itself(shared_url: str) -> None:
+    """One element without an expiry stamp in a reply inbox: the valid ones still arrive."""
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            replies = [await layer.new_channel() for _ in range(5)]
+            for n, reply in enumerate(replies[:2]):
+                await layer.send(reply, {"n": n})
+            inbox = replies[0][: replies[0].index("!") + 1]
+            prefix = layer._backend_options["config"].prefix
+            client(shared_url).rpush(f"{prefix}:q:{{{inbox}}}", b"not a stamped element")
+            for n, reply in enumerate(replies[2:], start=2):
+                await layer.send(reply, {"n": n})
+            got = []
+            for reply in replies:
+                async with asyncio.timeout(10):
+                    got.append((await layer.receive(reply))["n"])
+            assert got == [0, 1, 2, 3, 4]
+            await layer.flush()
+
+    asyncio.run(main())

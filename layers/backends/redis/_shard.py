@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import math
 import time
 from collections import OrderedDict, deque
@@ -64,6 +65,8 @@ __all__ = [
     "reply_error",
     "translate",
 ]
+
+logger = logging.getLogger("layers")
 
 #: Idle blocking-reader connections kept per host (least recently used are closed).
 MAX_IDLE_READERS = 64
@@ -469,8 +472,19 @@ class Shard:
         return taken
 
     def _live(self, items: Any) -> list[bytes]:
+        """The unexpired payloads of popped elements; a malformed element is logged, skipped."""
         now_ms = time.time() * 1000.0 + self.clock_offset
-        return [item[STAMP_WIDTH:] for item in items or () if int(item[:STAMP_WIDTH]) > now_ms]
+        live = []
+        for item in items or ():
+            stamp = item[:STAMP_WIDTH]
+            if len(stamp) == STAMP_WIDTH and stamp.isdigit():
+                if int(stamp) > now_ms:
+                    live.append(item[STAMP_WIDTH:])
+            else:
+                logger.warning(
+                    "dropping a malformed queue element (no expiry stamp): %r", item[:40]
+                )
+        return live
 
     async def pop_now(self, key: str, limit: int, *, asking: bool = False) -> list[bytes]:
         """``LPOP key limit`` through the pipeline; unexpired payloads, stashed if cancelled.
