@@ -61,6 +61,13 @@ def _bool(name: str, value: object) -> bool:
     raise ConfigurationError(name, f"must be true or false, not {value!r}")
 
 
+#: The largest number any setting takes (intervals in seconds, sizes and counts).
+_MAXIMUM = 2**31 - 1
+#: Schemas the layer must never create tables in or flush: PostgreSQL's own, and the
+#: default schema every application's tables live in.
+_RESERVED_SCHEMAS = frozenset({"public", "pg_catalog", "information_schema", "pg_toast"})
+
+
 def _number(kind: type, minimum: float) -> Callable[[str, object], Any]:
     def convert(name: str, value: object) -> Any:
         if isinstance(value, str):
@@ -71,8 +78,10 @@ def _number(kind: type, minimum: float) -> Callable[[str, object], Any]:
         ok_types = (int,) if kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_types):
             raise ConfigurationError(name, f"must be a {kind.__name__}, not {value!r}")
-        if value < minimum:
-            raise ConfigurationError(name, f"must be at least {minimum}, not {value!r}")
+        if not minimum <= value <= _MAXIMUM:  # NaN fails too
+            raise ConfigurationError(
+                name, f"must be a number from {minimum} to {_MAXIMUM}, not {value!r}"
+            )
         return kind(value)
 
     return convert
@@ -82,6 +91,12 @@ def _schema(name: str, value: object) -> str:
     if not isinstance(value, str) or not _SCHEMA_RE.match(value):
         raise ConfigurationError(
             name, f"must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, ≤63), not {value!r}"
+        )
+    if value in _RESERVED_SCHEMAS or value.startswith("pg_"):
+        raise ConfigurationError(
+            name,
+            f"{value!r} is reserved: flush() empties the layer's schema, so give the layer a "
+            "schema of its own (the default is 'layers')",
         )
     return value
 
