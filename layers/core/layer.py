@@ -215,6 +215,10 @@ class ChannelLayer:
     #: The backend class subclasses bind (``MemoryChannelLayer`` sets it).
     backend_class: type[Backend]
 
+    #: What holds the layer's readers for one event loop (a seam for the broken-layer
+    #: catalogue, which proves the suite catches a receive path that leaks or strands).
+    _loop_state_class: type[LoopState] = LoopState
+
     def __init__(
         self,
         *,
@@ -454,7 +458,7 @@ class ChannelLayer:
             with self._states_lock:
                 state = self._states.get(loop)
                 if state is None:
-                    state = self._states[loop] = LoopState(
+                    state = self._states[loop] = self._loop_state_class(
                         self._hub,
                         self.backend_class(**self._backend_options),
                         loop,
