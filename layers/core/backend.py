@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from layers.core.errors import ConfigurationError
+from layers.core.names import split_channel
 
 __all__ = ["Backend", "BackendStatistics", "Capability", "GroupPayload", "Put", "QueueStatistics"]
 
@@ -139,17 +140,16 @@ class GroupPayload:
         queues: dict[str, list[str] | None] = {}
         first: dict[str, str] = {}
         for channel in members:
-            index = channel.find("!")
-            if index < 0:
+            inbox, local = split_channel(channel)
+            if local is None:
                 queues[channel] = None
                 first[channel] = channel
                 continue
-            inbox = channel[: index + 1]
             locals_ = queues.get(inbox)
             if locals_ is None:
                 locals_ = queues[inbox] = []
                 first[inbox] = channel
-            locals_.append(channel[index + 1 :])
+            locals_.append(local)
         return [
             Put(
                 queue,

@@ -26,20 +26,16 @@ Unknown options
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from collections.abc import Mapping
+from typing import Any
 
 from layers.core.backend import Backend
-from layers.core.errors import ConfigurationError, UnknownOption
-from layers.core.registry import get_backend
-
-if TYPE_CHECKING:
-    from layers.core.layer import ChannelLayer
+from layers.core.errors import ConfigurationError
+from layers.core.layer import ChannelLayer
+from layers.core.options import LAYER_OPTIONS, check_options, split_url
+from layers.core.registry import import_string
 
 __all__ = [
     "DEFAULT_ALIAS",
@@ -55,128 +51,12 @@ __all__ = [
 
 DEFAULT_ALIAS = "default"
 
-_LAYER_QUERY_OPTIONS: dict[str, type] = {
-    "expiry": float,
-    "group_expiry": float,
-    "capacity": int,
-    "max_message_size": int,
-    "serializer_format": str,
-    "prefetch": int,
-}
-
-
-#: The options :class:`~layers.ChannelLayer` itself takes, on every backend.
-LAYER_OPTIONS: frozenset[str] = frozenset(
-    {
-        "capacity",
-        "channel_capacity",
-        "expiry",
-        "group_expiry",
-        "max_message_size",
-        "prefetch",
-        "serializer_format",
-        "symmetric_encryption_keys",
-        "url",
-    }
-)
-
-
-def check_options(backend: type[Backend], names: Iterable[str], *, in_url: bool = False) -> None:
-    """Raise :class:`~layers.UnknownOption` for the first name ``backend`` does not take.
-
-    ``names`` are backend options given as keywords (or, with ``in_url``, the query
-    parameters left once the layer options are removed from a URL). The check uses
-    :meth:`Backend.option_names` / :meth:`Backend.url_option_names`; a backend that
-    answers None takes any name and checks them itself.
-    """
-    valid = backend.url_option_names() if in_url else backend.option_names()
-    if valid is None:
-        return
-    layer_names = set(_LAYER_QUERY_OPTIONS) if in_url else set(LAYER_OPTIONS)
-    for name in names:
-        if name in valid:
-            continue
-        everything = sorted(layer_names | set(valid))
-        close = difflib.get_close_matches(name, everything, n=1, cutoff=0.6)
-        shown = [n for n in everything if not (n.startswith("sentinel_") and n[9:] in valid)]
-        if len(shown) < len(everything):
-            shown.append("sentinel_<option>")
-        raise UnknownOption(
-            name,
-            backend.name or backend.__name__,
-            shown,
-            close[0] if close else None,
-            where="in the URL" if in_url else "",
-        )
-
-
-def url_query_names(url: str) -> list[str]:
-    """The names in ``url``'s query string, in order."""
-    query = url.partition("?")[2].partition("#")[0]
-    return [key for key, _ in parse_qsl(query, keep_blank_values=True)]
-
-
-def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
-    """Return ``(scheme, url without layer options, layer options)`` for a layer URL."""
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError("url", f"expected a URL like 'redis://host:6379', got {url!r}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise ConfigurationError("url", f"the URL {url!r} has no scheme")
-    layer_options: dict[str, Any] = {}
-    rest: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        kind = _LAYER_QUERY_OPTIONS.get(key)
-        if kind is None:
-            rest.append((key, value))
-            continue
-        try:
-            layer_options[key] = kind(value)
-        except ValueError:
-            raise ConfigurationError(
-                key, f"{value!r} in the URL is not a valid {kind.__name__}"
-            ) from None
-    # Replace only the query string: re-assembling the URL from its parts would turn
-    # sqlite:////abs/path.db into sqlite://abs/path.db.
-    base, _, tail = url.partition("?")
-    fragment = tail.partition("#")[2] if tail else url.partition("#")[2]
-    base = base.partition("#")[0]
-    stripped = base + (f"?{urlencode(rest)}" if rest else "") + (f"#{fragment}" if fragment else "")
-    return scheme, stripped, layer_options
-
-
-def resolve_backend(backend: type[Backend] | str) -> type[Backend]:
-    """Return a backend class from a class, a registered name or a dotted path."""
-    if isinstance(backend, type):
-        return backend
-    if not isinstance(backend, str):
-        raise ConfigurationError("BACKEND", f"expected a backend name or class, got {backend!r}")
-    if "." in backend and ":" not in backend and "+" not in backend:
-        imported = _import_string(backend)
-        if isinstance(imported, type) and issubclass(imported, Backend):
-            return imported
-        raise ConfigurationError("BACKEND", f"{backend!r} is not a Backend subclass")
-    return get_backend(backend)
-
-
-def _import_string(path: str) -> Any:
-    module_name, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        if isinstance(exc, ConfigurationError):
-            raise
-        raise ConfigurationError("BACKEND", f"cannot import {path!r}: {exc}") from exc
-
 
 def from_url(url: str, **options: Any) -> ChannelLayer:
     """Make a layer from a URL: ``memory://``, ``redis://``, ``postgresql://``, ``sqlite:///``...
 
     Keyword options override the URL's query parameters.
     """
-    from layers.core.layer import ChannelLayer
-
     return ChannelLayer(url=url, **options)
 
 
@@ -187,8 +67,6 @@ def layer_from_config(config: Mapping[str, Any], *, test: bool = False) -> Any:
     subclass, to a ``Backend`` subclass, or to any other Channels-compatible layer
     class (made with ``CONFIG`` as keyword arguments, as Channels does).
     """
-    from layers.core.layer import ChannelLayer
-
     if not isinstance(config, Mapping):
         raise ConfigurationError("CHANNEL_LAYERS", f"each entry must be a dict, not {config!r}")
     if "ROUTING" in config:
@@ -203,7 +81,7 @@ def layer_from_config(config: Mapping[str, Any], *, test: bool = False) -> Any:
             raise ConfigurationError("BACKEND", "give BACKEND or a CONFIG 'url'")
         return ChannelLayer(**options)
     if isinstance(backend, str) and "." in backend and "+" not in backend:
-        target = _import_string(backend)
+        target = import_string(backend)
         if isinstance(target, type) and issubclass(target, Backend):
             return ChannelLayer(backend=target, **options)
         if callable(target):

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from layers.core.backend import Backend, Capability
-from layers.core.config import check_options, resolve_backend, split_url, url_query_names
+from layers.core.envelope import group_payload, pack
 from layers.core.errors import (
     ChannelFull,
     ChannelNotOwned,
@@ -43,7 +43,8 @@ from layers.core.errors import (
     LayerClosed,
     MessageTooLarge,
 )
-from layers.core.local import Hub, LoopState, Mailbox, group_payload, pack
+from layers.core.local import LoopState
+from layers.core.mailboxes import Hub, Mailbox
 from layers.core.names import (
     INVALID_NAME_ERROR,
     MAX_NAME_LENGTH,
@@ -52,7 +53,10 @@ from layers.core.names import (
     random_suffix,
     require_valid_channel_name,
     require_valid_group_name,
+    split_channel,
 )
+from layers.core.options import check_options, split_url, url_query_names
+from layers.core.registry import resolve_backend
 from layers.core.serializers import Serializer, get_serializer, validate_message
 from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStatistics
 
@@ -529,13 +533,10 @@ class ChannelLayer:
         if wait is not None:
             _number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
         body = self._encode(message)
-        index = channel.find("!")
+        queue, local_part = split_channel(channel)
+        local = None if local_part is None else [local_part]
         capacity = self.get_capacity(channel)
         backend = await self._state().ready()
-        if index < 0:
-            queue, local = channel, None
-        else:
-            queue, local = channel[: index + 1], [channel[index + 1 :]]
         stored = await backend.send(
             queue,
             pack(local, body, time.time() + self.expiry),
@@ -601,9 +602,8 @@ class ChannelLayer:
         channel in a loop pays for the name and ownership checks once.
         """
         require_valid_channel_name(channel, receive=True)
-        index = channel.find("!")
-        queue = channel if index < 0 else channel[: index + 1]
-        if index >= 0 and not queue.endswith(f"{self.client_id}!"):
+        queue, local = split_channel(channel)
+        if local is not None and not queue.endswith(f"{self.client_id}!"):
             raise ChannelNotOwned(
                 f"{channel!r} was not made by this layer's new_channel(); "
                 "only the process that made a reply channel may receive on it"

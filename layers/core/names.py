@@ -17,12 +17,12 @@ import string
 __all__ = [
     "INVALID_NAME_ERROR",
     "MAX_NAME_LENGTH",
-    "is_reply_channel",
     "make_client_id",
     "non_local_name",
     "random_suffix",
     "require_valid_channel_name",
     "require_valid_group_name",
+    "split_channel",
     "valid_channel_name",
     "valid_group_name",
 ]
@@ -97,15 +97,22 @@ def require_valid_group_name(name: object) -> str:
     raise TypeError(f"{INVALID_NAME_ERROR.format('Group')} Got {name!r}: it {_describe(name)}.")
 
 
-def is_reply_channel(name: str) -> bool:
-    """Return whether ``name`` is a reply (process-specific) channel name."""
-    return "!" in name
+def split_channel(name: str) -> tuple[str, str | None]:
+    """Split a channel name into its store queue and its local part.
+
+    ``"chat.room"`` -> ``("chat.room", None)``; a reply channel
+    ``"specific.ID!abc"`` -> ``("specific.ID!", "abc")``: every reply channel of one
+    layer instance shares the inbox queue named by the part up to and including ``!``.
+    """
+    index = name.find("!")
+    if index < 0:
+        return name, None
+    return name[: index + 1], name[index + 1 :]
 
 
 def non_local_name(name: str) -> str:
     """Return the part of ``name`` up to and including ``!``, or ``name`` itself."""
-    index = name.find("!")
-    return name if index < 0 else name[: index + 1]
+    return split_channel(name)[0]
 
 
 def random_suffix(length: int = 12) -> str:

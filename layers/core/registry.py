@@ -23,11 +23,19 @@ import importlib
 import importlib.metadata
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from layers.core.backend import Backend
 from layers.core.errors import ConfigurationError, MissingDriver, UnknownBackend
 
-__all__ = ["ENTRY_POINT_GROUP", "available_backends", "get_backend", "register_backend"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "available_backends",
+    "get_backend",
+    "import_string",
+    "register_backend",
+    "resolve_backend",
+]
 
 ENTRY_POINT_GROUP = "layers.backends"
 
@@ -128,3 +136,28 @@ def get_backend(name: str) -> type[Backend]:
     with _lock:
         _cache[name] = backend
     return backend
+
+
+def resolve_backend(backend: type[Backend] | str) -> type[Backend]:
+    """Return a backend class from a class, a registered name or a dotted path."""
+    if isinstance(backend, type):
+        return backend
+    if not isinstance(backend, str):
+        raise ConfigurationError("BACKEND", f"expected a backend name or class, got {backend!r}")
+    if "." in backend and ":" not in backend and "+" not in backend:
+        imported = import_string(backend)
+        if isinstance(imported, type) and issubclass(imported, Backend):
+            return imported
+        raise ConfigurationError("BACKEND", f"{backend!r} is not a Backend subclass")
+    return get_backend(backend)
+
+
+def import_string(path: str) -> Any:
+    """Import ``module.attr`` (a dotted path), as a :class:`~layers.ConfigurationError`."""
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError("BACKEND", f"cannot import {path!r}: {exc}") from exc

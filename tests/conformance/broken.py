@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from layers.backends.memory import MemoryBackend, MemoryStore
-from layers.core import local
+from layers.core import envelope as local
 from layers.core.backend import Backend, Put
 from layers.core.errors import ChannelFull, ChannelNotOwned
 from layers.core.layer import ChannelLayer

@@ -56,7 +56,7 @@ async def test_a_message_put_back_after_a_sweep_is_not_lost() -> None:
 
 
 def test_group_payload_puts_match_the_envelope_of_a_send() -> None:
-    from layers.core.local import group_payload, pack, unpack
+    from layers.core.envelope import group_payload, pack, unpack
 
     payload = group_payload(b"body", 1234.5, 60.0, 7)
     members = ["plain.a", "x.inbox1!r1", "plain.b", "x.inbox1!r2", "x.inbox2!r3"]

@@ -1,0 +1,236 @@
+"""Mailboxes: where received messages wait for consumers, shared by a layer's event loops.
+
+The :class:`Hub` holds one :class:`Mailbox` per channel for a whole layer, under one
+lock, so a message taken from the store is receivable by the next ``receive`` of its
+channel from any event loop or thread (``async_to_sync`` makes a loop per call). It is
+the one owner of "demand equals the live waiters": a :class:`Waiter` is counted in its
+loop's demand from the moment it waits until it leaves the mailbox's queue of waiters,
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from layers.core.local import LoopState
+
+__all__ = ["SWEEP_INTERVAL", "Hub", "Item", "Mailbox", "Waiter"]
+
+logger = logging.getLogger("layers")
+
+#: How often idle mailboxes and expired buffered messages are swept (seconds).
+SWEEP_INTERVAL = 5.0
+
+#: A buffered message: when it expires (``time.monotonic()``) and the message.
+Item = tuple[float, dict[str, Any]]
+
+
+class Waiter:
+    """One consumer waiting in ``receive``: the loop state it waits in and its future."""
+
+    __slots__ = ("future", "state")
+
+    def __init__(self, state: LoopState, future: asyncio.Future[dict[str, Any]]) -> None:
+        self.state = state
+        self.future = future
+
+    def give(self, box: Mailbox, item: Item, here: asyncio.AbstractEventLoop | None) -> bool:
+        """Hand ``item`` to this waiter (``here`` is the caller's loop); False if it is gone.
+
+        Across loops the hand-off runs in the waiter's loop, where a waiter cancelled
+        meanwhile gives the message back to the mailbox, first in line.
+        """
+        future = self.future
+        if future.done():
+            return False
+        state = self.state
+        if state.loop is here:
+            future.set_result(item[1])
+            return True
+        try:
+            state.loop.call_soon_threadsafe(state.accept, self, box, item)
+        except RuntimeError:  # its loop is closed
+            return False
+        return True
+
+
+class Mailbox:
+    """Buffered messages and waiting consumers of one channel (shared by every loop).
+
+    Invariant, kept by :class:`Hub`: while a message is buffered no live consumer
+    waits, so a new message never overtakes a buffered one.
+    """
+
+    __slots__ = ("checked", "items", "queue", "waiters")
+
+    def __init__(self, queue: str, bound: int) -> None:
+        self.queue = queue
+        #: Set once ``receive`` has validated this channel's name and ownership, so
+        #: later receives on it skip those checks (a mailbox made by a dispatch is not).
+        self.checked = False
+        self.items: deque[Item] = deque(maxlen=bound)
+        self.waiters: deque[Waiter] = deque()
+
+    def take(self, now: float) -> dict[str, Any] | None:
+        """Pop the oldest unexpired buffered message, dropping expired ones."""
+        items = self.items
+        while items:
+            expires_at, message = items.popleft()
+            if expires_at > now:
+                return message
+        return None
+
+    def idle(self) -> bool:
+        """True when nothing is buffered and nobody waits."""
+        return not self.items and not self.waiters
+
+
+class Hub:
+    """The mailboxes of one layer, shared by all its event loops and threads.
+
+    The one owner of "demand equals the live waiters": :meth:`wait` counts a waiter
+    in its loop's demand, and it is uncounted exactly once, when it leaves the
+    mailbox's queue of waiters (handed a message by :meth:`deliver`, or
+    :meth:`withdraw`-n). Every method runs under one lock and never awaits.
+    """
+
+    def __init__(self, capacity_of: Callable[[str], int]) -> None:
+        self.lock = threading.Lock()
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.capacity_of = capacity_of
+        self.next_sweep = time.monotonic() + SWEEP_INTERVAL
+
+    def mailbox(self, channel: str, queue: str) -> Mailbox:
+        """Return the mailbox of ``channel`` (whose store queue is ``queue``)."""
+        box = self.mailboxes.get(channel)
+        if box is None:
+            with self.lock:
+                box = self.mailboxes.get(channel)
+                if box is None:
+                    box = self.mailboxes[channel] = Mailbox(queue, self.capacity_of(channel))
+        return box
+
+    def wait(self, channel: str, box: Mailbox, state: LoopState) -> dict[str, Any] | Waiter:
+        """Take the oldest buffered message of ``channel``, else register a waiter."""
+        with self.lock:
+            # A sweep may have dropped the (then idle) mailbox: put it back, or use
+            # the one made since.
+            box = self.mailboxes.setdefault(channel, box)
+            if box.items:
+                message = box.take(time.monotonic())
+                if message is not None:
+                    return message
+            waiter = Waiter(state, state.loop.create_future())
+            box.waiters.append(waiter)
+            state.count(box.queue, 1)
+            return waiter
+
+    def withdraw(self, box: Mailbox, waiter: Waiter) -> None:
+        """``waiter`` stops waiting without a message (cancelled, timed out, failed)."""
+        with self.lock:
+            try:
+                box.waiters.remove(waiter)
+            except ValueError:
+                return  # already uncounted by a delivery
+            waiter.state.count(box.queue, -1)
+
+    def deliver(
+        self,
+        box: Mailbox,
+        item: Item,
+        here: asyncio.AbstractEventLoop | None,
+        *,
+        front: bool = False,
+    ) -> bool:
+        """Buffer ``item`` (first in line with ``front``), then serve waiters in order.
+
+        Returns True when a waiter took it. A full buffer drops its oldest message.
+        """
+        with self.lock:
+            items = box.items
+            if len(items) == items.maxlen:
+                logger.warning("local buffer of a channel is full: dropping its oldest message")
+            if front:
+                items.appendleft(item)
+            else:
+                items.append(item)
+            return self._serve_waiters(box, here) and not items
+
+    def put_front(self, box: Mailbox, items: list[Item], here: asyncio.AbstractEventLoop) -> None:
+        """Return ``items`` (oldest first) to the front of ``box``, serving waiters."""
+        with self.lock:
+            box.items.extendleft(reversed(items))
+            self._serve_waiters(box, here)
+
+    def _serve_waiters(self, box: Mailbox, here: asyncio.AbstractEventLoop | None) -> bool:
+        items = box.items
+        waiters = box.waiters
+        served = False
+        now = time.monotonic()
+        while items and waiters:
+            waiter = waiters.popleft()
+            waiter.state.count(box.queue, -1)
+            if waiter.future.done():  # cancelled; its withdraw finds it gone
+                continue
+            item = items.popleft()
+            if item[0] <= now:
+                waiters.appendleft(waiter)
+                waiter.state.count(box.queue, 1)
+                continue
+            if waiter.give(box, item, here):
+                served = True
+            else:
+                items.appendleft(item)
+        return served
+
+    def take_all(self, box: Mailbox, keep: int) -> list[Item]:
+        """Remove and return the unexpired buffered items beyond the oldest ``keep``."""
+        with self.lock:
+            if box.waiters:
+                return []
+            now = time.monotonic()
+            live = [item for item in box.items if item[0] > now]
+            box.items.clear()
+            box.items.extend(live[:keep])
+            return live[keep:]
+
+    def fail(self, state: LoopState, exc: BaseException) -> None:
+        """Fail every waiter of ``state``'s loop with ``exc`` (the loop state closes)."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                mine = [w for w in box.waiters if w.state is state]
+                for waiter in mine:
+                    box.waiters.remove(waiter)
+                    state.count(box.queue, -1)
+                    if not waiter.future.done():
+                        waiter.future.set_exception(exc)
+
+    def clear(self) -> None:
+        """Drop every buffered message (``flush``)."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                box.items.clear()
+
+    def maybe_sweep(self) -> None:
+        """Sweep when the sweep interval has passed (called on slow paths)."""
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Drop expired buffered messages and idle mailboxes (bounded local memory)."""
+        self.next_sweep = now + SWEEP_INTERVAL
+        with self.lock:
+            for name in list(self.mailboxes):
+                box = self.mailboxes[name]
+                while box.items and box.items[0][0] <= now:
+                    box.items.popleft()
+                if box.idle():
+                    del self.mailboxes[name]
