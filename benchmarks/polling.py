@@ -9,7 +9,9 @@ For each cross-process layer (ours and the peers; the default specs of
 - a *polling* consumer process that wraps every receive in
   ``asyncio.wait_for(..., T)`` (5 ms by default), as code that polls does, and exits
   cleanly (closing its layer) after ``S`` seconds;
-- this process sending numbered messages at a steady pace for ``S + 1`` seconds.
+- this process sending numbered messages at a steady pace (``--rate``, 1000 a second)
+  for ``S + 1`` seconds, at each layer's default capacity, waiting for room when a
+  channel is full (so every number is sent).
 
 When the steady consumer has been quiet for a second, the run counts what was
 sent, what each consumer received, what was lost (received by nobody) and what was
@@ -34,8 +36,6 @@ from benchmarks.specs import Spec, default_specs, expand, parse_spec
 from benchmarks.worker import build_layer, close_layer_quietly, is_cross_process, prepare
 
 __all__ = ["main", "run_one"]
-
-_RATE = 400  # messages per second
 
 
 async def _consume(spec: Spec, tmp: str, mode: str, seconds: float, timeout: float) -> None:
@@ -94,7 +94,21 @@ async def _collect(proc: Any) -> list[int]:
     return got
 
 
-async def run_one(spec: Spec, tmp: str, seconds: float, timeout: float) -> dict[str, Any]:
+async def _send(layer: Any, i: int) -> None:
+    """Send message ``i``, waiting for room when the channel is full (nothing skipped)."""
+    while True:
+        try:
+            await layer.send("bench.polling", {"i": i})
+            return
+        except Exception as exc:
+            if type(exc).__name__ != "ChannelFull":
+                raise
+            await asyncio.sleep(0.001)
+
+
+async def run_one(
+    spec: Spec, tmp: str, seconds: float, timeout: float, rate: float = 1000
+) -> dict[str, Any]:
     """Run the scenario for one layer (already :func:`prepare`-d); return its counts."""
     layer = await build_layer(spec, tmp)
     try:
@@ -105,9 +119,9 @@ async def run_one(spec: Spec, tmp: str, seconds: float, timeout: float) -> dict[
         sent = 0
         start = time.monotonic()
         while time.monotonic() - start < seconds + 1:
-            await layer.send("bench.polling", {"i": sent})
+            await _send(layer, sent)
             sent += 1
-            await asyncio.sleep(max(0.0, start + sent / _RATE - time.monotonic()))
+            await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
         polled, steadied = await _collect(poller), await _collect(steady)
     finally:
         await close_layer_quietly(layer)
@@ -133,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.polling", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the poller polls")
     parser.add_argument("--timeout", type=float, default=0.005, help="the poller's timeout")
+    parser.add_argument("--rate", type=float, default=1000, help="messages sent per second")
     parser.add_argument("specs", nargs="*", help="layer specs (default: ours and the peers)")
     options = parser.parse_args(args)
     texts = options.specs or [s for s in default_specs() if "baseline:" not in s]
@@ -143,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 prepare(spec, tmp)
                 limit = options.seconds + 90  # a hung layer is reported, not waited for
-                row = asyncio.run(
-                    asyncio.wait_for(run_one(spec, tmp, options.seconds, options.timeout), limit)
-                )
+                run = run_one(spec, tmp, options.seconds, options.timeout, options.rate)
+                row = asyncio.run(asyncio.wait_for(run, limit))
             except Exception as exc:  # a peer that cannot run is reported, not fatal
                 row = {"layer": spec.label, "skipped": f"{type(exc).__name__}: {exc}"}
             rows.append(row)
