@@ -170,11 +170,17 @@ async def test_normal_messages_survive_the_event_loop_that_took_them(
 async def test_reply_channels_received_from_concurrent_event_loops(
     layer_factory: LayerFactory,
 ) -> None:
-    """Two loops wait on two reply channels of one layer at once: each gets all of its own."""
+    """Two loops wait on two reply channels of one layer at once: each gets all of its own.
+
+    Both loops' readers pop the one inbox, so each takes messages meant for the other
+    loop's consumer and must hand them over. (Both loops stay open until both are
+    served: a loop that ends while its reader's pop is in flight is the backend's
+    cancellation case, see the contract.)
+    """
     total = 20
     async with layer_factory(capacity=4 * total) as layer:
         mine, theirs = await layer.new_channel(), await layer.new_channel()
-        started = threading.Event()
+        started, finish = threading.Event(), threading.Event()
 
         async def other_loop() -> list[int]:
             got = []
@@ -182,6 +188,7 @@ async def test_reply_channels_received_from_concurrent_event_loops(
             async with asyncio.timeout(settings.wait * 2):
                 for _ in range(total):
                     got.append((await layer.receive(theirs))["i"])
+            await asyncio.to_thread(finish.wait, settings.wait * 2)
             return got
 
         other = asyncio.create_task(asyncio.to_thread(_in_new_loop, other_loop))
@@ -197,7 +204,10 @@ async def test_reply_channels_received_from_concurrent_event_loops(
             await layer.send(theirs, {"i": i})
             await layer.send(mine, {"i": i})
             await asyncio.sleep(0.002)
-        await receiving
+        try:
+            await receiving
+        finally:
+            finish.set()
         assert got == list(range(total))
         assert await other == list(range(total))
 

@@ -333,10 +333,14 @@ class RedisBackend(Backend):
         Read-only. Per queue, one read-only script counts the unexpired elements and
         returns the first one's expiry stamp (no payload crosses the network).
         """
+        return await self._statistics_on(self._shards)
+
+    async def _statistics_on(self, shards: Sequence[Shard]) -> BackendStatistics:
+        """:meth:`statistics` over ``shards`` (every host, or every cluster primary)."""
         prefix = _GLOB_SPECIAL.sub(r"\\\1", self._config.prefix)
         queues: list[QueueStatistics] = []
         groups: dict[str, int] = {}
-        for shard in self._shards:
+        for shard in shards:
             now = int(await shard.server_ms())
             for kind in ("q", "g"):
                 cursor: Any = b"0"

@@ -94,7 +94,7 @@ from layers.backends.redis._shard import (
     redirect_of,
     translate,
 )
-from layers.core.backend import Put
+from layers.core.backend import BackendStatistics, Put
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
 from layers.core.layer import ChannelLayer
 
@@ -595,6 +595,12 @@ class RedisClusterBackend(RedisBackend):
             now = int(time.time() * 1000)
         members = await self._run(slot, "ZRANGE", key, f"({now}", "+inf", "BYSCORE")
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def statistics(self) -> BackendStatistics:
+        """The Redis statistics, gathered from every primary of the cluster."""
+        await self._refresh()
+        primaries = {id(s): s for s in self._slots if s is not None}
+        return await self._statistics_on(list(primaries.values()))
 
     async def flush(self) -> None:
         """``SCAN`` every primary for this prefix's keys; ``UNLINK`` them (one key per command)."""
