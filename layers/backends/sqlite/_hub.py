@@ -30,6 +30,7 @@ Why nothing is missed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -75,8 +76,13 @@ class Hub:
         self._users: dict[int, tuple[float, float]] = {}
         self._next_token = 0
         self._thread: threading.Thread | None = None
+        # The latest watcher thread, kept after it clears _thread, so _release can join it.
+        self._watcher: threading.Thread | None = None
         # Set when the last instance detached: the watcher stops without finishing its sleep.
         self._closed = threading.Event()
+        # Written to when the last instance detached: wakes a watcher waiting for file events.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
 
     # -- attachment ---------------------------------------------------------------
 
@@ -92,7 +98,18 @@ class Hub:
             self._users.pop(token, None)
             if not self._users:
                 self._closed.set()
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_write, b"x")
             return not self._users
+
+    def _release(self) -> None:
+        """The hub is dropped: let its watcher finish (it was woken), close the wake pipe."""
+        thread = self._watcher
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # -- waiting and waking -------------------------------------------------------
 
@@ -109,6 +126,7 @@ class Hub:
                     target=self._watch, name=f"layers-sqlite-watch:{self.path}", daemon=True
                 )
                 self._thread.start()
+                self._watcher = self._thread
         return waiter
 
     def unregister(self, queue: str, waiter: Waiter) -> None:
@@ -206,7 +224,7 @@ class Hub:
                     interval = max(interval, _ERROR_PAUSE)
                 if events is not None and conn is not None:
                     # Sleep until a write to the file (or a periodic re-check).
-                    if not events.wait(_RECHECK) and events.lost:
+                    if not events.wait(_RECHECK, self._wake_read) and events.lost:
                         events.close()
                         events = None
                 else:
@@ -258,10 +276,13 @@ class _FileEvents:
             return None
         return cls(fd)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for writes; True if there were some (all are consumed)."""
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if not ready:
+    def wait(self, timeout: float, wake: int) -> bool:
+        """Wait up to ``timeout`` for writes; True if there were some (all are consumed).
+
+        Returns False at once when ``wake`` (a pipe's read end) becomes readable.
+        """
+        ready, _, _ = select.select([self._fd, wake], [], [], timeout)
+        if self._fd not in ready:
             return False
         while True:
             try:
@@ -318,8 +339,11 @@ def attach(path: str, poll_interval: float, busy_timeout: float) -> tuple[Hub, i
 def detach(hub: Hub, token: int) -> None:
     """Release a token from :func:`attach`; the last one drops the hub and its watcher."""
     with _hubs_lock:
-        if hub._detach(token) and _hubs.get(hub.path) is hub:
+        dropped = hub._detach(token)
+        if dropped and _hubs.get(hub.path) is hub:
             del _hubs[hub.path]
+    if dropped:
+        hub._release()
 
 
 def _after_fork_in_child() -> None:
