@@ -228,6 +228,8 @@ class LoopState:
         """Wait up to READER_LINGER for demand on ``queue``; True if it came."""
         future: asyncio.Future[None] = self.loop.create_future()
         self.idle_readers[queue] = future
+        if self.closing:  # aclose() already woke the idle readers it knew
+            future.set_result(None)
         try:
             async with asyncio.timeout(READER_LINGER):
                 await future
