@@ -194,6 +194,7 @@ class MemoryBackend(Backend):
     name = "memory"
     capabilities = frozenset({Capability.GROUPS, Capability.FLUSH})
     instant_receive = True
+    in_process = True
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store

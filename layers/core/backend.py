@@ -167,6 +167,13 @@ class Backend(abc.ABC):
     #: for any backend that talks to a server.
     instant_receive: ClassVar[bool] = False
 
+    #: True only when payloads never leave this process (no server, no file): the
+    #: core may then pass messages by reference instead of serializing them (see
+    #: :class:`layers.core.serializers.InProcessSerializer`); the payloads it hands
+    #: the backend stay opaque ``bytes``. Leave False for any backend with a store
+    #: outside the process.
+    in_process: ClassVar[bool] = False
+
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise the backend options once, when the layer is made.
