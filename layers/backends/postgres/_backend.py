@@ -437,27 +437,6 @@ class PostgresBackend(Backend):
                 if deadline - time.monotonic() <= 0:
                     return []  # the caller's next receive drains first anyway
 
-    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
-        """Insert payloads given back before the queue's oldest row, in one statement.
-
-        See :meth:`Backend.restore`: used when a process with ``prefetch`` closes or
-        goes idle holding messages. The rows get ids below the queue's lowest, so
-        every reader claims them first; capacity is not checked (they were counted
-        once already). Cancellation: the statement commits entirely or not at all.
-        """
-        if not payloads:
-            return True
-        params = {
-            "queue": queue,
-            "n": len(payloads),
-            "payloads": [p for p, _ in payloads],
-            "expiries": [float(e) for _, e in payloads],
-            "channel": self._notify(queue),
-        }
-        rows = await self._query(self._sql.restore, params)
-        self._wake_local(queue)
-        return bool(rows) and int(rows[0][0]) == len(payloads)
-
     # -- reply inboxes: delivery from NOTIFY payloads (see ``_inbox``) ------------------
 
     def _ledger(self, queue: str) -> _inbox.InboxLedger:

@@ -111,7 +111,6 @@ class Statements:
     claim_inbox: bytes
     delete_ids: bytes
     notify: bytes
-    restore: bytes
     group_send: bytes
     group_add: bytes
     group_discard: bytes
@@ -238,20 +237,6 @@ def statements(schema: str) -> Statements:
             "DELETE FROM {s}.messages WHERE queue = %s AND id = ANY(%s::bigint[]) RETURNING id"
         ),
         notify=q("SELECT pg_notify(%s, %s) IS NULL"),
-        # Payloads given back (Backend.restore) go before the queue's oldest row: ids
-        # below its lowest (or below the next id, for an empty queue), in order.
-        restore=q(
-            "WITH b AS (SELECT coalesce((SELECT id FROM {s}.messages WHERE queue = %(queue)s"
-            " ORDER BY id LIMIT 1), nextval(pg_get_serial_sequence("
-            + "{lit} || '.messages', 'id'))) - %(n)s - 1 AS base),"
-            " ins AS (INSERT INTO {s}.messages (id, queue, expires_at, payload)"
-            " OVERRIDING SYSTEM VALUE"
-            " SELECT b.base + t.ord, %(queue)s, now() + make_interval(secs => t.expiry),"
-            " t.payload FROM b, unnest(%(payloads)b::bytea[], %(expiries)b::float8[])"
-            " WITH ORDINALITY AS t(payload, expiry, ord) RETURNING 1)"
-            " SELECT count(*), CASE WHEN %(channel)s::text IS NOT NULL"
-            " THEN pg_notify(%(channel)s::text, '') IS NULL END FROM ins"
-        ),
         # The same for many queues at once, each with its own limit.
         receive_batch=q(
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
