@@ -112,6 +112,9 @@ _OUTRO = """
   polling every 2 ms when empty), `aiosqlite-returning` (`INSERT`;
   `DELETE ... RETURNING` in WAL mode, polling every 2 ms when empty). They have no
   groups, reply channels, expiry or capacity.
+- `layers-postgres-prefetch` is our PostgreSQL layer with `prefetch=100` (a process
+  claims up to 100 messages of a normal channel per statement and holds them for
+  its own consumers); every other layer of ours runs with its defaults.
 - While one layer is measured, the worker processes of the others are frozen
   (`SIGSTOP`), so no idle polling task of one layer slows down another.
 

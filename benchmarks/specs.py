@@ -167,6 +167,8 @@ def default_specs() -> list[str]:
         "baseline:redis-lpush-brpop",
         "baseline:redis-pipelined",
         f"layers-postgres={pg}?schema=bench_layers&capacity={cap}",
+        "layers-postgres-prefetch=layers.backends.postgres.PostgresChannelLayer:"
+        f'{{"url": "{pg}?schema=bench_prefetch", "capacity": {cap}, "prefetch": 100}}',
         "channels_postgres=channels_postgres.core.PostgresChannelLayer:{}",
         "baseline:psycopg-skip-locked",
         f"layers-sqlite=sqlite:///{{tmp}}/layers.db?capacity={cap}",

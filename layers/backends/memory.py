@@ -217,6 +217,7 @@ class MemoryBackend(Backend):
     name = "memory"
     capabilities = frozenset({Capability.GROUPS, Capability.FLUSH, Capability.STATISTICS})
     instant_receive = True
+    in_process = True
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store

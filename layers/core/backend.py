@@ -190,6 +190,13 @@ class Backend(abc.ABC):
     #: for any backend that talks to a server.
     instant_receive: ClassVar[bool] = False
 
+    #: True only when payloads never leave this process (no server, no file): the
+    #: core may then pass messages by reference instead of serializing them (see
+    #: :class:`layers.core.serializers.InProcessSerializer`); the payloads it hands
+    #: the backend stay opaque ``bytes``. Leave False for any backend with a store
+    #: outside the process.
+    in_process: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse, when the class is defined, a capability declared without its methods."""
         super().__init_subclass__(**kwargs)

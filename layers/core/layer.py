@@ -57,7 +57,12 @@ from layers.core.names import (
 )
 from layers.core.options import check_options, split_url, url_query_names
 from layers.core.registry import resolve_backend
-from layers.core.serializers import Serializer, get_serializer, validate_message
+from layers.core.serializers import (
+    InProcessSerializer,
+    Serializer,
+    get_serializer,
+    validate_message,
+)
 from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStatistics
 
 __all__ = ["ChannelLayer", "SupportsChannelLayer"]
@@ -310,6 +315,18 @@ class ChannelLayer:
         self._serializer: Serializer = get_serializer(
             serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
         )
+        # In one process msgpack's round trip is only a deep copy: make the copy
+        # directly, sharing immutable values (validated the same way).
+        self._by_reference: InProcessSerializer | None = None
+        if (
+            self.backend_class.in_process
+            and serializer_format == "msgpack"
+            and symmetric_encryption_keys is None
+        ):
+            self._by_reference = InProcessSerializer(
+                expiry=self.expiry, max_message_size=self.max_message_size
+            )
+            self._serializer = self._by_reference
         self._backend_options = self.backend_class.prepare_options(
             {**url_backend_options, **backend_options}
         )
@@ -500,6 +517,8 @@ class ChannelLayer:
         loop.close = close  # type: ignore[method-assign]
 
     def _encode(self, message: dict[str, Any]) -> bytes:
+        if self._by_reference is not None:
+            return self._by_reference.dumps(message)  # validates and checks the size
         body = self._serializer.dumps(validate_message(message))
         if self.max_message_size is not None and len(body) > self.max_message_size:
             raise MessageTooLarge(
@@ -559,6 +578,8 @@ class ChannelLayer:
                     capacity=capacity,
                 )
         if not stored:
+            if self._by_reference is not None:
+                self._by_reference.discard(body)
             raise ChannelFull(self._full_message(channel, capacity, wait))
 
     def _full_message(self, channel: str, capacity: int, wait: float | None) -> str:
@@ -651,7 +672,10 @@ class ChannelLayer:
         message once or not at all.
         """
         require_valid_group_name(group)
-        body = self._encode(message)
+        if self._by_reference is not None:
+            body = self._by_reference.dumps_shared(message)  # one body, many receivers
+        else:
+            body = self._encode(message)
         self.require(Capability.GROUPS)
         backend = await self._state().ready()
         payload = group_payload(body, time.time() + self.expiry, self.expiry, self.capacity)

@@ -9,7 +9,10 @@ Anything else raises :class:`layers.InvalidMessage`, a :class:`TypeError`, befor
 any I/O, so the error shows where the message was made.
 
 Serializers are registered by name (``serializer_format``): ``"msgpack"`` (the
-default; keeps bytes and str apart) and ``"json"`` (boxes bytes as base64). With
+default; keeps bytes and str apart) and ``"json"`` (boxes bytes as base64). A backend
+that declares ``in_process`` (the memory backend) gets :class:`InProcessSerializer`
+instead of msgpack: a validated copy of the message's containers that shares its
+immutable values, passed by reference, with the same result as a msgpack round trip. With
 ``symmetric_encryption_keys`` the serialized bytes are encrypted with
 :class:`cryptography.fernet.MultiFernet`: the first key encrypts, every key decrypts,
 which allows key rotation. Channel and group names stay in plain text.
@@ -19,21 +22,28 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
+import struct
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import msgpack
 
-from layers.core.errors import ConfigurationError, InvalidMessage, MissingDriver
+from layers.core.errors import ConfigurationError, InvalidMessage, MessageTooLarge, MissingDriver
 
 __all__ = [
     "MAX_DEPTH",
     "EncryptingSerializer",
+    "InProcessSerializer",
     "JSONSerializer",
     "MsgpackSerializer",
     "Serializer",
+    "copy_message",
     "get_serializer",
     "register_serializer",
     "validate_message",
@@ -98,6 +108,103 @@ def validate_message(message: object) -> dict[str, Any]:
         raise InvalidMessage("message keys '__asgi_channel__'/'__asgi_group__' are reserved")
     _check_value(msg, "message")
     return msg
+
+
+class _Refused(Exception):
+    """Raised inside :func:`copy_message` to fall back to :func:`validate_message`'s error."""
+
+
+_SHARED = frozenset({str, bytes, float, bool, type(None)})
+
+
+def _copy_list(items: Iterable[Any], size: list[int], depth: int) -> list[Any]:
+    if depth > MAX_DEPTH:
+        raise _Refused
+    out: list[Any] = []
+    append = out.append
+    for item in items:
+        kind = type(item)
+        if kind is bytes or kind is str:
+            size[0] += len(item)
+            append(item)
+        elif kind in _SHARED:
+            append(item)
+        elif kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise _Refused
+            append(item)
+        elif kind is dict:
+            append(_copy_dict(item, size, depth + 1))
+        elif kind is list or kind is tuple:
+            append(_copy_list(item, size, depth + 1))
+        else:
+            plain = _plain_scalar(item)
+            if type(plain) is not bool and type(plain) is not float:
+                size[0] += len(plain)  # type: ignore[arg-type]
+            append(plain)
+    return out
+
+
+def _copy_dict(mapping: dict[Any, Any], size: list[int], depth: int) -> dict[str, Any]:
+    if depth > MAX_DEPTH:
+        raise _Refused
+    out: dict[str, Any] = {}
+    for key, item in mapping.items():
+        if type(key) is not str:
+            raise _Refused
+        kind = type(item)
+        if kind is bytes or kind is str:
+            size[0] += len(item)
+            out[key] = item
+        elif kind in _SHARED:
+            out[key] = item
+        elif kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise _Refused
+            out[key] = item
+        elif kind is dict:
+            out[key] = _copy_dict(item, size, depth + 1)
+        elif kind is list or kind is tuple:
+            out[key] = _copy_list(item, size, depth + 1)
+        else:
+            plain = _plain_scalar(item)
+            if type(plain) is not bool and type(plain) is not float:
+                size[0] += len(plain)  # type: ignore[arg-type]
+            out[key] = plain
+    return out
+
+
+def _plain_scalar(value: object) -> object:
+    """A subclass of an accepted scalar, as the base type msgpack would give back."""
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return value[:]  # slicing a str subclass gives an exact str
+    if isinstance(value, bytes):
+        return value[:]
+    if isinstance(value, float):
+        return float.__float__(value)
+    raise _Refused
+
+
+def copy_message(message: object) -> tuple[dict[str, Any], int]:
+    """A validated copy of ``message`` and its size, as msgpack would round-trip it.
+
+    Containers are copied (tuples become lists); ``str``, ``bytes``, numbers, ``bool``
+    and ``None`` are immutable and shared, never copied, so a 64 KB ``bytes`` costs
+    nothing. Changing ``message`` afterwards changes nothing in the copy. The size
+    is the total length of its ``str`` and ``bytes`` values (what ``max_message_size``
+    is checked against on an in-process backend). Raises :class:`InvalidMessage`
+    exactly where :func:`validate_message` does.
+    """
+    if type(message) is not dict or "__asgi_channel__" in message or "__asgi_group__" in message:
+        validate_message(message)
+    size = [0]
+    try:
+        return _copy_dict(cast(dict[Any, Any], message), size, 1), size[0]
+    except _Refused:
+        validate_message(message)
+        raise InvalidMessage("message cannot be copied") from None  # pragma: no cover
 
 
 class Serializer(Protocol):
@@ -214,6 +321,107 @@ class EncryptingSerializer:
     def loads(self, data: bytes) -> dict[str, Any]:
         """Decrypt with any key, then deserialize."""
         return self._inner.loads(self._fernet.decrypt(data))
+
+
+_REFERENCE = struct.Struct("!IQ")  # table number, token
+_BY_REFERENCE = b"\x00"
+_MSGPACK = b"\x01"
+
+_Table = OrderedDict[int, tuple[dict[str, Any], float]]
+
+
+class InProcessSerializer:
+    """Passes a validated copy of each message by reference: for in-process backends.
+
+    :meth:`dumps` stores a :func:`copy_message` copy in a process-wide table and
+    returns a 13-byte reference to it; :meth:`loads` takes the copy out again, so
+    each reference is delivered once (a ``send`` has one receiver). A body meant
+    for several receivers (``group_send``) is made by :meth:`dumps_shared`, as
+    msgpack, so every receiver gets its own objects. Copies whose message was
+    never received (expired, flushed, refused as full) are dropped ``expiry``
+    seconds (plus a margin) after they were made, so memory stays bounded by what
+    the store itself may hold. Works across the layers of one process (the
+    memory backend's named stores), never across processes.
+    """
+
+    #: Seconds a copy outlives its message's expiry before it is dropped.
+    MARGIN = 5.0
+
+    # One table per lifetime, so that each is ordered by its deadlines.
+    _tables: ClassVar[dict[float, tuple[int, _Table]]] = {}
+    _by_number: ClassVar[list[_Table]] = []
+    _lock = threading.Lock()
+    _counter = itertools.count(1)
+    _next_purge = 0.0
+
+    def __init__(self, *, expiry: float, max_message_size: int | None) -> None:
+        self._keep = expiry + self.MARGIN
+        self._max = max_message_size
+        self._packer = MsgpackSerializer()
+        cls = InProcessSerializer
+        with cls._lock:
+            found = cls._tables.get(self._keep)
+            if found is None:
+                found = cls._tables[self._keep] = (len(cls._by_number), OrderedDict())
+                cls._by_number.append(found[1])
+        self._number, self._table = found
+
+    def dumps(self, message: dict[str, Any]) -> bytes:
+        """Validate and copy ``message``; return the reference to the copy."""
+        copy, size = copy_message(message)
+        if self._max is not None and size > self._max:
+            raise MessageTooLarge(
+                f"the message holds {size} bytes of str and bytes; max_message_size is {self._max}"
+            )
+        now = time.monotonic()
+        cls = InProcessSerializer
+        with cls._lock:
+            token = next(cls._counter)
+            self._table[token] = (copy, now + self._keep)
+            if now >= cls._next_purge:
+                cls._purge(now)
+        return _BY_REFERENCE + _REFERENCE.pack(self._number, token)
+
+    def dumps_shared(self, message: dict[str, Any]) -> bytes:
+        """Serialize ``message`` for several receivers (msgpack); validates it first."""
+        body = self._packer.dumps(validate_message(message))
+        if self._max is not None and len(body) > self._max:
+            raise MessageTooLarge(
+                f"the message is {len(body)} bytes serialized; max_message_size is {self._max}"
+            )
+        return _MSGPACK + body
+
+    def loads(self, data: bytes) -> dict[str, Any]:
+        """Take the copy a reference points to (once), or unpack a shared body."""
+        if data[:1] == _BY_REFERENCE:
+            entry = self._take(data)
+            if entry is None:
+                raise ValueError("the message was already received or has expired")
+            return entry[0]
+        return self._packer.loads(data[1:])
+
+    def discard(self, data: bytes) -> None:
+        """Drop the copy of a message that was not stored (its channel was full)."""
+        if data[:1] == _BY_REFERENCE:
+            self._take(data)
+
+    @staticmethod
+    def _take(data: bytes) -> tuple[dict[str, Any], float] | None:
+        number, token = _REFERENCE.unpack_from(data, 1)
+        with InProcessSerializer._lock:
+            table = InProcessSerializer._by_number[cast(int, number)]
+            return table.pop(cast(int, token), None)
+
+    @classmethod
+    def _purge(cls, now: float) -> None:
+        """Drop copies past their time, oldest first (called under the lock)."""
+        cls._next_purge = now + 1.0
+        for table in cls._by_number:
+            while table:
+                token, (_, until) = next(iter(table.items()))
+                if until > now:
+                    break
+                del table[token]
 
 
 _REGISTRY: dict[str, Callable[[], Serializer]] = {

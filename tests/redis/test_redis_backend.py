@@ -214,6 +214,8 @@ def test_pops_of_many_queues_share_one_round_trip(shared_url: str) -> None:
         ("SCAN", b"0", "MATCH", "asgi:[qg]:{*", "COUNT", 1000),
         ("LPOP", "k", 3),
         ("X", 1.5, -2, b""),
+        ("EVALSHA", "abc", 1, "k", 1000, 100, b"x" * 65536),
+        ("RPUSH", "k", b"y" * 1023, b"z" * 1024, "\u00e9" * 600),
     ],
 )
 def test_our_command_packer_matches_redis_py(args: tuple[bytes | str | int | float, ...]) -> None:

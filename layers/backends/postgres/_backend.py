@@ -16,7 +16,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from layers.backends.postgres import _options, _sql
+from layers.backends.postgres import _inbox, _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._listener import Listener, _Watch, notify_channel
 from layers.core.backend import (
@@ -40,6 +40,8 @@ _READY_LOCK = threading.Lock()
 
 _Params = Sequence[Any] | Mapping[str, Any] | None
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+#: How long delivered inbox ids wait to be deleted together.
+_DELETE_DELAY = 0.05
 
 
 class PostgresBackend(Backend):
@@ -76,6 +78,10 @@ class PostgresBackend(Backend):
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._waiting = 0  # tasks blocked in pool.getconn()
         self._batcher = Batcher(self._lease, self._query, self._sql)
+        # Reply inboxes whose notes this instance reads (see ``_inbox``).
+        self._ledgers: dict[str, _inbox.InboxLedger] = {}
+        self._to_delete: dict[str, list[int]] = {}
+        self._deleting: dict[str, asyncio.Task[None]] = {}
 
     # -- configuration ----------------------------------------------------------------
 
@@ -179,6 +185,7 @@ class PostgresBackend(Backend):
                 with contextlib.suppress(BaseException):
                     await task
         self._cleanup = self._checking = None
+        await self._close_inboxes()
         await self._batcher.aclose()
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -424,6 +431,8 @@ class PostgresBackend(Backend):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(timeout, self._poll)):
                         await watch.listening.wait()
+            if watch is not None and self._settings.notify and queue.endswith("!"):
+                return await self._inbox_loop(queue, channel, limit, deadline, watch)
             return await self._claim_loop(queue, limit, event, deadline, watch)
         finally:
             if listener is not None:
@@ -487,6 +496,159 @@ class PostgresBackend(Backend):
                 if deadline - time.monotonic() <= 0:
                     return []  # the caller's next receive drains first anyway
 
+    # -- reply inboxes: delivery from NOTIFY payloads (see ``_inbox``) ------------------
+
+    def _ledger(self, queue: str) -> _inbox.InboxLedger:
+        led = self._ledgers.get(queue)
+        if led is None:
+            led = self._ledgers[queue] = _inbox.ledger(self._conninfo, self._settings.schema, queue)
+        return led
+
+    async def _inbox_loop(
+        self, queue: str, channel: str, limit: int, deadline: float, watch: _Watch
+    ) -> list[bytes]:
+        """Receive from a reply inbox: from its notes when this instance owns them.
+
+        The owner delivers carried payloads without a round trip and claims from
+        the table only when a note says so, when rows may lack notes (``gap``), or
+        when the poll interval passes. Any other instance claims. Every path goes
+        through the ledger, so an id is delivered once. Nothing between taking
+        notes and returning awaits: cancellation loses nothing there.
+        """
+        led = self._ledger(queue)
+        owner = led.acquire(self)
+        if owner and watch.notes is None:
+            watch.notes = _inbox.Notes()
+            watch.gap = True
+        event = watch.event
+        claim = not owner
+        while True:
+            event.clear()
+            if owner and not (watch.gap or watch.need_claim):
+                out = self._take_notes(queue, watch, led, limit)
+                if out:
+                    return out
+            if claim or watch.gap or watch.need_claim:
+                out = await self._claim_inbox(queue, channel, limit, watch, led, owner)
+                if out:
+                    return out
+                claim = not owner
+                if (owner and watch.notes and not watch.gap) or event.is_set():
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                async with asyncio.timeout(min(remaining, self._poll)):
+                    await event.wait()
+            except TimeoutError:
+                if deadline - time.monotonic() <= 0:
+                    return []
+                claim = True  # the poll: a lost notification cannot strand a row
+
+    def _take_notes(
+        self, queue: str, watch: _Watch, led: _inbox.InboxLedger, limit: int
+    ) -> list[bytes]:
+        """Deliver up to ``limit`` carried payloads from the front of the notes."""
+        notes = watch.notes
+        out: list[bytes] = []
+        ids: list[int] = []
+        while notes and len(out) < limit:
+            ident, data = notes.popleft()
+            if ident == _inbox.CLAIM:
+                watch.need_claim = True
+                break
+            if ident == _inbox.MARKER:
+                if watch.discard_until == data:
+                    watch.discard_until = None
+                led.marker(data)  # type: ignore[arg-type]
+                continue
+            if watch.discard_until is None and led.take_note(ident):
+                out.append(data)  # type: ignore[arg-type]
+                ids.append(ident)
+        if ids:
+            self._delete_later(queue, led, ids)
+        return out
+
+    async def _claim_inbox(
+        self,
+        queue: str,
+        channel: str,
+        limit: int,
+        watch: _Watch,
+        led: _inbox.InboxLedger,
+        owner: bool,
+    ) -> list[bytes]:
+        """Claim from the inbox's table rows, skipping ids already delivered."""
+        generation = watch.generation
+        listening = watch.listening.is_set()
+        token = _inbox.new_token()
+        started = led.begin_claim()
+        rows: list[tuple[Any, ...]] | None = None
+        try:
+            rows = await self._query(
+                self._sql.claim_inbox,
+                {"queue": queue, "lim": limit, "channel": channel, "marker": f"m{token}"},
+            )
+        finally:
+            claimed = sorted((int(r[0]), bytes(r[1])) for r in rows or () if r[0] is not None)
+            keep = led.end_claim(token, started, [ident for ident, _ in claimed] if rows else None)
+        if owner and len(claimed) < limit:
+            watch.need_claim = False
+            if listening and generation == watch.generation:
+                watch.gap = False
+        return [payload for (_, payload), ok in zip(claimed, keep, strict=True) if ok]
+
+    def _delete_later(self, queue: str, led: _inbox.InboxLedger, ids: list[int]) -> None:
+        self._to_delete.setdefault(queue, []).extend(ids)
+        task = self._deleting.get(queue)
+        if task is None or task.done():
+            self._deleting[queue] = asyncio.get_running_loop().create_task(
+                self._delete_loop(queue, led, _DELETE_DELAY), name="layers-postgres-delete"
+            )
+
+    async def _delete_loop(self, queue: str, led: _inbox.InboxLedger, delay: float) -> None:
+        """Delete the delivered rows of ``queue`` in batches until none are left."""
+        failures = 0
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            ids = self._to_delete.pop(queue, None)
+            if not ids:
+                return
+            try:
+                rows = await self._query(self._sql.delete_ids, (queue, ids))
+            except BackendError as exc:
+                failures += 1
+                if failures > 5:
+                    # The ids stay in the ledger: a claim skips their rows until
+                    # they expire.
+                    logger.warning("deleting delivered reply rows failed: %s", exc)
+                    return
+                self._to_delete.setdefault(queue, []).extend(ids)
+                delay = min(2.0, 0.1 * 2**failures)
+                continue
+            led.deleted(ids, {int(r[0]) for r in rows})
+
+    async def _close_inboxes(self) -> None:
+        """Delete what was delivered (best effort), then give up note ownership."""
+        for task in list(self._deleting.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._deleting.clear()
+        for queue in list(self._to_delete):
+            led = self._ledgers.get(queue)
+            if led is not None and self._pool is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await self._delete_loop(queue, led, 0.0)
+        self._to_delete.clear()
+        for queue, led in self._ledgers.items():
+            led.release(self)
+            _inbox.drop_ledger(self._conninfo, self._settings.schema, queue, led)
+        self._ledgers.clear()
+
     async def group_send(self, group: str, payload: GroupPayload) -> int:
         """Members, payloads, capacity check, insert and NOTIFY in one statement.
 
@@ -545,8 +707,25 @@ class PostgresBackend(Backend):
         )
 
     async def flush(self) -> None:
-        """Delete every message and membership in this layer's schema (nothing else)."""
+        """Delete every message and membership in this layer's schema (nothing else).
+
+        Notes this instance holds for reply inboxes are dropped, and so is every
+        note that arrives before a marker sent after the flush: they announce rows
+        the flush deleted.
+        """
         await self._query(self._sql.flush, rows=False)
+        listener = self._listener
+        if listener is None:
+            return
+        for queue, led in list(self._ledgers.items()):
+            watch = listener.peek(self._channel(queue))
+            if watch is None or watch.notes is None or led.owner is not self:
+                continue
+            token = _inbox.new_token()
+            watch.notes.clear()
+            watch.gap = True
+            watch.discard_until = token
+            await self._query(self._sql.notify, (self._channel(queue), f"m{token}"))
 
     # -- maintenance ------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """The wake-up side of the PostgreSQL backend: one LISTEN connection per instance.
 
-NOTIFY is only a hint that a queue may have rows; the receive loop's poll is the
-guarantee. The :class:`Listener` owns one autocommit connection outside the pool,
-LISTENs on the hashed channel of every queue this instance receives from, and sets
-that queue's :class:`asyncio.Event` when a notification arrives. After a reconnect
-it re-LISTENs and sets *every* event, because notifications sent while it was away
-are gone for good and readers must drain.
+For a normal channel NOTIFY is only a hint that a queue may have rows; the receive
+loop's poll is the guarantee. For a reply inbox whose reader owns its notes
+(``_inbox``), the listener also queues each notification's note, in arrival order.
+The :class:`Listener` owns one autocommit connection outside the pool, LISTENs on
+the hashed channel of every queue this instance receives from, and sets that queue's
+:class:`asyncio.Event` when a notification arrives. After a reconnect it re-LISTENs
+and sets *every* event, because notifications sent while it was away are gone for
+good and readers must drain.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from layers.backends.postgres._inbox import MAX_NOTES, Notes, parse_note
 
 __all__ = ["Listener", "notify_channel"]
 
@@ -41,7 +45,18 @@ def notify_channel(schema: str, queue: str) -> str:
 
 
 class _Watch:
-    __slots__ = ("drained", "event", "last_used", "listening", "users")
+    __slots__ = (
+        "discard_until",
+        "drained",
+        "event",
+        "gap",
+        "generation",
+        "last_used",
+        "listening",
+        "need_claim",
+        "notes",
+        "users",
+    )
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
@@ -51,6 +66,17 @@ class _Watch:
         #: The last claim on this queue, made after ``event`` was cleared, took fewer
         #: rows than it asked for: until ``event`` is set, the queue holds nothing new.
         self.drained = False
+        #: An owned inbox's notes, in arrival order (None: notifications are hints).
+        self.notes: Notes | None = None
+        #: Rows may exist that no queued note announces (before LISTEN, after a
+        #: reconnect or an overflow): claim from the table before using notes.
+        self.gap = True
+        #: Counts the (re)LISTENs, so a claim can tell whether one happened meanwhile.
+        self.generation = 0
+        #: A note said "claim from the table" (a message too large to carry).
+        self.need_claim = False
+        #: After a flush: drop carried notes until this marker token arrives.
+        self.discard_until: int | None = None
 
 
 class Listener:
@@ -82,6 +108,10 @@ class Listener:
                 self._run(), name="layers-postgres-listener"
             )
         return w
+
+    def peek(self, channel: str) -> _Watch | None:
+        """The watch of ``channel`` if there is one (no new interest registered)."""
+        return self._watches.get(channel)
 
     def release(self, channel: str) -> None:
         """Drop one user of ``channel``; it is UNLISTENed after a quiet while."""
@@ -119,6 +149,7 @@ class Listener:
             finally:
                 for w in self._watches.values():
                     w.listening.clear()
+                    w.gap = True
                 with contextlib.suppress(Exception):
                     await conn.close()
 
@@ -185,6 +216,11 @@ class Listener:
         for ch in add:
             w = self._watches.get(ch)
             if w is not None:
+                # Notifications sent before this LISTEN never come: the table has them.
+                w.generation += 1
+                w.gap = True
+                if w.notes is not None:
+                    w.notes.clear()
                 w.listening.set()
 
     async def _consume(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -196,6 +232,13 @@ class Listener:
                 got = True
                 w = watches.get(note.channel)
                 if w is not None:
+                    notes = w.notes
+                    if notes is not None:
+                        if len(notes) >= MAX_NOTES:
+                            # Nobody reads them: drop them, the rows are durable.
+                            notes.clear()
+                            w.gap = True
+                        notes.append(parse_note(note.payload))
                     w.event.set()
             if not got:
                 await conn.execute("SELECT 1")

@@ -29,6 +29,22 @@ NOTIFY_CHANNEL = (
     "'lq_' || left(encode(sha256(convert_to({lit} || ':' || {queue}, 'UTF8')), 'hex'), 24)"
 )
 
+#: The largest payload a NOTIFY carries (see ``_inbox.MAX_NOTE_PAYLOAD``).
+NOTE_LIMIT = 5600
+
+
+def note(queue: str, ident: str, payload: str) -> str:
+    """SQL for the NOTIFY payload of a stored row (see ``_inbox``).
+
+    A reply inbox (a queue ending in ``!``) gets ``p<id>:<base64 payload>`` when the
+    payload fits, else the empty string, as every normal queue does.
+    """
+    return (
+        f"CASE WHEN right({queue}, 1) <> '!' OR octet_length({payload}) > {NOTE_LIMIT}"
+        f" THEN '' ELSE 'p' || {ident} || ':' || encode({payload}, 'base64') END"
+    )
+
+
 #: The schema version this code writes and reads.
 SCHEMA_VERSION = 1
 
@@ -92,6 +108,9 @@ class Statements:
     receive: bytes
     receive_batch: bytes
     restore: bytes
+    claim_inbox: bytes
+    delete_ids: bytes
+    notify: bytes
     group_send: bytes
     group_add: bytes
     group_discard: bytes
@@ -162,11 +181,13 @@ def statements(schema: str) -> Statements:
             "WITH c AS (SELECT " + bounded("%(queue)s", "%(cap)s", "1", "%(cap)s") + " AS n),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT %(queue)s, now() + make_interval(secs => %(expiry)s), %(payload)b"
-            " FROM c WHERE c.n < %(cap)s RETURNING 1)"
+            " FROM c WHERE c.n < %(cap)s RETURNING id)"
             " SELECT c.n, EXISTS (SELECT FROM ins),"
             " CASE WHEN %(channel)s::text IS NOT NULL"
             " AND EXISTS (SELECT FROM ins)"
-            " THEN pg_notify(%(channel)s::text, '') IS NULL END"
+            " THEN pg_notify(%(channel)s::text, "
+            + note("%(queue)s::text", "(SELECT id FROM ins)", "%(payload)b::bytea")
+            + ") IS NULL END"
             " FROM c"
         ),
         # Many rows in one statement, in order. Each queue's live rows are counted
@@ -184,10 +205,17 @@ def statements(schema: str) -> Statements:
             " - 1 < p.cap AS ok FROM p JOIN l ON l.queue = p.queue),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT c.queue, now() + make_interval(secs => c.expiry), c.payload"
-            " FROM c WHERE c.ok ORDER BY c.ord)"
+            " FROM c WHERE c.ok ORDER BY c.ord RETURNING id, queue),"
+            # The ids follow the insert order, so the k-th stored row of a queue (by
+            # ord) has the k-th id of that queue: that pairs rows with their ids.
+            " ni AS (SELECT id, queue, row_number() OVER (PARTITION BY queue ORDER BY id)"
+            " AS k FROM ins),"
+            " nc AS (SELECT ord, row_number() OVER (PARTITION BY queue ORDER BY ord) AS k"
+            " FROM c WHERE c.ok)"
             " SELECT c.ord, c.ok, CASE WHEN c.ok AND c.channel IS NOT NULL"
-            " THEN pg_notify(c.channel, '') IS NULL END"
-            " FROM c ORDER BY c.ord"
+            " THEN pg_notify(c.channel, " + note("c.queue", "ni.id", "c.payload") + ") IS NULL END"
+            " FROM c LEFT JOIN nc ON nc.ord = c.ord"
+            " LEFT JOIN ni ON ni.queue = c.queue AND ni.k = nc.k ORDER BY c.ord"
         ),
         # Claim with SKIP LOCKED in an InitPlan (runs once: no extra rows locked),
         # delete by ctid. RETURNING order is unspecified: the caller sorts by id.
@@ -196,6 +224,21 @@ def statements(schema: str) -> Statements:
             "SELECT ctid FROM {s}.messages WHERE queue = %s AND expires_at > now()"
             " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING id, payload"
         ),
+        # A reply inbox's claim: the same, plus a marker NOTIFY on the inbox's own
+        # channel, delivered at this commit after the notes of every row it claimed
+        # (see ``_inbox``). The marker row has a NULL id.
+        claim_inbox=q(
+            "WITH d AS (DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM {s}.messages WHERE queue = %(queue)s AND expires_at > now()"
+            " ORDER BY id LIMIT %(lim)s FOR UPDATE SKIP LOCKED)) RETURNING id, payload)"
+            " SELECT d.id, d.payload, NULL::boolean FROM d UNION ALL"
+            " SELECT NULL, NULL, pg_notify(%(channel)s, %(marker)s) IS NULL"
+        ),
+        # Rows of an inbox already delivered from their NOTIFY, deleted in a batch.
+        delete_ids=q(
+            "DELETE FROM {s}.messages WHERE queue = %s AND id = ANY(%s::bigint[]) RETURNING id"
+        ),
+        notify=q("SELECT pg_notify(%s, %s) IS NULL"),
         # The same for many queues at once, each with its own limit.
         receive_batch=q(
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
@@ -233,11 +276,13 @@ def statements(schema: str) -> Statements:
             + " < %(cap)s AS ok FROM p),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT queue, now() + make_interval(secs => %(expiry)s), payload"
-            " FROM c WHERE ok ORDER BY queue)"
-            " SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok),"
-            " count(CASE WHEN ok AND %(notify)s THEN pg_notify("
+            " FROM c WHERE ok ORDER BY queue RETURNING id, queue, payload)"
+            " SELECT (SELECT count(*) FROM c WHERE ok), (SELECT count(*) FROM c WHERE NOT ok),"
+            " (SELECT count(CASE WHEN %(notify)s THEN pg_notify("
             + NOTIFY_CHANNEL.replace("{queue}", "queue")
-            + ", '') IS NULL END) FROM c"
+            + ", "
+            + note("queue", "id", "payload")
+            + ") IS NULL END) FROM ins)"
         ),
         group_add=q(
             "INSERT INTO {s}.group_members (group_name, channel, expires_at)"

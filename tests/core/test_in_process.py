@@ -1,0 +1,164 @@
+"""The memory backend passes messages by reference: validated copies, shared immutables.
+
+An in-process backend gets :class:`~layers.core.serializers.InProcessSerializer`
+instead of msgpack. These tests pin what that must keep: the receiver gets a copy
+of the containers (a change after ``send`` changes nothing), the immutable values
+are shared rather than copied, group receivers get separate objects, bad messages
+still fail at ``send``, and copies of messages nobody receives do not pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import layers
+from layers.backends.memory import MemoryBackend, MemoryChannelLayer
+from layers.conformance_tests.plugin import async_test
+from layers.core.serializers import (
+    MAX_DEPTH,
+    InProcessSerializer,
+    MsgpackSerializer,
+    copy_message,
+    validate_message,
+)
+
+
+def table_size(layer: layers.ChannelLayer) -> int:
+    serializer = layer._by_reference
+    assert serializer is not None
+    with InProcessSerializer._lock:
+        return len(serializer._table)
+
+
+def test_only_an_in_process_backend_with_the_default_format_passes_by_reference() -> None:
+    assert isinstance(MemoryChannelLayer()._serializer, InProcessSerializer)
+    assert not isinstance(
+        MemoryChannelLayer(serializer_format="json")._serializer, InProcessSerializer
+    )
+
+    class OutOfProcess(MemoryBackend):
+        in_process = False
+
+    assert isinstance(layers.ChannelLayer(backend=OutOfProcess)._serializer, MsgpackSerializer)
+
+
+@async_test
+async def test_immutable_values_are_shared_and_containers_copied() -> None:
+    layer = MemoryChannelLayer()
+    data = b"x" * 65536
+    text = "y" * 1000
+    message: dict[str, Any] = {"data": data, "text": text, "nested": {"list": [1, (2, 3)]}}
+    await layer.send("ref", message)
+    message["nested"]["list"].append(4)
+    got = await layer.receive("ref")
+    assert got["data"] is data  # never copied
+    assert got["text"] is text
+    assert got["nested"] == {"list": [1, [2, 3]]}  # tuples arrive as lists, as with msgpack
+    assert got is not message
+    assert got["nested"] is not message["nested"]
+
+
+def test_copy_matches_a_msgpack_round_trip() -> None:
+    class Text(str):
+        pass
+
+    class Blob(bytes):
+        pass
+
+    message = {
+        "s": Text("sub"),
+        "b": Blob(b"sub"),
+        "t": (1, [2.5, None, True], {"k": b"v"}),
+        "i": 2**63 - 1,
+        "n": -(2**63),
+    }
+    packer = MsgpackSerializer()
+    copy, size = copy_message(message)
+    assert copy == packer.loads(packer.dumps(message))
+    assert type(copy["s"]) is str
+    assert type(copy["b"]) is bytes
+    assert size == len("sub") + len(b"sub") + len(b"v")
+
+
+SELF: dict[str, Any] = {"a": []}
+SELF["a"].append(SELF)
+DEEP: dict[str, Any] = {}
+_level = DEEP
+for _ in range(MAX_DEPTH):
+    _level["x"] = {}
+    _level = _level["x"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {1: "x"},
+        {"x": object()},
+        {"x": [2**63]},
+        {"x": {"y": {3}}},
+        {"__asgi_channel__": "c"},
+        [],
+        SELF,
+        DEEP,
+    ],
+)
+def test_copy_refuses_what_validation_refuses(bad: Any) -> None:
+    with pytest.raises(layers.InvalidMessage):
+        validate_message(bad)
+    with pytest.raises(layers.InvalidMessage):
+        copy_message(bad)
+
+
+@async_test
+async def test_group_receivers_get_separate_objects() -> None:
+    layer = MemoryChannelLayer()
+    await layer.group_add("g", "a")
+    await layer.group_add("g", "b")
+    await layer.group_send("g", {"list": [1]})
+    first = await layer.receive("a")
+    first["list"].append(2)
+    assert await layer.receive("b") == {"list": [1]}
+
+
+@async_test
+async def test_refused_and_expired_messages_leave_no_copy_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(InProcessSerializer, "MARGIN", 0.0)
+    layer = MemoryChannelLayer(capacity=1, expiry=0.05)
+    before = table_size(layer)
+    await layer.send("full", {"i": 0})
+    for i in range(100):
+        with pytest.raises(layers.ChannelFull):
+            await layer.send("full", {"i": i})
+    assert table_size(layer) == before + 1  # only the stored one
+    await asyncio.sleep(0.1)
+    InProcessSerializer._next_purge = 0.0
+    await layer.send("other", {"i": 1})  # a later send purges what expired
+    assert table_size(layer) == before + 1
+    assert await layer.receive("other") == {"i": 1}
+    assert table_size(layer) == before
+
+
+@async_test
+async def test_max_message_size_counts_str_and_bytes() -> None:
+    layer = MemoryChannelLayer(max_message_size=1000)
+    with pytest.raises(layers.MessageTooLarge):
+        await layer.send("big", {"data": "x" * 600, "more": b"y" * 600})
+    with pytest.raises(layers.MessageTooLarge):
+        await layer.group_send("g", {"data": b"x" * 2000})
+    await layer.send("big", {"data": "x" * 900})
+    assert (await layer.receive("big"))["data"] == "x" * 900
+
+
+@async_test
+async def test_named_stores_share_references_between_layers() -> None:
+    one = layers.from_url("memory://in-process-shared")
+    two = layers.from_url("memory://in-process-shared")
+    data = b"z" * 100
+    await one.send("shared.ch", {"data": data})
+    got = await two.receive("shared.ch")
+    assert got["data"] is data
