@@ -72,6 +72,9 @@ def _warn_in_a_worker() -> None:
 #: How many fully expired queues and groups each write removes, at most: more than
 #: one, so expired entries go at least as fast as writes make new ones.
 _SWEEP_PER_WRITE = 2
+#: Writes between two sweeps; each sweep then removes up to this many times
+#: _SWEEP_PER_WRITE (the same rate, for one look at the front per batch of writes).
+_SWEEP_EVERY = 32
 #: How often the idle sweeper visits stores that hold something (seconds).
 _IDLE_SWEEP_INTERVAL = 1.0
 
@@ -92,6 +95,14 @@ class MemoryStore:
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
         #: True while the idle sweeper visits this store (changed under ``lock``).
         self.watched = False
+        self._writes = 0
+
+    def swept(self, now: float) -> None:
+        """After a write, under ``lock``: sweep once every :data:`_SWEEP_EVERY` writes."""
+        self._writes += 1
+        if self._writes >= _SWEEP_EVERY:
+            self._writes = 0
+            self.sweep(now, _SWEEP_EVERY * _SWEEP_PER_WRITE)
 
     def watch(self) -> bool:
         """Under ``lock``, after a write: True when the idle sweeper must be told."""
@@ -266,7 +277,7 @@ class MemoryBackend(Backend):
         with store.lock:
             stored = store.put(queue, payload, expiry, capacity, now)
             waiters = store.waiters.pop(queue, None) if stored else None
-            store.sweep(now)
+            store.swept(now)
             watch = stored and store.watch()
         if watch:
             _watch(store)
@@ -286,7 +297,7 @@ class MemoryBackend(Backend):
                 results.append(stored)
                 if stored:
                     woken.extend(store.waiters.pop(p.queue, ()))
-            store.sweep(now)
+            store.swept(now)
             watch = store.watch()
         if watch:
             _watch(store)
@@ -352,7 +363,7 @@ class MemoryBackend(Backend):
             else:
                 store.groups.move_to_end(group)
             members[channel] = now + expiry
-            store.sweep(now)
+            store.swept(now)
             watch = store.watch()
         if watch:
             _watch(store)

@@ -155,6 +155,14 @@ class Hub:
         """
         with self.lock:
             items = box.items
+            if not items and box.waiters and not front:
+                # The common case: a consumer waits and nothing is buffered.
+                waiters = box.waiters
+                while waiters:
+                    waiter = waiters.popleft()
+                    waiter.state.count(box.queue, -1)
+                    if waiter.give(box, item, here):
+                        return True
             if len(items) == items.maxlen:
                 logger.warning("local buffer of a channel is full: dropping its oldest message")
             if front:
