@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -179,3 +180,30 @@ async def test_order_is_arrival_order_across_writers_and_expiries(
                 order.append(len(order))
                 await writer.send(channel, {"n": order[-1]})
         assert [m["n"] for m in await drain(fast, channel)] == order
+
+
+@async_test
+async def test_a_waiting_receive_is_woken_by_a_send(layer_factory: LayerFactory) -> None:
+    """A receive already waiting returns as soon as a message is sent to its channel,
+    directly or through a group: the send wakes it; it is not left to find the message
+    on its next poll. Twenty round trips take under two seconds in all."""
+    channel, group = unique(), unique("grp")
+    async with layer_factory() as layer:
+        groups = Capability.GROUPS in layer.capabilities
+        if groups:
+            await layer.group_add(group, channel)
+        await layer.send(channel, {"warm": True})
+        assert await receive_within(layer, channel) == {"warm": True}
+        waited = 0.0
+        start = time.monotonic()
+        for i in range(20):
+            waiting = asyncio.create_task(receive_within(layer, channel))
+            await asyncio.sleep(0.01)  # the receive is waiting now
+            waited += 0.01
+            if groups and i % 2:
+                await layer.group_send(group, {"i": i})
+            else:
+                await layer.send(channel, {"i": i})
+            assert await waiting == {"i": i}
+        elapsed = time.monotonic() - start - waited
+        assert elapsed < 2.0, f"20 woken receives took {elapsed:.2f} s (missed wake-ups?)"
