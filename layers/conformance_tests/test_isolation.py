@@ -182,28 +182,53 @@ async def test_order_is_arrival_order_across_writers_and_expiries(
         assert [m["n"] for m in await drain(fast, channel)] == order
 
 
+async def _round_trips(
+    senders: list[ChannelLayer], readers: list[ChannelLayer], channel: str, rounds: int
+) -> float:
+    """Seconds ``rounds`` sends to ``channel`` take to reach receives already waiting on
+    it in ``readers`` (one each), not counting the pauses that let them wait."""
+    group = unique("grp")
+    sender = senders[0]
+    if senders[1:]:
+        await sender.group_add(group, channel)
+    waiting = {asyncio.create_task(receive_within(r, channel)): r for r in readers}
+    got: list[int] = []
+    start = time.monotonic()
+    try:
+        for i in range(rounds):
+            await asyncio.sleep(0.01)  # every receive is waiting now
+            if senders[1:]:
+                await sender.group_send(group, {"i": i})
+            else:
+                await sender.send(channel, {"i": i})
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                got.append(task.result()["i"])
+                reader = waiting.pop(task)
+                waiting[asyncio.create_task(receive_within(reader, channel))] = reader
+        elapsed = time.monotonic() - start - rounds * 0.01
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+    assert got == list(range(rounds))
+    return elapsed
+
+
 @async_test
 async def test_a_waiting_receive_is_woken_by_a_send(layer_factory: LayerFactory) -> None:
-    """A receive already waiting returns as soon as a message is sent to its channel,
-    directly or through a group: the send wakes it; it is not left to find the message
-    on its next poll. Twenty round trips take under two seconds in all."""
-    channel, group = unique(), unique("grp")
-    async with layer_factory() as layer:
-        groups = Capability.GROUPS in layer.capabilities
-        if groups:
-            await layer.group_add(group, channel)
-        await layer.send(channel, {"warm": True})
-        assert await receive_within(layer, channel) == {"warm": True}
-        waited = 0.0
-        start = time.monotonic()
-        for i in range(20):
-            waiting = asyncio.create_task(receive_within(layer, channel))
-            await asyncio.sleep(0.01)  # the receive is waiting now
-            waited += 0.01
-            if groups and i % 2:
-                await layer.group_send(group, {"i": i})
-            else:
-                await layer.send(channel, {"i": i})
-            assert await waiting == {"i": i}
-        elapsed = time.monotonic() - start - waited
-        assert elapsed < 2.0, f"20 woken receives took {elapsed:.2f} s (missed wake-ups?)"
+    """A receive already waiting returns as soon as a message is sent to its channel, by
+    ``send`` or ``group_send``, and with readers in two layers waiting on one channel:
+    the send wakes it; it is not left to find the message on its next poll. Each series
+    of fifteen round trips takes under 1.5 s (a missed wake-up costs a poll interval)."""
+    async with layer_factory() as one, layer_factory() as two:
+        await one.send(unique("warm"), {"warm": True})
+        await two.send(unique("warm"), {"warm": True})
+        series = {
+            "send": await _round_trips([one], [one], unique(), 15),
+            "two readers": await _round_trips([one], [one, two], unique(), 15),
+        }
+        if Capability.GROUPS in one.capabilities:
+            series["group_send"] = await _round_trips([one, one], [two], unique(), 15)
+        slow = {name: round(t, 2) for name, t in series.items() if t >= 1.5}
+        assert not slow, f"15 woken receives took these seconds (missed wake-ups?): {slow}"

@@ -95,3 +95,40 @@ async def test_unread_distinct_channels_do_not_grow_memory(layer_factory: LayerF
     grown = sizes[1] - sizes[0]
     sent = (rounds - 10) * per_round
     assert grown < 400 * sent, f"memory grew by {grown} bytes over {sent} expired messages"
+
+
+@requires(Capability.GROUPS)
+@async_test
+async def test_expired_memberships_of_distinct_groups_do_not_grow_memory(
+    layer_factory: LayerFactory,
+) -> None:
+    """Four members in each of 800 distinct groups (2,500 thorough), expiring as they go,
+    leave this process's memory flat: an expired group is released, not kept forever.
+
+    A cache bounded by a fixed number of names is allowed (the rule tolerates 300 bytes
+    per group); for a server-side store this checks the client side only.
+    """
+    members = [unique("member") for _ in range(4)]
+    rounds, per_round = sized(16, 50), 50
+    async with layer_factory(group_expiry=0.1) as layer:
+        for _ in range(per_round):  # warm up connections and caches
+            warm = unique("warm")
+            for member in members:
+                await layer.group_add(warm, member)
+        sizes: list[int] = []
+        tracemalloc.start()
+        try:
+            for r in range(rounds):
+                for _ in range(per_round):
+                    group = unique("g")
+                    for member in members:
+                        await layer.group_add(group, member)
+                await asyncio.sleep(0.03)
+                if r in (3, rounds - 1):
+                    gc.collect()
+                    sizes.append(tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+    grown = sizes[1] - sizes[0]
+    added = (rounds - 4) * per_round
+    assert grown < 300 * added, f"memory grew by {grown} bytes over {added} expired groups"

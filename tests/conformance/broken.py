@@ -639,6 +639,15 @@ class WakeupsLost(MemoryBackend):
             return [self._store.put(p.queue, p.payload, p.expiry, p.capacity, now) for p in puts]
 
 
+class GroupsNeverSwept(MemoryBackend):
+    """Expired groups are never swept: storage grows with every distinct group name."""
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        with self._store.lock:
+            members = self._store.groups.setdefault(group, {})
+            members[channel] = time.monotonic() + expiry
+
+
 class ExpiredHeadBlocks(MemoryBackend):
     """Never prunes on insert, and reads one page of ``limit`` rows, filtering expired ones:
     a page of expired rows reads as an empty queue until the next poll."""
@@ -1142,6 +1151,7 @@ CATALOGUE: dict[str, Broken] = {
         "scale", "expired channels are never swept", StorageNeverShrinks
     ),
     "wakeups-lost": _entry("scale", "a send never wakes a waiting receive", WakeupsLost),
+    "groups-never-swept": _entry("scale", "expired groups are never swept", GroupsNeverSwept),
     "expired-head-blocks": _entry(
         "scale", "an expired page of rows reads as an empty queue", ExpiredHeadBlocks
     ),
@@ -1316,6 +1326,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "receive-ignores-limit": ("test_receive_takes_no_more_than_it_hands_out",),
     "storage-never-shrinks": ("test_unread_distinct_channels_do_not_grow_memory",),
     "wakeups-lost": ("test_a_waiting_receive_is_woken_by_a_send",),
+    "groups-never-swept": ("test_expired_memberships_of_distinct_groups_do_not_grow_memory",),
     "expired-head-blocks": ("test_live_message_behind_an_expired_backlog",),
     "group-channels-first-page": ("test_large_group_reaches_every_member_once",),
     "flush-first-page": ("test_flush_empties_hundreds_of_channels_and_groups",),
