@@ -1,5 +1,5 @@
 """Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``,
-``conformance_thorough`` (nightly).
+``redis_drivers``; nightly: ``conformance_thorough``, ``chaos``, ``mutation``.
 
 ``tests`` runs the unit and integration tests, then the conformance suite on every
 built-in backend whose server is reachable. Servers are found through
@@ -11,8 +11,12 @@ of skipping it.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import nox
@@ -194,3 +198,69 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks, our layers next to the peers (``nox -s bench -- --quick``)."""
     _bench(session)
+
+
+#: What ``nox -s mutation`` mutates, the layer URL the conformance suite runs on, and how
+#: many mutants run at once (one for SQLite: the flush rules empty the shared file).
+MUTATION_TARGETS = {
+    "memory": (["layers/backends/memory.py"], "memory://", 2),
+    "sqlite": (
+        ["layers/backends/sqlite/backend.py", "layers/backends/sqlite/_sql.py"],
+        "sqlite:///{tmp}/mutation.db",
+        1,
+    ),
+}
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation score of the conformance suite (mutmut) over the memory and SQLite backends.
+
+    Each target is mutated in a copy of the tracked sources; every mutant runs the
+    conformance suite's tests that reach the mutated function, first failure stops it.
+    Slow (tens of minutes on two cores), so not part of CI. ``nox -s mutation -- memory``
+    runs one target; the survivors are listed with ``mutmut show NAME`` in the copy.
+    """
+    session.install("-e", ".[test,sqlite]", "mutmut==3.8.1")
+    root = Path(__file__).resolve().parent
+    tracked = subprocess.run(
+        ["git", "ls-files", "layers", "pyproject.toml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in session.posargs or list(MUTATION_TARGETS):
+        files, url, children = MUTATION_TARGETS[name]
+        work = Path(tempfile.mkdtemp(prefix=f"layers-mutation-{name}-"))
+        for path in tracked:
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / path, work / path)
+        addopts = ["-p", "layers.conformance_tests", "--layer-url", url.format(tmp=work)]
+        with (work / "pyproject.toml").open("a") as config:
+            config.write(
+                f'\n[tool.mutmut]\nsource_paths = ["layers/"]\nonly_mutate = {files!r}\n'.replace(
+                    "'", '"'
+                )
+                + f"pytest_add_cli_args = {[*addopts, '-p', 'no:cacheprovider']!r}\n".replace(
+                    "'", '"'
+                )
+                + 'pytest_add_cli_args_test_selection = ["layers/conformance_tests/"]\n'
+                # A hung mutant (a receive that never waits) is killed after 3x the
+                # time of its tests plus 15 s, not mutmut's default 15x.
+                "timeout_multiplier = 3.0\ntimeout_constant = 15.0\n"
+            )
+        env = {"LAYERS_CONFORMANCE_TIMEOUT": "30"}
+        with session.chdir(work):
+            session.run("mutmut", "run", "--max-children", str(children), env=env)
+            results = session.run("mutmut", "results", "--all", "true", silent=True, env=env)
+        statuses = re.findall(r"^\s*(\S+): (\w[\w ]*)$", str(results), re.MULTILINE)
+        counts: dict[str, int] = {}
+        for _, status in statuses:
+            counts[status] = counts.get(status, 0) + 1
+        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        survivors = [mutant for mutant, status in statuses if status == "survived"]
+        session.log(f"{name}: {counts}; killed {killed} of {len(statuses)}")
+        session.log(f"{name}: survivors (mutmut show NAME in {work}):")
+        for mutant in survivors:
+            session.log(f"  {mutant}")

@@ -15,9 +15,15 @@ It takes one JSON argument and prints one JSON line of results:
     receive; ``cancel``: receives cancelled at random moments; ``multi``: three
     concurrent receive loops), printing ``r N`` for every message the moment it
     arrives, then closes the layer and prints ``done``. The test may SIGKILL it.
+
+``{"mode": "send", "url": ..., "channel": ..., "count": n, "capacity": c, "first": k}``
+    Connects, prints ``ready``, waits for a line on stdin, then sends ``{"i": k}`` to
+    ``{"i": k + n - 1}`` all at once to a channel of capacity ``c`` and prints the list
+    of ``i`` that were stored (the others raised ChannelFull).
 ``{"mode": "steal", "url": ..., "channel": ...}``
     Tries to receive on another process's reply channel and prints the name of
-    the exception raised (or the message received).
+    the exception raised (or the message received), then makes a reply channel of
+    its own and prints whether a message sent to it came back (``"own"``).
 """
 
 from __future__ import annotations
@@ -95,14 +101,44 @@ async def _chaos(url: str, channel: str, role: str, seconds: float, seed: int) -
     print("done", flush=True)
 
 
+async def _send(url: str, channel: str, count: int, capacity: int, first: int) -> list[int]:
+    from layers.core.errors import ChannelFull
+
+    async with from_url(url, capacity=capacity) as layer:
+        await layer.send(channel + "-warm", {"warm": True})  # connect before the burst
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+        async def one(i: int) -> int | None:
+            try:
+                await layer.send(channel, {"i": i})
+            except ChannelFull:
+                return None
+            return i
+
+        sent = await asyncio.gather(*(one(first + i) for i in range(count)))
+        return [i for i in sent if i is not None]
+
+
 async def _steal(url: str, channel: str) -> dict[str, Any]:
     async with from_url(url) as layer:
+        result: dict[str, Any]
         try:
             async with asyncio.timeout(3):
                 message = await layer.receive(channel)
         except Exception as exc:  # report any error by name
-            return {"error": type(exc).__name__}
-        return {"received": message}
+            result = {"error": type(exc).__name__}
+        else:
+            result = {"received": message}
+        # Busy with a reply channel of its own: its inbox reader must not take others'.
+        own = await layer.new_channel()
+        await layer.send(own, {"own": True})
+        try:
+            async with asyncio.timeout(3):
+                result["own"] = await layer.receive(own) == {"own": True}
+        except TimeoutError:
+            result["own"] = False
+        return result
 
 
 def main(argv: list[str]) -> int:
@@ -118,6 +154,11 @@ def main(argv: list[str]) -> int:
         return 0
     elif job["mode"] == "poll":
         result = asyncio.run(_poll(job["url"], job["channel"], job["seconds"], job["timeout"]))
+
+    elif job["mode"] == "send":
+        result = asyncio.run(
+            _send(job["url"], job["channel"], job["count"], job["capacity"], job.get("first", 0))
+        )
     else:
         result = asyncio.run(_steal(job["url"], job["channel"]))
     print(json.dumps(result), flush=True)

@@ -8,13 +8,24 @@ the run-wide settings of :mod:`layers.conformance_tests.plugin`.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from typing import Any
 
 from layers.conformance_tests.plugin import settings
 from layers.core.layer import ChannelLayer
 
-__all__ = ["drain", "expect_nothing", "receive_within", "unique"]
+__all__ = ["drain", "expect_nothing", "receive_within", "sized", "thorough", "unique"]
+
+
+def thorough() -> bool:
+    """True when ``$LAYERS_CONFORMANCE_PROFILE`` is ``thorough`` (long, nightly runs)."""
+    return os.environ.get("LAYERS_CONFORMANCE_PROFILE", "default").strip().lower() == "thorough"
+
+
+def sized(default: int, heavy: int) -> int:
+    """The size of a scale rule: ``default``, or ``heavy`` in the thorough profile."""
+    return heavy if thorough() else default
 
 
 def unique(kind: str = "ch") -> str:

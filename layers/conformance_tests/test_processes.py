@@ -70,11 +70,12 @@ async def test_at_most_once_across_processes(
 async def test_reply_channel_not_readable_from_another_process(
     layer_factory: LayerFactory, layer_url: str | None
 ) -> None:
-    """Another process cannot receive on this process's reply channel (ChannelNotOwned)."""
+    """Another process cannot receive on this process's reply channel (ChannelNotOwned),
+    nor take its messages while it uses reply channels of its own."""
     url = _need_url(layer_url)
     async with layer_factory() as layer:
         reply = await layer.new_channel()
         await layer.send(reply, {"for": "owner"})
         result = await _result(await _spawn({"mode": "steal", "url": url, "channel": reply}))
-        assert result == {"error": "ChannelNotOwned"}
+        assert result == {"error": "ChannelNotOwned", "own": True}
         assert await receive_within(layer, reply) == {"for": "owner"}

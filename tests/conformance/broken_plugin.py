@@ -1,18 +1,28 @@
 """Pytest plugin for the catalogue runs: points ``layer_factory`` at ``$LAYERS_BROKEN``.
 
 ``LAYERS_BROKEN=correct`` runs the suite on the unmodified memory backend, the
-control that shows the harness itself passes.
+control that shows the harness itself passes. Entries built on the SQLite backend
+store in a fresh temporary folder and give worker processes a URL.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import pytest
+from broken import layer_url as entry_url
 from broken import make_factory
+
+_FOLDER = tempfile.mkdtemp(prefix="layers-broken-")
 
 
 @pytest.fixture
 def layer_factory() -> Any:
-    return make_factory(os.environ["LAYERS_BROKEN"])
+    return make_factory(os.environ["LAYERS_BROKEN"], _FOLDER)
+
+
+@pytest.fixture
+def layer_url() -> str | None:
+    return entry_url(os.environ["LAYERS_BROKEN"], _FOLDER)

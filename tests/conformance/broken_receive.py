@@ -7,18 +7,24 @@ loop, and a backend whose ``restore`` loses what it is given.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from layers.backends.memory import MemoryBackend
 from layers.backends.sqlite.backend import SqliteBackend
+from layers.core.backend import BackendStatistics, QueueStatistics
 from layers.core.layer import ChannelLayer
-from layers.core.local import Hub, LoopState, Mailbox, Waiter
+from layers.core.local import LoopState
+from layers.core.mailboxes import Hub, Mailbox, Waiter
+from layers.core.names import split_channel
 
 
 class _NeverWithdraws(Hub):
     def withdraw(self, box: Mailbox, waiter: Waiter) -> None:
-        return None  # the waiter stays counted until a delivery finds it gone
+        with self.lock:  # leaves the queue of waiters but stays counted as demand
+            if waiter in box.waiters:
+                box.waiters.remove(waiter)
 
 
 class LeaksDemandOnCancel(ChannelLayer):
@@ -59,3 +65,70 @@ class SqliteRestoreLoses(SqliteBackend):
 class SqliteLayerBackend(SqliteBackend):
     """The unmodified SQLite backend, for layer variants that need a store polled by a
     reader task (the memory backend serves receives inline)."""
+
+
+class _TakesEverything(_OwnMailboxes):
+    def _limit(self, queue: str, want: int) -> int:
+        return 100  # pops whole batches for a single consumer, into its own loop
+
+
+class HoardsPerLoop(ChannelLayer):
+    """Each loop pops a whole batch of a normal channel into mailboxes of its own:
+    the next ``async_to_sync`` call finds them gone."""
+
+    _loop_state_class = _TakesEverything
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        self._checked_mailbox(channel)  # the name and ownership checks
+        state = self._state()
+        box = state.hub.mailbox(channel, split_channel(channel)[0])
+        return await state.receive(channel, box)
+
+
+class StatisticsCountExpired(MemoryBackend):
+    """Statistics count expired messages as pending."""
+
+    async def statistics(self) -> BackendStatistics:
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            queues = [
+                QueueStatistics(name, len(items), items[0][0] - now)
+                for name, items in store.queues.items()
+                if items
+            ]
+        return BackendStatistics(queues, {})
+
+
+class StatisticsOldestLast(MemoryBackend):
+    """Statistics report the age of the newest message, and queue sizes off by one."""
+
+    async def statistics(self) -> BackendStatistics:
+        stats = await super().statistics()
+        queues = [QueueStatistics(q.queue, q.pending + 1, 0.0) for q in stats.queues]
+        return BackendStatistics(queues, stats.groups)
+
+
+class StatisticsGroupsWithExpired(MemoryBackend):
+    """Statistics count every member a group ever had, discarded ones included."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._ever: dict[str, set[str]] = {}
+
+    async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
+        self._ever.setdefault(group, set()).add(channel)
+        await super().group_add(group, channel, expiry=expiry)
+
+    async def statistics(self) -> BackendStatistics:
+        stats = await super().statistics()
+        return BackendStatistics(stats.queues, {g: len(m) for g, m in self._ever.items()})
+
+
+class StatisticsCapped(MemoryBackend):
+    """Statistics never report more than two pending messages per channel."""
+
+    async def statistics(self) -> BackendStatistics:
+        stats = await super().statistics()
+        queues = [QueueStatistics(q.queue, min(q.pending, 2), q.oldest_ttl) for q in stats.queues]
+        return BackendStatistics(queues, stats.groups)

@@ -254,10 +254,12 @@ class Batcher:
                     "cap": cap,
                     "channel": channel,
                 }
-                rows = await self._single(self._sql.send, params)
+                rows = await self._locked(self._sql.send, params, [queue])
                 result = [bool(rows[0][1])]
             else:
-                rows = await self._single(self._sql.send_batch, _send_params(op.rows))
+                rows = await self._locked(
+                    self._sql.send_batch, _send_params(op.rows), [r[0] for r in op.rows]
+                )
                 result = [bool(r[1]) for r in rows]
         except Exception as exc:
             if not future.done():
@@ -265,6 +267,29 @@ class Batcher:
             return
         if not future.done():
             future.set_result(result)
+
+    async def _locked(
+        self, query: bytes, params: dict[str, Any], queues: list[str]
+    ) -> list[tuple[Any, ...]]:
+        """Run a send statement after locking its queues, in one pipelined transaction.
+
+        The lock makes the capacity check exact across processes. A missing schema (the
+        first statement fails before anything happened) goes through ``single``, which
+        re-creates it and runs the statement alone.
+        """
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.pipeline():
+                await conn.execute(self._sql.lock_queues, {"queues": queues}, binary=True)
+                cursor = conn.cursor(binary=True)
+                await cursor.execute(query, params)
+            return await cursor.fetchall()
+
+        try:
+            rows: list[tuple[Any, ...]] = await self._lease(run)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            rows = await self._single(query, params)
+        return rows
 
     async def _batch(self, ops: list[_Op]) -> None:
         sends = [op for op in ops if op.rows is not None]
@@ -277,6 +302,8 @@ class Batcher:
             sent = claimed = None
             async with conn.pipeline():
                 if rows:
+                    queues = [row[0] for row in rows]
+                    await conn.execute(self._sql.lock_queues, {"queues": queues}, binary=True)
                     sent = conn.cursor(binary=True)
                     await sent.execute(self._sql.send_batch, _send_params(rows))
                 if receives:

@@ -98,6 +98,7 @@ class Statements:
     """The rendered statements of one schema (see :func:`statements`)."""
 
     lock: bytes
+    lock_queues: bytes
     create_schema: bytes
     create_meta: bytes
     read_version: bytes
@@ -160,6 +161,14 @@ def statements(schema: str) -> Statements:
 
     return Statements(
         lock=q("SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}, 0))"),
+        # Taken before a send's count-and-insert, in the same transaction (a pipeline):
+        # concurrent senders to one queue then count each other's rows (READ COMMITTED
+        # gives each statement a snapshot taken when it starts, after the lock).
+        lock_queues=q(
+            "SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}"
+            " || ':' || k, 0)) FROM (SELECT DISTINCT unnest(%(queues)b::text[]) AS k"
+            " ORDER BY 1) AS t"
+        ),
         create_schema=q("CREATE SCHEMA IF NOT EXISTS {s}"),
         create_meta=q(
             "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)"

@@ -2,8 +2,9 @@
 
 Features
     FIFO queues with monotonic-clock expiry, atomic capacity checks, expiring group
-    membership, flush. Written from the ``Backend`` contract only, as a plugin
-    author would.
+    membership, flush; queues and groups whose contents expired are swept on writes
+    (a full scan at most every quarter second), so memory does not grow with every
+    distinct name. Written from the ``Backend`` contract only, as a plugin author would.
 
 Connection URL
     ``example://`` (registered through the ``layers.backends`` entry point group).
@@ -30,6 +31,7 @@ from layers import Backend, Capability
 __all__ = ["ExampleBackend", "ExampleStore"]
 
 _POLL = 0.002
+_SWEEP_INTERVAL = 0.25
 
 
 class ExampleStore:
@@ -39,6 +41,17 @@ class ExampleStore:
         self.lock = threading.Lock()
         self.queues: dict[str, deque[tuple[float, bytes]]] = {}
         self.groups: dict[str, dict[str, float]] = {}
+        self.next_sweep = 0.0
+
+    def sweep(self, now: float) -> None:
+        """Forget queues and groups whose contents all expired (call under the lock)."""
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + _SWEEP_INTERVAL
+        for name in [n for n, items in self.queues.items() if not items or items[-1][0] <= now]:
+            del self.queues[name]
+        for name in [g for g, m in self.groups.items() if not m or max(m.values()) <= now]:
+            del self.groups[name]
 
 
 class ExampleBackend(Backend):
@@ -70,6 +83,7 @@ class ExampleBackend(Backend):
             if sum(1 for until, _ in items if until > now) >= capacity:
                 return False
             items.append((now + expiry, payload))
+            self._store.sweep(now)
             return True
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
@@ -90,8 +104,10 @@ class ExampleBackend(Backend):
 
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:
         """Add or refresh a membership."""
+        now = time.monotonic()
         with self._store.lock:
-            self._store.groups.setdefault(group, {})[channel] = time.monotonic() + expiry
+            self._store.groups.setdefault(group, {})[channel] = now + expiry
+            self._store.sweep(now)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove a membership if present."""
