@@ -103,7 +103,7 @@ async def test_unread_distinct_channels_do_not_grow_memory(layer_factory: LayerF
     second and a half later, leave this process's memory where it was: what an expired
     channel held is released, not kept forever.
 
-    A cache bounded by a fixed number of names is allowed (the rule tolerates 400 bytes
+    A cache bounded by a fixed number of names is allowed (the rule tolerates 1,000 bytes
     per channel, each message carrying 1 kB); for a server-side store this checks the
     client side only.
     """
@@ -120,7 +120,7 @@ async def test_unread_distinct_channels_do_not_grow_memory(layer_factory: LayerF
 
         grown = await _growth(burst, step, rounds)
     sent = rounds * per_round
-    assert grown < 400 * sent, f"memory grew by {grown} bytes over {sent} expired messages"
+    assert grown < 1000 * sent, f"memory grew by {grown} bytes over {sent} expired messages"
 
 
 @requires(Capability.GROUPS)
@@ -128,15 +128,15 @@ async def test_unread_distinct_channels_do_not_grow_memory(layer_factory: LayerF
 async def test_expired_memberships_of_distinct_groups_do_not_grow_memory(
     layer_factory: LayerFactory,
 ) -> None:
-    """Four members in each of 800 distinct groups (2,500 thorough), all expired a second
+    """Eight members in each of 600 distinct groups (2,500 thorough), all expired a second
     and a half later, leave this process's memory where it was: an expired group is
     released, not kept forever.
 
-    A cache bounded by a fixed number of names is allowed (the rule tolerates 300 bytes
+    A cache bounded by a fixed number of names is allowed (the rule tolerates 500 bytes
     per group); for a server-side store this checks the client side only.
     """
-    members = [unique("member") for _ in range(4)]
-    rounds, per_round = sized(16, 50), 50
+    members = [unique("member") for _ in range(8)]
+    rounds, per_round = sized(12, 50), 50
     async with layer_factory(group_expiry=0.1) as layer:
 
         async def burst() -> None:
@@ -150,4 +150,4 @@ async def test_expired_memberships_of_distinct_groups_do_not_grow_memory(
 
         grown = await _growth(burst, step, rounds)
     added = rounds * per_round
-    assert grown < 300 * added, f"memory grew by {grown} bytes over {added} expired groups"
+    assert grown < 500 * added, f"memory grew by {grown} bytes over {added} expired groups"
