@@ -8,7 +8,6 @@ the run-wide settings of :mod:`layers.conformance_tests.plugin`.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from typing import Any
 
@@ -19,8 +18,8 @@ __all__ = ["drain", "expect_nothing", "receive_within", "sized", "thorough", "un
 
 
 def thorough() -> bool:
-    """True when ``$LAYERS_CONFORMANCE_PROFILE`` is ``thorough`` (long, nightly runs)."""
-    return os.environ.get("LAYERS_CONFORMANCE_PROFILE", "default").strip().lower() == "thorough"
+    """True in the thorough profile (``--conformance-profile thorough``): nightly runs."""
+    return settings.profile == "thorough"
 
 
 def sized(default: int, heavy: int) -> int:
