@@ -208,6 +208,10 @@ class LoopState:
             payloads = await backend.receive(queue, timeout=DRIVE_TIMEOUT, limit=limit)
             if payloads:
                 self.dispatch(queue, payloads)
+                if not future.done():
+                    # What it popped went to earlier waiters: let them run before popping
+                    # again (an instant receive never suspends by itself).
+                    await asyncio.sleep(0)
 
     def stop_driving(self, queue: str) -> None:
         """The driving task left: hand any remaining waiters to a reader."""
@@ -312,6 +316,8 @@ class LoopState:
         self.backoff = 0.0
         if payloads:
             self.dispatch(queue, payloads)
+            if self.inline_receive:
+                await asyncio.sleep(0)  # an instant receive never suspends by itself
 
     def dispatch(self, queue: str, payloads: list[bytes]) -> None:
         """Decode payloads popped from ``queue`` and deliver them to mailboxes."""

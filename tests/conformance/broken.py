@@ -1436,10 +1436,16 @@ def make_factory(name: str, folder: str) -> Any:
     url = layer_url(name, folder)
     store = MemoryStore()
 
+    backend = entry.backend
+    if backend is not MemoryBackend and getattr(backend, "in_process", False):
+        # Serialize as every out-of-process store does: passed by reference, a payload
+        # a broken backend duplicates could not be decoded twice, hiding the defect.
+        backend = type(backend.__name__, (backend,), {"in_process": False})
+
     def factory(**options: Any) -> ChannelLayer:
         if url is not None:
             return entry.layer(url=url, **options)
-        layer = entry.layer(backend=entry.backend, **options)
+        layer = entry.layer(backend=backend, **options)
         layer._backend_options = {"store": store}
         return layer
 
