@@ -22,7 +22,17 @@ class DictStore:
         # Event loops of one layer may run in different threads (async_to_sync):
         # every check-then-change of the queues happens under this lock.
         self.lock = threading.Lock()
+        # Ordered by last write (a written queue moves to the end): the front is the
+        # first to expire entirely, so a sweep looks at the front only.
         self.queues: dict[str, deque[tuple[float, bytes]]] = {}
+
+    def sweep(self, now: float) -> None:
+        """Drop up to two queues whose messages all expired (called on every write)."""
+        for _ in range(2):
+            first = next(iter(self.queues), None)
+            if first is None or (self.queues[first] and self.queues[first][-1][0] > now):
+                return
+            del self.queues[first]
 
 
 class DictBackend(layers.Backend):
@@ -48,13 +58,15 @@ class DictBackend(layers.Backend):
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
         now = time.monotonic()
         with self.store.lock:
-            items = self.store.queues.setdefault(queue, deque())
+            items = self.store.queues.pop(queue, None) or deque()
+            self.store.queues[queue] = items  # now the most recently written
             while items and items[0][0] <= now:  # one expiry per layer: oldest expire first
                 items.popleft()
-            if len(items) >= capacity:
-                return False
-            items.append((now + expiry, payload))
-            return True
+            stored = len(items) < capacity
+            if stored:
+                items.append((now + expiry, payload))
+            self.store.sweep(now)
+            return stored
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         deadline = time.monotonic() + timeout
@@ -67,6 +79,8 @@ class DictBackend(layers.Backend):
                     expires_at, payload = items.popleft()
                     if expires_at > now:
                         out.append(payload)
+                if not items:
+                    self.store.queues.pop(queue, None)  # nothing left: no memory kept
             if out or now >= deadline:
                 return out
             # A real backend waits for a wake-up instead of polling.
