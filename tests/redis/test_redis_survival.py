@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import time
+import warnings
 
 import pytest
 import redis
@@ -86,3 +88,29 @@ def test_sentinel_failover_under_traffic(sentinel_setup) -> None:  # type: ignor
             assert len(received) >= total - failed - 50  # loss only around the switch
 
     asyncio.run(main())
+
+
+def test_idle_reader_of_a_restarted_server_is_closed_not_left_to_gc(spawn) -> None:  # type: ignore[no-untyped-def]
+    """A blocking-pop connection broken while idle is closed when replaced (no fd leak)."""
+    server = spawn()
+
+    async def main() -> None:
+        async with layers.from_url(server.url) as layer:
+            waiting = asyncio.ensure_future(layer.receive("idle.chan"))
+            await asyncio.sleep(0.2)  # its reader is blocked on the server
+            await layer.send("idle.chan", {"n": 0})
+            assert await waiting == {"n": 0}  # the reader now sits idle, kept for reuse
+            await asyncio.to_thread(server.restart)
+            await asyncio.sleep(0.2)  # the idle reader sees the connection go
+            waiting = asyncio.ensure_future(layer.receive("idle.chan"))
+            await asyncio.sleep(0.2)
+            await layer.send("idle.chan", {"n": 1})
+            assert await asyncio.wait_for(waiting, 20) == {"n": 1}
+            gc.collect()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(main())
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks

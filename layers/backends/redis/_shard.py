@@ -546,7 +546,11 @@ class Shard:
     async def _pop_blocking(self, key: str, timeout: float, limit: int) -> list[bytes]:
         """The blocking pop on the queue's dedicated connection (see :meth:`pop`)."""
         pipe = self.readers.pop(key, None)
-        if pipe is None or pipe.broken:
+        if pipe is not None and pipe.broken:
+            # Its server went away while it sat idle: close its socket, not leave it to GC.
+            await pipe.close()
+            pipe = None
+        if pipe is None:
             pipe = Pipe(self.pool.make_connection(), self.spec.id)  # type: ignore[no-untyped-call]
         self.busy.add(pipe)
         try:
@@ -562,8 +566,7 @@ class Shard:
                     await self._sync_clock(pipe)
                 wait = max(0.0, deadline - time.monotonic())
                 items = await self._pop_once(pipe, key, wait, limit)
-                now_ms = time.time() * 1000.0 + self.clock_offset
-                live = [item[STAMP_WIDTH:] for item in items if int(item[:STAMP_WIDTH]) > now_ms]
+                live = self._live(items)
                 if live or time.monotonic() >= deadline:
                     break
         except (RedisError, OSError, ValueError, LayerError) as exc:
