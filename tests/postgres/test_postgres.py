@@ -365,15 +365,18 @@ def test_capacity_is_exact_when_the_id_span_cannot_decide(pg_url: str) -> None:
 
 
 def test_notify_channel_names_match_between_python_and_sql(pg_url: str) -> None:
-    from layers.backends.postgres._sql import NOTIFY_CHANNEL
+    from psycopg import sql as pgsql
+
+    from layers.backends.postgres import _sql
 
     async def main() -> None:
         async with layers.from_url(pg_url) as layer:
             backend = backend_of(layer)
             await layer._state().ready()
-            expr = NOTIFY_CHANNEL.replace("{lit}", "%s").replace("{queue}", "%s")
+            expr = _sql.notify_channel(pgsql.Placeholder(), pgsql.Placeholder())
+            query = pgsql.SQL("SELECT {}").format(expr).as_bytes(None)
             for queue in ("a", "specific.abc!", "x" * 100):
-                rows = await backend._query(b"SELECT " + expr.encode(), ("layers", queue))
+                rows = await backend._query(query, ("layers", queue))
                 assert rows[0][0] == notify_channel("layers", queue)
 
     asyncio.run(main())
