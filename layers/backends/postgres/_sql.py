@@ -186,6 +186,7 @@ def statements(schema: str) -> Statements:
     return Statements(
         **_schema_statements(t),
         **_send_statements(t),
+        **_batch_statements(t),
         **_receive_statements(t),
         **_group_statements(t),
         **_maintenance_statements(t),
@@ -216,7 +217,7 @@ def _schema_statements(t: _Schema) -> dict[str, bytes]:
 
 
 def _send_statements(t: _Schema) -> dict[str, bytes]:
-    """Storing messages: one send, a batch of sends, and the lock that orders them."""
+    """Storing one message, and the lock that orders the sends to a queue."""
     queue, cap = sql.Placeholder("queue"), sql.Placeholder("cap")
     return {
         # Taken before a send's count-and-insert, in the same transaction (a pipeline):
@@ -247,6 +248,12 @@ def _send_statements(t: _Schema) -> dict[str, bytes]:
                 sql.SQL("%(payload)b::bytea"),
             ),
         ),
+    }
+
+
+def _batch_statements(t: _Schema) -> dict[str, bytes]:
+    """The statements of a batch of sends and receives (see ``_batch``)."""
+    return {
         # Many rows in one statement, in order. Each queue's live rows are counted
         # once; a row is stored while that count plus the rows before it in this
         # statement for its queue stay below its capacity.
@@ -277,6 +284,14 @@ def _send_statements(t: _Schema) -> dict[str, bytes]:
             ),
             note=note(sql.SQL("c.queue"), sql.SQL("ni.id"), sql.SQL("c.payload")),
         ),
+        # receive for many queues at once, each with its own limit.
+        "receive_batch": t.q(
+            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT m.ctid FROM unnest(%(queues)b::text[], %(limits)b::int[]) AS r(queue, lim),"
+            " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
+            " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
+            " RETURNING queue, id, payload"
+        ),
     }
 
 
@@ -289,14 +304,6 @@ def _receive_statements(t: _Schema) -> dict[str, bytes]:
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.messages WHERE queue = %s AND expires_at > now()"
             " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING id, payload"
-        ),
-        # The same for many queues at once, each with its own limit.
-        "receive_batch": t.q(
-            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
-            "SELECT m.ctid FROM unnest(%(queues)b::text[], %(limits)b::int[]) AS r(queue, lim),"
-            " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
-            " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
-            " RETURNING queue, id, payload"
         ),
         # A reply inbox's claim: the same, plus a marker NOTIFY on the inbox's own
         # channel, delivered at this commit after the notes of every row it claimed
