@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 import layers
-from layers.backends.postgres import PostgresBackend, PostgresChannelLayer, _backend, _inbox
+from layers.backends.postgres import PostgresBackend, PostgresChannelLayer, _inbox, _replies
 from layers.core.errors import BackendError
 
 from .conftest import sql, with_params
@@ -162,7 +162,7 @@ def test_reply_is_delivered_from_the_notify_and_its_row_deleted_later(
         reader, writer = pair
         reply = await warm(reader, writer)
         await asyncio.sleep(0.2)  # the warm-up row's delete
-        monkeypatch.setattr(_backend, "_DELETE_DELAY", 0.5)
+        monkeypatch.setattr(_replies, "_DELETE_DELAY", 0.5)
         await writer.send(reply, {"n": 1})
         async with asyncio.timeout(10):
             assert await reader.receive(reply) == {"n": 1}
@@ -170,7 +170,7 @@ def test_reply_is_delivered_from_the_notify_and_its_row_deleted_later(
         assert await asyncio.to_thread(inbox_rows, url, reply) == 1
         await asyncio.sleep(1.0)
         assert await asyncio.to_thread(inbox_rows, url, reply) == 0
-        assert backend_of(reader)._ledger(reply[: reply.index("!") + 1]).delivered == set()
+        assert backend_of(reader)._inboxes.ledger(reply[: reply.index("!") + 1]).delivered == set()
 
     with_pair(url, body)
 
@@ -181,7 +181,7 @@ def test_claim_after_listener_reconnect_skips_rows_already_delivered(
     async def body(pair: Pair) -> None:
         reader, writer = pair
         reply = await warm(reader, writer)
-        monkeypatch.setattr(_backend, "_DELETE_DELAY", 30.0)
+        monkeypatch.setattr(_replies, "_DELETE_DELAY", 30.0)
         for i in range(3):
             await writer.send(reply, {"n": i})
         async with asyncio.timeout(10):

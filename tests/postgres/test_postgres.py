@@ -365,15 +365,18 @@ def test_capacity_is_exact_when_the_id_span_cannot_decide(pg_url: str) -> None:
 
 
 def test_notify_channel_names_match_between_python_and_sql(pg_url: str) -> None:
-    from layers.backends.postgres._sql import NOTIFY_CHANNEL
+    from psycopg import sql as pgsql
+
+    from layers.backends.postgres import _sql
 
     async def main() -> None:
         async with layers.from_url(pg_url) as layer:
             backend = backend_of(layer)
             await layer._state().ready()
-            expr = NOTIFY_CHANNEL.replace("{lit}", "%s").replace("{queue}", "%s")
+            expr = _sql.notify_channel(pgsql.Placeholder(), pgsql.Placeholder())
+            query = pgsql.SQL("SELECT {}").format(expr).as_bytes(None)
             for queue in ("a", "specific.abc!", "x" * 100):
-                rows = await backend._query(b"SELECT " + expr.encode(), ("layers", queue))
+                rows = await backend._db.query(query, ("layers", queue))
                 assert rows[0][0] == notify_channel("layers", queue)
 
     asyncio.run(main())
@@ -394,15 +397,16 @@ def test_group_send_is_one_statement_that_skips_full_members(pg_url: str, poll_o
             waiting = asyncio.create_task(layer.receive(replies[0]))
             await asyncio.sleep(0.2)  # the inbox reader drained and waits for a wake-up
             statements: list[bytes] = []
-            query = backend._query
+            db = backend._db
+            query = db.query
 
             async def counting(q: bytes, *args: object, **kwargs: object) -> object:
                 statements.append(q)
                 return await query(q, *args, **kwargs)  # type: ignore[arg-type]
 
-            backend._query = counting  # type: ignore[assignment,method-assign]
+            db.query = counting  # type: ignore[assignment,method-assign]
             await layer.group_send("gs", {"type": "hello"})
-            backend._query = query  # type: ignore[method-assign]
+            db.query = query  # type: ignore[method-assign]
             assert statements == [backend._sql.group_send]
             # Woken at once (well before the 5 s poll), in both modes.
             assert await asyncio.wait_for(waiting, 2) == {"type": "hello"}

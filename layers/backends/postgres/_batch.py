@@ -40,7 +40,7 @@ from layers.backends.postgres._sql import Statements
 
 __all__ = ["Batcher", "Lease", "Row", "Single"]
 
-#: Lease a connection, run ``fn`` on it, give it back (see ``PostgresBackend._lease``).
+#: Lease a connection, run ``fn`` on it, give it back (see ``Connections.lease``).
 Lease = Callable[[Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]], Awaitable[Any]]
 #: Run one statement on its own: ``(query, params) -> rows`` (with error translation).
 Single = Callable[[bytes, Sequence[Any] | dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]

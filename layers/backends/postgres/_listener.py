@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import logging
 import time
@@ -23,8 +24,9 @@ import psycopg
 from psycopg import sql
 
 from layers.backends.postgres._inbox import MAX_NOTES, Notes, parse_note
+from layers.backends.postgres._tasks import stop
 
-__all__ = ["Listener", "notify_channel"]
+__all__ = ["Listener", "Wait", "Watch", "notify_channel", "wait_for_wakeup"]
 
 logger = logging.getLogger("layers.postgres")
 
@@ -39,12 +41,39 @@ def notify_channel(schema: str, queue: str) -> str:
     """Return the NOTIFY channel of ``queue``: ``lq_`` + 24 hex digits (27 bytes < 63).
 
     The digits start the SHA-256 of ``schema:queue``, which SQL computes too (see
-    ``_sql.NOTIFY_CHANNEL``), so a statement can wake the readers of queues it finds.
+    ``_sql.notify_channel``), so a statement can wake the readers of queues it finds.
     """
     return "lq_" + hashlib.sha256(f"{schema}:{queue}".encode()).hexdigest()[:24]
 
 
-class _Watch:
+class Wait(enum.Enum):
+    """How :func:`wait_for_wakeup` ended."""
+
+    WOKEN = "woken"  #: the event was set
+    POLL = "poll"  #: the poll interval passed: look anyway (a wake-up may have been lost)
+    DEADLINE = "deadline"  #: the caller's deadline passed
+
+
+async def wait_for_wakeup(event: asyncio.Event, deadline: float, poll: float) -> Wait:
+    """Wait for ``event`` for one poll interval at most, never past ``deadline``.
+
+    ``deadline`` is on :func:`time.monotonic`'s clock; when it has passed already,
+    returns :attr:`Wait.DEADLINE` at once. Cancellation leaves nothing behind.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return Wait.DEADLINE
+    try:
+        async with asyncio.timeout(min(remaining, poll)):
+            await event.wait()
+    except TimeoutError:
+        return Wait.DEADLINE if deadline - time.monotonic() <= 0 else Wait.POLL
+    return Wait.WOKEN
+
+
+class Watch:
+    """One channel's wake-up state, shared by this instance's readers of its queue."""
+
     __slots__ = (
         "discard_until",
         "drained",
@@ -90,16 +119,16 @@ class Listener:
     def __init__(self, conninfo: str, connect_kwargs: dict[str, Any]) -> None:
         self._conninfo = conninfo
         self._connect_kwargs = connect_kwargs
-        self._watches: dict[str, _Watch] = {}
+        self._watches: dict[str, Watch] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    def watch(self, channel: str) -> _Watch:
+    def watch(self, channel: str) -> Watch:
         """Register interest in ``channel``; the caller must :meth:`release` it."""
         w = self._watches.get(channel)
         if w is None:
-            w = self._watches[channel] = _Watch()
+            w = self._watches[channel] = Watch()
             self._changed.set()
         w.users += 1
         w.last_used = time.monotonic()
@@ -109,7 +138,7 @@ class Listener:
             )
         return w
 
-    def peek(self, channel: str) -> _Watch | None:
+    def peek(self, channel: str) -> Watch | None:
         """The watch of ``channel`` if there is one (no new interest registered)."""
         return self._watches.get(channel)
 
@@ -124,10 +153,7 @@ class Listener:
         """Stop the task and close the connection. Idempotent."""
         self._closing = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await stop(task)
 
     async def _run(self) -> None:
         backoff = 0.0

@@ -3,6 +3,9 @@
 Every statement is built once per backend instance by :func:`statements` for one
 schema name (quoted with :class:`psycopg.sql.Identifier`), so the hot path only
 executes pre-rendered bytes that psycopg prepares server-side after a few uses.
+Statements and their shared fragments are composed with :mod:`psycopg.sql` only
+(``SQL.format`` with identifiers, literals and placeholders), one function per
+concern below.
 
 Tables (in the layer's own schema)
     ``meta``
@@ -22,27 +25,36 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "Statements", "migrations", "statements"]
+from layers.backends.postgres._inbox import MAX_NOTE_PAYLOAD
 
-#: SQL for ``_listener.notify_channel(schema, queue)``, with ``{queue}`` to fill in.
-NOTIFY_CHANNEL = (
-    "'lq_' || left(encode(sha256(convert_to({lit} || ':' || {queue}, 'UTF8')), 'hex'), 24)"
-)
+__all__ = [
+    "SCHEMA_VERSION",
+    "Statements",
+    "migrations",
+    "note",
+    "notify_channel",
+    "statements",
+]
 
-#: The largest payload a NOTIFY carries (see ``_inbox.MAX_NOTE_PAYLOAD``).
-NOTE_LIMIT = 5600
+
+def notify_channel(schema: sql.Composable, queue: sql.Composable) -> sql.Composed:
+    """SQL for ``_listener.notify_channel(schema, queue)``: the NOTIFY channel of a queue."""
+    return sql.SQL(
+        "'lq_' || left(encode(sha256(convert_to({schema} || ':' || {queue}, 'UTF8')), 'hex'), 24)"
+    ).format(schema=schema, queue=queue)
 
 
-def note(queue: str, ident: str, payload: str) -> str:
+def note(queue: sql.Composable, ident: sql.Composable, payload: sql.Composable) -> sql.Composed:
     """SQL for the NOTIFY payload of a stored row (see ``_inbox``).
 
     A reply inbox (a queue ending in ``!``) gets ``p<id>:<base64 payload>`` when the
-    payload fits, else the empty string, as every normal queue does.
+    payload fits (``_inbox.MAX_NOTE_PAYLOAD``), else the empty string, as every
+    normal queue does.
     """
-    return (
-        f"CASE WHEN right({queue}, 1) <> '!' OR octet_length({payload}) > {NOTE_LIMIT}"
-        f" THEN '' ELSE 'p' || {ident} || ':' || encode({payload}, 'base64') END"
-    )
+    return sql.SQL(
+        "CASE WHEN right({queue}, 1) <> '!' OR octet_length({payload}) > {limit}"
+        " THEN '' ELSE 'p' || {ident} || ':' || encode({payload}, 'base64') END"
+    ).format(queue=queue, ident=ident, payload=payload, limit=sql.Literal(MAX_NOTE_PAYLOAD))
 
 
 #: The schema version this code writes and reads.
@@ -57,7 +69,7 @@ _AUTOVACUUM = (
 )
 
 
-def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composable]]:
+def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composed]]:
     """Return ``{version: [statements]}``: what brings a schema from ``version - 1`` up."""
     s = sql.Identifier(schema)
     persistence = sql.SQL("UNLOGGED " if unlogged else "")
@@ -123,92 +135,134 @@ class Statements:
     cleanup_groups: bytes
 
 
-def statements(schema: str) -> Statements:
-    """Compose every statement for ``schema`` (an unquoted, validated identifier)."""
-    s = sql.Identifier(schema)
-    lit = sql.Literal(schema)
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """Renders statement templates for one schema: ``{s}`` its identifier, ``{lit}`` its name."""
 
-    def q(text: str) -> bytes:
+    s: sql.Identifier
+    lit: sql.Literal
+
+    def compose(self, template: str, **parts: sql.Composable) -> sql.Composed:
+        return sql.SQL(template).format(s=self.s, lit=self.lit, **parts)
+
+    def q(self, template: str, **parts: sql.Composable) -> bytes:
         # Rendered once: psycopg then finds the query in its cache on every execute.
-        return sql.SQL(text).format(s=s, lit=lit).as_bytes(None)
+        return self.compose(template, **parts).as_bytes(None)
 
-    # Count at most ``cap`` live rows: the capacity check never scans a whole backlog.
-    live = (
-        "(SELECT count(*) FROM (SELECT 1 FROM {s}.messages m"
-        " WHERE m.queue = {queue} AND m.expires_at > now() LIMIT {cap}) AS c)"
-    )
-    # Before counting: a queue's rows have distinct ids between its lowest and its
-    # highest, so that span bounds its row count from above, in two index probes.
-    # When the span plus the rows being added stays below capacity they all fit,
-    # whatever the backlog; only a queue that may be near capacity is counted.
-    lowest = "(SELECT id FROM {s}.messages WHERE queue = {queue} ORDER BY id LIMIT 1)"
-    highest = "(SELECT id FROM {s}.messages WHERE queue = {queue} ORDER BY id DESC LIMIT 1)"
-
-    def bounded(queue: str, least: str, adding: str, most: str) -> str:
+    def bounded(
+        self,
+        queue: sql.Composable,
+        least: sql.Composable,
+        adding: sql.Composable,
+        most: sql.Composable,
+    ) -> sql.Composed:
         """A row count of ``queue``: exact (up to ``most``) unless ``adding`` rows fit.
 
+        Before counting: a queue's rows have distinct ids between its lowest and its
+        highest, so that span bounds its row count from above, in two index probes.
         When the span plus ``adding`` stays below ``least`` (the smallest capacity of
         the rows being added), the span itself stands in for the count: every row
-        then passes ``count + position - 1 < capacity``, as it should.
+        then passes ``count + position - 1 < capacity``, as it should. Otherwise at
+        most ``most`` live rows are counted: the check never scans a whole backlog.
         """
-        lo, hi = lowest.replace("{queue}", queue), highest.replace("{queue}", queue)
-        return (
-            f"(SELECT CASE WHEN b.lo IS NULL THEN 0"
-            f" WHEN b.hi - b.lo + {adding} < {least} THEN b.hi - b.lo + 1"
-            f" ELSE {live.replace('{queue}', queue).replace('{cap}', most)} END"
-            f" FROM (SELECT {lo} AS lo, {hi} AS hi) AS b)"
+        return self.compose(
+            "(SELECT CASE WHEN b.lo IS NULL THEN 0"
+            " WHEN b.hi - b.lo + {adding} < {least} THEN b.hi - b.lo + 1"
+            " ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.messages m"
+            " WHERE m.queue = {queue} AND m.expires_at > now() LIMIT {most}) AS c) END"
+            " FROM (SELECT (SELECT id FROM {s}.messages WHERE queue = {queue} ORDER BY id LIMIT 1)"
+            " AS lo, (SELECT id FROM {s}.messages WHERE queue = {queue} ORDER BY id DESC LIMIT 1)"
+            " AS hi) AS b)",
+            queue=queue,
+            least=least,
+            adding=adding,
+            most=most,
         )
 
+
+def statements(schema: str) -> Statements:
+    """Compose every statement for ``schema`` (an unquoted, validated identifier)."""
+    t = _Schema(sql.Identifier(schema), sql.Literal(schema))
     return Statements(
-        lock=q("SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}, 0))"),
-        # Taken before a send's count-and-insert, in the same transaction (a pipeline):
-        # concurrent senders to one queue then count each other's rows (READ COMMITTED
-        # gives each statement a snapshot taken when it starts, after the lock).
-        lock_queues=q(
-            "SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}"
-            " || ':' || k, 0)) FROM (SELECT DISTINCT unnest(%(queues)b::text[]) AS k"
-            " ORDER BY 1) AS t"
+        **_schema_statements(t),
+        **_send_statements(t),
+        **_batch_statements(t),
+        **_receive_statements(t),
+        **_group_statements(t),
+        **_maintenance_statements(t),
+    )
+
+
+def _schema_statements(t: _Schema) -> dict[str, bytes]:
+    """Creating, versioning and inspecting the schema (see ``_connections``)."""
+    return {
+        "lock": t.q(
+            "SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}, 0))"
         ),
-        create_schema=q("CREATE SCHEMA IF NOT EXISTS {s}"),
-        create_meta=q(
+        "create_schema": t.q("CREATE SCHEMA IF NOT EXISTS {s}"),
+        "create_meta": t.q(
             "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)"
         ),
-        read_version=q("SELECT value FROM {s}.meta WHERE key = 'schema_version'"),
-        write_version=q(
+        "read_version": t.q("SELECT value FROM {s}.meta WHERE key = 'schema_version'"),
+        "write_version": t.q(
             "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %s)"
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
         ),
-        persistence=q(
+        "persistence": t.q(
             "SELECT c.relpersistence = 'u' FROM pg_class c"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = {lit} AND c.relname = 'messages'"
         ),
+    }
+
+
+def _send_statements(t: _Schema) -> dict[str, bytes]:
+    """Storing one message, and the lock that orders the sends to a queue."""
+    queue, cap = sql.Placeholder("queue"), sql.Placeholder("cap")
+    return {
+        # Taken before a send's count-and-insert, in the same transaction (a pipeline):
+        # concurrent senders to one queue then count each other's rows (READ COMMITTED
+        # gives each statement a snapshot taken when it starts, after the lock).
+        "lock_queues": t.q(
+            "SELECT pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}"
+            " || ':' || k, 0)) FROM (SELECT DISTINCT unnest(%(queues)b::text[]) AS k"
+            " ORDER BY 1) AS t"
+        ),
         # One statement: count (bounded), insert if below capacity, NOTIFY if stored.
         # Not only on the empty->non-empty edge: the count cannot see a reader's
         # uncommitted DELETE, so an edge rule can miss a reader that just drained.
-        send=q(
-            "WITH c AS (SELECT " + bounded("%(queue)s", "%(cap)s", "1", "%(cap)s") + " AS n),"
+        "send": t.q(
+            "WITH c AS (SELECT {count} AS n),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT %(queue)s, now() + make_interval(secs => %(expiry)s), %(payload)b"
             " FROM c WHERE c.n < %(cap)s RETURNING id)"
             " SELECT c.n, EXISTS (SELECT FROM ins),"
             " CASE WHEN %(channel)s::text IS NOT NULL"
             " AND EXISTS (SELECT FROM ins)"
-            " THEN pg_notify(%(channel)s::text, "
-            + note("%(queue)s::text", "(SELECT id FROM ins)", "%(payload)b::bytea")
-            + ") IS NULL END"
-            " FROM c"
+            " THEN pg_notify(%(channel)s::text, {note}) IS NULL END"
+            " FROM c",
+            count=t.bounded(queue, cap, sql.SQL("1"), cap),
+            note=note(
+                sql.SQL("%(queue)s::text"),
+                sql.SQL("(SELECT id FROM ins)"),
+                sql.SQL("%(payload)b::bytea"),
+            ),
         ),
+    }
+
+
+def _batch_statements(t: _Schema) -> dict[str, bytes]:
+    """The statements of a batch of sends and receives (see ``_batch``)."""
+    return {
         # Many rows in one statement, in order. Each queue's live rows are counted
         # once; a row is stored while that count plus the rows before it in this
         # statement for its queue stay below its capacity.
-        send_batch=q(
+        "send_batch": t.q(
             "WITH p AS (SELECT * FROM unnest(%(queues)b::text[], %(payloads)b::bytea[],"
             " %(expiries)b::float8[], %(caps)b::int[], %(channels)b::text[])"
             " WITH ORDINALITY AS t(queue, payload, expiry, cap, channel, ord)),"
-            " l AS (SELECT g.queue, "
-            + bounded("g.queue", "g.least", "g.k", "g.most")
-            + " AS n FROM (SELECT queue, min(cap) AS least, max(cap) AS most, count(*) AS k FROM p"
+            " l AS (SELECT g.queue, {count}"
+            " AS n FROM (SELECT queue, min(cap) AS least, max(cap) AS most, count(*) AS k FROM p"
             " GROUP BY queue) AS g),"
             " c AS (SELECT p.*, l.n + row_number() OVER (PARTITION BY p.queue ORDER BY p.ord)"
             " - 1 < p.cap AS ok FROM p JOIN l ON l.queue = p.queue),"
@@ -222,13 +276,31 @@ def statements(schema: str) -> Statements:
             " nc AS (SELECT ord, row_number() OVER (PARTITION BY queue ORDER BY ord) AS k"
             " FROM c WHERE c.ok)"
             " SELECT c.ord, c.ok, CASE WHEN c.ok AND c.channel IS NOT NULL"
-            " THEN pg_notify(c.channel, " + note("c.queue", "ni.id", "c.payload") + ") IS NULL END"
+            " THEN pg_notify(c.channel, {note}) IS NULL END"
             " FROM c LEFT JOIN nc ON nc.ord = c.ord"
-            " LEFT JOIN ni ON ni.queue = c.queue AND ni.k = nc.k ORDER BY c.ord"
+            " LEFT JOIN ni ON ni.queue = c.queue AND ni.k = nc.k ORDER BY c.ord",
+            count=t.bounded(
+                sql.SQL("g.queue"), sql.SQL("g.least"), sql.SQL("g.k"), sql.SQL("g.most")
+            ),
+            note=note(sql.SQL("c.queue"), sql.SQL("ni.id"), sql.SQL("c.payload")),
         ),
+        # receive for many queues at once, each with its own limit.
+        "receive_batch": t.q(
+            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT m.ctid FROM unnest(%(queues)b::text[], %(limits)b::int[]) AS r(queue, lim),"
+            " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
+            " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
+            " RETURNING queue, id, payload"
+        ),
+    }
+
+
+def _receive_statements(t: _Schema) -> dict[str, bytes]:
+    """Claiming messages, reply-inbox deliveries, and putting messages back."""
+    return {
         # Claim with SKIP LOCKED in an InitPlan (runs once: no extra rows locked),
         # delete by ctid. RETURNING order is unspecified: the caller sorts by id.
-        receive=q(
+        "receive": t.q(
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.messages WHERE queue = %s AND expires_at > now()"
             " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING id, payload"
@@ -236,7 +308,7 @@ def statements(schema: str) -> Statements:
         # A reply inbox's claim: the same, plus a marker NOTIFY on the inbox's own
         # channel, delivered at this commit after the notes of every row it claimed
         # (see ``_inbox``). The marker row has a NULL id.
-        claim_inbox=q(
+        "claim_inbox": t.q(
             "WITH d AS (DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.messages WHERE queue = %(queue)s AND expires_at > now()"
             " ORDER BY id LIMIT %(lim)s FOR UPDATE SKIP LOCKED)) RETURNING id, payload)"
@@ -244,21 +316,13 @@ def statements(schema: str) -> Statements:
             " SELECT NULL, NULL, pg_notify(%(channel)s, %(marker)s) IS NULL"
         ),
         # Rows of an inbox already delivered from their NOTIFY, deleted in a batch.
-        delete_ids=q(
+        "delete_ids": t.q(
             "DELETE FROM {s}.messages WHERE queue = %s AND id = ANY(%s::bigint[]) RETURNING id"
         ),
-        notify=q("SELECT pg_notify(%s, %s) IS NULL"),
-        # The same for many queues at once, each with its own limit.
-        receive_batch=q(
-            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
-            "SELECT m.ctid FROM unnest(%(queues)b::text[], %(limits)b::int[]) AS r(queue, lim),"
-            " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
-            " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
-            " RETURNING queue, id, payload"
-        ),
+        "notify": t.q("SELECT pg_notify(%s, %s) IS NULL"),
         # Put payloads back at the head of a queue, oldest first: ids below the
         # queue's lowest (at most 0 for an empty queue, below every identity value).
-        restore=q(
+        "restore": t.q(
             "WITH b AS (SELECT coalesce((SELECT id FROM {s}.messages WHERE queue = %(queue)s"
             " ORDER BY id LIMIT 1), 1) - cardinality(%(payloads)b::bytea[]) AS low),"
             " ins AS (INSERT INTO {s}.messages (id, queue, expires_at, payload)"
@@ -269,10 +333,18 @@ def statements(schema: str) -> Statements:
             " SELECT CASE WHEN %(channel)s::text IS NOT NULL"
             " THEN pg_notify(%(channel)s::text, '') IS NULL END"
         ),
+    }
+
+
+def _group_statements(t: _Schema) -> dict[str, bytes]:
+    """Group membership and fan-out."""
+    cap = sql.Placeholder("cap")
+    queue = sql.SQL("queue")
+    return {
         # group_send in one statement: the members, one payload per receiving queue
         # (as GroupPayload describes it), the capacity check, the insert and the
         # wake-ups. Returns the number of queues stored and skipped.
-        group_send=q(
+        "group_send": t.q(
             "WITH m AS (SELECT CASE WHEN pos > 0 THEN left(channel, pos) ELSE channel END"
             " AS queue, substr(channel, pos + 1) AS local FROM (SELECT channel,"
             " strpos(channel, '!') AS pos FROM {s}.group_members WHERE group_name = %(group)s"
@@ -280,45 +352,51 @@ def statements(schema: str) -> Statements:
             " p AS (SELECT queue, CASE WHEN right(queue, 1) = '!' THEN %(head)b"
             " || convert_to(string_agg(local, ','), 'UTF8') || %(newline)b || %(body)b"
             " ELSE %(plain)b END AS payload FROM m GROUP BY queue),"
-            " c AS (SELECT p.queue, p.payload, "
-            + bounded("p.queue", "%(cap)s", "1", "%(cap)s")
-            + " < %(cap)s AS ok FROM p),"
+            " c AS (SELECT p.queue, p.payload, {count} < %(cap)s AS ok FROM p),"
             " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
             " SELECT queue, now() + make_interval(secs => %(expiry)s), payload"
             " FROM c WHERE ok ORDER BY queue RETURNING id, queue, payload)"
             " SELECT (SELECT count(*) FROM c WHERE ok), (SELECT count(*) FROM c WHERE NOT ok),"
-            " (SELECT count(CASE WHEN %(notify)s THEN pg_notify("
-            + NOTIFY_CHANNEL.replace("{queue}", "queue")
-            + ", "
-            + note("queue", "id", "payload")
-            + ") IS NULL END) FROM ins)"
+            " (SELECT count(CASE WHEN %(notify)s THEN pg_notify({channel}, {note})"
+            " IS NULL END) FROM ins)",
+            count=t.bounded(sql.SQL("p.queue"), cap, sql.SQL("1"), cap),
+            channel=notify_channel(t.lit, queue),
+            note=note(queue, sql.SQL("id"), sql.SQL("payload")),
         ),
-        group_add=q(
+        "group_add": t.q(
             "INSERT INTO {s}.group_members (group_name, channel, expires_at)"
             " VALUES (%s, %s, now() + make_interval(secs => %s))"
             " ON CONFLICT (group_name, channel) DO UPDATE SET expires_at = EXCLUDED.expires_at"
         ),
-        group_discard=q("DELETE FROM {s}.group_members WHERE group_name = %s AND channel = %s"),
-        group_channels=q(
+        "group_discard": t.q(
+            "DELETE FROM {s}.group_members WHERE group_name = %s AND channel = %s"
+        ),
+        "group_channels": t.q(
             "SELECT channel FROM {s}.group_members WHERE group_name = %s AND expires_at > now()"
         ),
-        queue_statistics=q(
+    }
+
+
+def _maintenance_statements(t: _Schema) -> dict[str, bytes]:
+    """Statistics, flush and the batched cleanup of expired rows."""
+    return {
+        "queue_statistics": t.q(
             "SELECT queue, count(*), extract(epoch FROM min(expires_at) - now())::float8"
             " FROM {s}.messages WHERE expires_at > now() GROUP BY queue"
         ),
-        group_statistics=q(
+        "group_statistics": t.q(
             "SELECT group_name, count(*) FROM {s}.group_members WHERE expires_at > now()"
             " GROUP BY group_name"
         ),
-        flush=q("DELETE FROM {s}.messages; DELETE FROM {s}.group_members"),
-        cleanup_messages=q(
+        "flush": t.q("DELETE FROM {s}.messages; DELETE FROM {s}.group_members"),
+        "cleanup_messages": t.q(
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.messages WHERE expires_at <= now()"
             " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED))"
         ),
-        cleanup_groups=q(
+        "cleanup_groups": t.q(
             "DELETE FROM {s}.group_members WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.group_members WHERE expires_at <= now()"
             " LIMIT %s FOR UPDATE SKIP LOCKED))"
         ),
-    )
+    }
