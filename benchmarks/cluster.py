@@ -32,7 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import layers
-from benchmarks.scenarios import WARM, Params, _Cell, _channel, concurrent
+from benchmarks.scenarios.cell import Cell, Params, channel_name
+from benchmarks.scenarios.groups import fan_out
+from benchmarks.scenarios.streams import concurrent
 from benchmarks.servers import RedisCluster, ServerUnavailable, cluster_ports, redis_cli
 from benchmarks.specs import BENCH_CAPACITY, redis_url
 
@@ -41,31 +43,10 @@ __all__ = ["group_spread", "main"]
 
 async def group_spread(layer: Any, params: Params) -> dict[str, Any]:
     """``group_send`` to ``group_size`` normal channels (spread over a cluster's slots)."""
-    sends = max(params.messages // params.group_size, 5)
-    cell = _Cell(layer, params)
-    base = _channel("spread")
-    group = base.replace("bench.", "benchspread", 1)
+    base = channel_name("spread")
     members = [f"{base}.m{k}" for k in range(params.group_size)]
-    try:
-        for member in members:
-            await layer.group_add(group, member)
-        for member in members:
-            cell.spawn(cell.consume(member, member, sends))
-        consumers = list(cell.tasks)
-        await cell.warm_up(lambda: layer.group_send(group, {"type": WARM}), members)
-        cell.start_clock()
-        body = "x" * params.payload
-        done = 0
-        while done < sends and time.perf_counter() < cell.deadline:
-            await layer.group_send(group, {"type": "bench.msg", "i": done, "body": body})
-            done += 1
-        await cell.drain(consumers, dict.fromkeys(members, done))
-        return cell.result()
-    finally:
-        await cell.cancel()
-        for member in members:
-            with contextlib.suppress(Exception):
-                await layer.group_discard(group, member)
+    group = base.replace("bench.", "benchspread", 1)
+    return await fan_out(Cell(layer, params), group, members)
 
 
 SCENARIOS: dict[str, Callable[[Any, Params], Any]] = {
