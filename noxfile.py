@@ -68,40 +68,33 @@ def redis_drivers(session: nox.Session, driver: str, hiredis: bool) -> None:
     )
 
 
+def _nightly_runs(session: nox.Session, suite_args: str, timeout: float, **env: str) -> None:
+    """The single-server conformance runs (``-m 'not slow'``) running ``suite_args``."""
+    session.install("-e", ".[test]")
+    env["LAYERS_TEST_CONFORMANCE_ARGS"] = suite_args
+    env["LAYERS_TEST_CONFORMANCE_TIMEOUT"] = str(timeout)
+    session.run("pytest", CONFORMANCE, "-m", "not slow", env=env)
+
+
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The randomized multi-process loss rule for a minute per backend (nightly)."""
-    session.install("-e", ".[test]")
     seconds = session.posargs[0] if session.posargs else "60"
     session.log(f"randomized processes for {seconds} s on every backend")
-    session.run(
-        "pytest",
-        CONFORMANCE,
-        "-m",
-        "not slow",
-        env={
-            "LAYERS_TEST_CONFORMANCE_ARGS": "--pyargs layers.conformance_tests.test_chaos",
-            "LAYERS_TEST_CONFORMANCE_TIMEOUT": str(float(seconds) * 3 + 120),
-            "LAYERS_CONFORMANCE_CHAOS_SECONDS": seconds,
-            "LAYERS_CONFORMANCE_TIMEOUT": str(float(seconds) * 3 + 60),
-        },
+    _nightly_runs(
+        session,
+        "--pyargs layers.conformance_tests.test_chaos",
+        float(seconds) * 3 + 120,
+        LAYERS_CONFORMANCE_CHAOS_SECONDS=seconds,
+        LAYERS_CONFORMANCE_TIMEOUT=str(float(seconds) * 3 + 60),
     )
 
 
 @nox.session
 def conformance_thorough(session: nox.Session) -> None:
     """Nightly: the conformance suite's thorough profile on every backend (not run by CI)."""
-    session.install("-e", ".[test]")
-    session.run(
-        "pytest",
-        CONFORMANCE,
-        "-m",
-        "not slow",
-        env={
-            "LAYERS_TEST_CONFORMANCE_ARGS": "--conformance-profile thorough"
-            " --pyargs layers.conformance_tests",
-            "LAYERS_TEST_CONFORMANCE_TIMEOUT": str(6 * 3600),
-        },
+    _nightly_runs(
+        session, "--conformance-profile thorough --pyargs layers.conformance_tests", 6 * 3600
     )
 
 
