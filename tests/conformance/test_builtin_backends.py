@@ -37,28 +37,6 @@ RUN_ARGS = shlex.split(
 TIMEOUT = os.environ.get("LAYERS_TEST_CONFORMANCE_TIMEOUT")
 
 
-@dataclass(frozen=True)
-class Target:
-    """A built-in backend deployment the suite runs on."""
-
-    #: Seconds the whole run may take.
-    timeout: float = 600
-    #: ``PYTHONWARNINGS`` of the run (pytest's own ``filterwarnings`` applies in any case).
-    warnings: str = "error"
-    marks: tuple[pytest.MarkDecorator, ...] = ()
-
-
-TARGETS = {
-    "memory": Target(),
-    "sqlite": Target(),
-    "redis": Target(marks=(pytest.mark.redis,)),
-    "redis-sharded": Target(marks=(pytest.mark.redis, pytest.mark.slow)),
-    "redis-sentinel": Target(marks=(pytest.mark.redis, pytest.mark.slow)),
-    "redis-cluster": Target(marks=(pytest.mark.redis, pytest.mark.slow)),
-    "postgres": Target(timeout=900, warnings="default", marks=(pytest.mark.postgres,)),
-}
-
-
 def _tag() -> str:
     return uuid.uuid4().hex[:10]
 
@@ -89,14 +67,30 @@ def _postgres(request: pytest.FixtureRequest) -> str:
     return with_params(server, schema=schema)
 
 
-URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
-    "memory": lambda request: "memory://",
-    "sqlite": lambda request: f"sqlite:///{request.getfixturevalue('tmp_path')}/conformance.db",
-    "redis": _redis,
-    "redis-sharded": _redis_sharded,
-    "redis-sentinel": _redis_sentinel,
-    "redis-cluster": _redis_cluster,
-    "postgres": _postgres,
+@dataclass(frozen=True)
+class Target:
+    """A built-in backend deployment the suite runs on."""
+
+    #: Makes the layer URL, in a namespace of its own, with the fixtures it needs.
+    url: Callable[[pytest.FixtureRequest], str]
+    #: Seconds the whole run may take.
+    timeout: float = 600
+    #: ``PYTHONWARNINGS`` of the run (pytest's own ``filterwarnings`` applies in any case).
+    warnings: str = "error"
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+REDIS, SLOW_REDIS = (pytest.mark.redis,), (pytest.mark.redis, pytest.mark.slow)
+TARGETS = {
+    "memory": Target(lambda request: "memory://"),
+    "sqlite": Target(
+        lambda request: f"sqlite:///{request.getfixturevalue('tmp_path')}/conformance.db"
+    ),
+    "redis": Target(_redis, marks=REDIS),
+    "redis-sharded": Target(_redis_sharded, marks=SLOW_REDIS),
+    "redis-sentinel": Target(_redis_sentinel, marks=SLOW_REDIS),
+    "redis-cluster": Target(_redis_cluster, marks=SLOW_REDIS),
+    "postgres": Target(_postgres, timeout=900, warnings="default", marks=(pytest.mark.postgres,)),
 }
 
 
@@ -106,7 +100,8 @@ URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
 )
 def target(request: pytest.FixtureRequest) -> tuple[str, Target]:
     """A layer URL of one built-in backend in a namespace of its own, and how to run on it."""
-    return URLS[request.param](request), TARGETS[request.param]
+    chosen = TARGETS[request.param]
+    return chosen.url(request), chosen
 
 
 def test_suite_passes(target: tuple[str, Target]) -> None:
