@@ -1,87 +1,36 @@
 """Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``,
 ``redis_drivers``; nightly: ``conformance_thorough``, ``chaos``, ``mutation``.
 
-``tests`` runs the unit and integration tests, then the conformance suite on every
-built-in backend whose server is reachable. Servers are found through
-``LAYERS_TEST_REDIS_URL`` and ``LAYERS_TEST_POSTGRES_URL``; with
-``LAYERS_TEST_REQUIRE_SERVICES=1`` (as in CI) a missing server fails the run instead
-of skipping it.
+``tests`` runs the unit and integration tests, among them the conformance suite on
+every built-in backend (``tests/conformance/test_builtin_backends.py``, the one place
+that lists the backends' URLs). Servers are found through ``LAYERS_TEST_REDIS_URL``
+and ``LAYERS_TEST_POSTGRES_URL``; with ``LAYERS_TEST_REQUIRE_SERVICES=1`` (as in CI)
+a missing server fails the run instead of skipping it.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import nox
-
-from benchmarks.nox_session import bench as _bench
 
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
-REDIS_URL = os.environ.get("LAYERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "LAYERS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-REQUIRE_SERVICES = os.environ.get("LAYERS_TEST_REQUIRE_SERVICES") == "1"
-
-
-def _reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
-    address = (parts.hostname or "127.0.0.1", parts.port or default_port)
-    try:
-        with socket.create_connection(address, 3):
-            return True
-    except OSError:
-        return False
-
-
-def _with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return parts._replace(path=f"/{db}").geturl()
-
-
-def _conformance_urls(session: nox.Session, tmp: str) -> list[tuple[str, str]]:
-    urls = [("memory", "memory://"), ("sqlite", f"sqlite:///{tmp}/conformance.db")]
-    for name, url, port, fix in (
-        ("redis", REDIS_URL, 6379, lambda u: _with_db(u, 1)),
-        ("postgres", POSTGRES_URL, 5432, lambda u: u + "?schema=layers_conformance"),
-    ):
-        if _reachable(url, port):
-            urls.append((name, fix(url)))
-        elif REQUIRE_SERVICES:
-            session.error(f"{name} server not reachable at {url} (LAYERS_TEST_REQUIRE_SERVICES=1)")
-        else:
-            session.warn(f"skipping the {name} conformance run: no server at {url}")
-    return urls
+#: The conformance suite's runs on every built-in backend, one test per backend URL.
+CONFORMANCE = "tests/conformance/test_builtin_backends.py"
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests, then the conformance suite on every backend."""
+    """Unit and integration tests, with the conformance suite on every backend."""
     session.install("-e", ".[test]")
     session.install("-e", "tests/conformance/thirdparty")
     session.run("pytest", *session.posargs)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, url in _conformance_urls(session, tmp):
-            session.log(f"conformance suite on {name}: {url}")
-            session.run(
-                "pytest",
-                "-p",
-                "layers.conformance_tests",
-                "--layer-url",
-                url,
-                "--pyargs",
-                "layers.conformance_tests",
-                "-q",
-            )
 
 
 #: The oldest redis-py the ``redis`` extra allows (keep in step with pyproject.toml).
@@ -95,7 +44,9 @@ def redis_drivers(session: nox.Session, driver: str, hiredis: bool) -> None:
     """The Redis tests and conformance suite on the oldest and newest supported redis-py.
 
     With and without hiredis, so a driver release cannot break users silently. The
-    cluster tests run here too (``-- -m 'not slow'`` skips them and the restarts).
+    conformance runs are the Redis ones of ``tests``; the single-server run is not slow,
+    the sharded, Sentinel and cluster runs are. The cluster tests run here too
+    (``-- -m 'not slow'`` skips them and the restarts).
     """
     session.install("-e", ".[test]")
     if driver == "oldest":
@@ -110,55 +61,41 @@ def redis_drivers(session: nox.Session, driver: str, hiredis: bool) -> None:
         "import importlib.util, redis; print('redis-py', redis.__version__, 'hiredis',"
         " bool(importlib.util.find_spec('hiredis')))",
     )
-    session.run("pytest", "tests/redis", "-p", "no:cacheprovider", *session.posargs)
-    if _reachable(REDIS_URL, 6379):
-        url = _with_db(REDIS_URL, 1)
-        session.run(
-            "pytest",
-            "-p",
-            "layers.conformance_tests",
-            "--layer-url",
-            url,
-            "--pyargs",
-            "layers.conformance_tests",
-            "-q",
-        )
-    elif REQUIRE_SERVICES:
-        session.error(f"redis server not reachable at {REDIS_URL}")
+    redis_runs = ("redis", "redis-sharded", "redis-sentinel", "redis-cluster")
+    conformance = [f"{CONFORMANCE}::test_suite_passes[{run}]" for run in redis_runs]
+    session.run(
+        "pytest", "tests/backends/redis", *conformance, "-p", "no:cacheprovider", *session.posargs
+    )
+
+
+def _nightly_runs(session: nox.Session, suite_args: str, timeout: float, **env: str) -> None:
+    """The single-server conformance runs (``-m 'not slow'``) running ``suite_args``."""
+    session.install("-e", ".[test]")
+    env["LAYERS_TEST_CONFORMANCE_ARGS"] = suite_args
+    env["LAYERS_TEST_CONFORMANCE_TIMEOUT"] = str(timeout)
+    session.run("pytest", CONFORMANCE, "-m", "not slow", env=env)
 
 
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The randomized multi-process loss rule for a minute per backend (nightly)."""
-    session.install("-e", ".[test]")
     seconds = session.posargs[0] if session.posargs else "60"
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, url in _conformance_urls(session, tmp):
-            session.log(f"randomized processes on {name} for {seconds} s: {url}")
-            session.run(
-                "pytest",
-                "-p",
-                "layers.conformance_tests",
-                "--layer-url",
-                url,
-                "--pyargs",
-                "layers.conformance_tests.test_chaos",
-                "-q",
-                env={
-                    "LAYERS_CONFORMANCE_CHAOS_SECONDS": seconds,
-                    "LAYERS_CONFORMANCE_TIMEOUT": str(float(seconds) * 3 + 60),
-                },
-            )
+    session.log(f"randomized processes for {seconds} s on every backend")
+    _nightly_runs(
+        session,
+        "--pyargs layers.conformance_tests.test_chaos",
+        float(seconds) * 3 + 120,
+        LAYERS_CONFORMANCE_CHAOS_SECONDS=seconds,
+        LAYERS_CONFORMANCE_TIMEOUT=str(float(seconds) * 3 + 60),
+    )
 
 
 @nox.session
 def conformance_thorough(session: nox.Session) -> None:
     """Nightly: the conformance suite's thorough profile on every backend (not run by CI)."""
-    session.install("-e", ".[test]")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, url in _conformance_urls(session, tmp):
-            session.log(f"thorough conformance run on {name}: {url}")
-            session.run("layers", "conformance", url, "--profile", "thorough")
+    _nightly_runs(
+        session, "--conformance-profile thorough --pyargs layers.conformance_tests", 6 * 3600
+    )
 
 
 @nox.session
@@ -197,7 +134,10 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks, our layers next to the peers (``nox -s bench -- --quick``)."""
-    _bench(session)
+    # Imported here: a harness that does not import fails this session only.
+    from benchmarks.nox_session import bench as run_bench
+
+    run_bench(session)
 
 
 #: What ``nox -s mutation`` mutates, the layer URL the conformance suite runs on, and how

@@ -21,18 +21,21 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import layers
-from benchmarks.scenarios import WARM, Params, _Cell, _channel, concurrent
+from benchmarks.scenarios.cell import Cell, Params, channel_name
+from benchmarks.scenarios.groups import fan_out
+from benchmarks.scenarios.streams import concurrent
+from benchmarks.servers import RedisCluster, ServerUnavailable, cluster_ports, redis_cli
 from benchmarks.specs import BENCH_CAPACITY, redis_url
 
 __all__ = ["group_spread", "main"]
@@ -40,31 +43,10 @@ __all__ = ["group_spread", "main"]
 
 async def group_spread(layer: Any, params: Params) -> dict[str, Any]:
     """``group_send`` to ``group_size`` normal channels (spread over a cluster's slots)."""
-    sends = max(params.messages // params.group_size, 5)
-    cell = _Cell(layer, params)
-    base = _channel("spread")
-    group = base.replace("bench.", "benchspread", 1)
+    base = channel_name("spread")
     members = [f"{base}.m{k}" for k in range(params.group_size)]
-    try:
-        for member in members:
-            await layer.group_add(group, member)
-        for member in members:
-            cell.spawn(cell.consume(member, member, sends))
-        consumers = list(cell.tasks)
-        await cell.warm_up(lambda: layer.group_send(group, {"type": WARM}), members)
-        cell.start_clock()
-        body = "x" * params.payload
-        done = 0
-        while done < sends and time.perf_counter() < cell.deadline:
-            await layer.group_send(group, {"type": "bench.msg", "i": done, "body": body})
-            done += 1
-        await cell.drain(consumers, dict.fromkeys(members, done))
-        return cell.result()
-    finally:
-        await cell.cancel()
-        for member in members:
-            with contextlib.suppress(Exception):
-                await layer.group_discard(group, member)
+    group = base.replace("bench.", "benchspread", 1)
+    return await fan_out(Cell(layer, params), group, members)
 
 
 SCENARIOS: dict[str, Callable[[Any, Params], Any]] = {
@@ -76,93 +58,22 @@ SCENARIOS: dict[str, Callable[[Any, Params], Any]] = {
 # -- servers ----------------------------------------------------------------------------
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _cli(port: int, *args: str) -> str:
-    out = subprocess.run(
-        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
-    )
-    return out.stdout.strip()
-
-
 @contextlib.contextmanager
 def local_cluster() -> Iterator[str]:
     """Start six cluster nodes on loopback (three primaries); yield the cluster URL."""
     for binary in ("redis-server", "redis-cli"):
         if shutil.which(binary) is None:
             sys.exit(f"{binary} is needed to start a benchmark cluster")
-    ports: list[int] = []
-    for port in range(7100 + (os.getpid() * 11) % 700, 7990):
-        if _free(port) and _free(port + 10000):
-            ports.append(port)
-        if len(ports) == 6:
-            break
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for port in ports:
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            "redis-server",
-                            "--port",
-                            str(port),
-                            "--bind",
-                            "127.0.0.1",
-                            "--dir",
-                            tmp,
-                            "--save",
-                            "",
-                            "--appendonly",
-                            "no",
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            f"nodes-{port}.conf",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-            for port in ports:
-                deadline = time.monotonic() + 10
-                while _cli(port, "PING") != "PONG":
-                    if time.monotonic() > deadline:
-                        sys.exit(f"cluster node {port} did not start")
-                    time.sleep(0.05)
-            subprocess.run(
-                [
-                    "redis-cli",
-                    "--cluster",
-                    "create",
-                    *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas",
-                    "1",
-                    "--cluster-yes",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            deadline = time.monotonic() + 60
-            while not all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in ports):
-                if time.monotonic() > deadline:
-                    sys.exit("the benchmark cluster did not agree")
-                time.sleep(0.2)
-            time.sleep(1.0)  # let replicas finish their first sync
-            yield f"redis+cluster://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+            cluster = RedisCluster(Path(tmp), cluster_ports(6, set()))
+            cluster.start()
+        except ServerUnavailable as exc:
+            sys.exit(f"the benchmark cluster did not start: {exc}")
+        try:
+            yield cluster.url
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(10)
+            cluster.stop()
 
 
 def _primaries(url: str) -> list[tuple[str, int]]:
@@ -172,7 +83,7 @@ def _primaries(url: str) -> list[tuple[str, int]]:
         return [(parts.hostname or "127.0.0.1", parts.port or 6379)]
     host, _, port = parts.netloc.rpartition("@")[2].split(",")[0].rpartition(":")
     out = []
-    for line in _cli(int(port), "-h", host, "CLUSTER", "NODES").splitlines():
+    for line in redis_cli(int(port), "-h", host, "CLUSTER", "NODES").splitlines():
         fields = line.split()
         if "master" in fields[2] and len(fields) > 8:
             address = fields[1].split("@")[0]

@@ -24,7 +24,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from benchmarks.scenarios import Params, _produce, consume_fresh, run_scenario, serve_requests
+from benchmarks.scenarios import Params, consume_fresh, run_scenario, serve_requests
+from benchmarks.scenarios.cell import produce as produce_messages
 from benchmarks.specs import Spec
 
 __all__ = ["build_layer", "close_layer", "main"]
@@ -172,7 +173,7 @@ async def _produce_main(
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     cpu = time.process_time()
     deadline = time.perf_counter() + args["budget"]
-    sent = await _produce(
+    sent = await produce_messages(
         layer, args["channel"], 0, args["messages"], "x" * args["payload"], deadline
     )
     used = time.process_time() - cpu

@@ -1,15 +1,26 @@
-"""Shared test set-up: Django settings for the Channels integration tests."""
+"""Shared test set-up: Django settings, and the server fixtures every folder may use.
+
+The Redis and PostgreSQL fixtures (``tests/backends/*/servers.py``) are plugins of the
+whole run, so the conformance run over every backend and the backends' own tests start
+and share the same servers. This folder is on ``sys.path`` (pytest's ``prepend``
+import mode), which makes ``backends`` importable; the repository root is added when
+the benchmark harness (whose throwaway Redis servers the fixtures use) is not installed.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
+import importlib.util
 import sys
-from collections.abc import Callable
+from pathlib import Path
 
 import django
-import pytest
 from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("benchmarks") is None:  # the harness is not installed
+    sys.path.insert(0, str(ROOT))
+
+pytest_plugins = ["backends.redis.servers", "backends.postgres.servers"]
 
 if not settings.configured:
     settings.configure(
@@ -28,29 +39,3 @@ if not settings.configured:
         USE_TZ=True,
     )
     django.setup()
-
-
-@pytest.fixture
-def run_conformance() -> Callable[..., None]:
-    """Run the shipped conformance suite on a URL in a subprocess; fail with its output."""
-
-    def run(url: str, *, warnings: str = "error", timeout: float = 600) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "layers.conformance_tests",
-            "--layer-url",
-            url,
-            "--pyargs",
-            "layers.conformance_tests",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ]
-        env = {**os.environ, "PYTHONWARNINGS": warnings}
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-
-    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -13,29 +12,15 @@ from asgiref.sync import async_to_sync
 
 import layers
 
-from .conftest import sql, with_params
+from ..helpers import first_send_error
+from .servers import sql, with_params
 
 pytestmark = pytest.mark.postgres
 
 
-def _first_send_error(url: str) -> tuple[float, layers.BackendError]:
-    async def attempt() -> layers.BackendError:
-        layer = layers.from_url(url)
-        try:
-            with pytest.raises(layers.BackendError) as caught:
-                await layer.send("connect.check", {"n": 1})
-        finally:
-            await layer.aclose()
-        return caught.value
-
-    started = time.monotonic()
-    error = asyncio.run(attempt())
-    return time.monotonic() - started, error
-
-
 def test_missing_database_fails_at_once_with_the_servers_message(pg_server: str) -> None:
     base = pg_server.rsplit("/", 1)[0]
-    elapsed, error = _first_send_error(f"{base}/no_such_database_{uuid.uuid4().hex[:8]}")
+    elapsed, error = first_send_error(f"{base}/no_such_database_{uuid.uuid4().hex[:8]}")
     assert elapsed < 3, f"took {elapsed:.1f} s"
     assert "does not exist" in str(error)
     assert isinstance(error, layers.BackendUnavailable)
@@ -43,7 +28,7 @@ def test_missing_database_fails_at_once_with_the_servers_message(pg_server: str)
 
 def test_bad_credentials_fail_at_once_without_showing_the_password(pg_server: str) -> None:
     host = pg_server.split("@", 1)[1]
-    elapsed, error = _first_send_error(f"postgresql://no_such_role_x:s3cr3t-pw@{host}")
+    elapsed, error = first_send_error(f"postgresql://no_such_role_x:s3cr3t-pw@{host}")
     assert elapsed < 3, f"took {elapsed:.1f} s"
     assert "no_such_role_x" in str(error)
     assert "s3cr3t-pw" not in str(error)
@@ -54,7 +39,7 @@ def test_refused_connection_fails_at_once(pg_server: str) -> None:
     with socket.socket() as bound:  # bound, never listening: connections are refused
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
-        elapsed, error = _first_send_error(f"postgresql://postgres@127.0.0.1:{port}/x")
+        elapsed, error = first_send_error(f"postgresql://postgres@127.0.0.1:{port}/x")
     assert elapsed < 3, f"took {elapsed:.1f} s"
     assert "refused" in str(error).lower()
 

@@ -17,7 +17,7 @@ import layers
 from layers.backends.postgres import PostgresBackend
 from layers.core.errors import BackendError
 
-from .conftest import Cluster, sql, with_params
+from .servers import Cluster, sql, with_params
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

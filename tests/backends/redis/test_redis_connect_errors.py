@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
-import time
 
 import pytest
 
-import layers
+from ..helpers import first_send_error
 
 pytestmark = pytest.mark.redis
-
-
-def _first_send_error(url: str) -> tuple[float, layers.BackendError]:
-    async def attempt() -> layers.BackendError:
-        layer = layers.from_url(url)
-        try:
-            with pytest.raises(layers.BackendError) as caught:
-                await layer.send("connect.check", {"n": 1})
-        finally:
-            await layer.aclose()
-        return caught.value
-
-    started = time.monotonic()
-    error = asyncio.run(attempt())
-    return time.monotonic() - started, error
 
 
 def test_refused_connection_fails_at_once_with_the_cause() -> None:
     with socket.socket() as bound:  # bound, never listening: connections are refused
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
-        elapsed, error = _first_send_error(f"redis://127.0.0.1:{port}/0")
+        elapsed, error = first_send_error(f"redis://127.0.0.1:{port}/0")
     assert elapsed < 3, f"took {elapsed:.1f} s"
     assert "111" in str(error) or "refused" in str(error).lower()
 
@@ -46,7 +29,7 @@ def test_bad_password_fails_at_once_without_showing_it(spawn) -> None:  # type: 
         capture_output=True,
         timeout=10,
     )
-    elapsed, error = _first_send_error(f"redis://:wr0ng-pw@127.0.0.1:{server.port}/0")
+    elapsed, error = first_send_error(f"redis://:wr0ng-pw@127.0.0.1:{server.port}/0")
     assert elapsed < 3, f"took {elapsed:.1f} s"
     assert "invalid username-password" in str(error)
     assert "wr0ng-pw" not in str(error)

@@ -1,8 +1,9 @@
 """A child process for the SQLite multi-process tests: ``python _worker.py JSON``.
 
 Modes: ``produce`` (wait for a start file, then send ``count`` messages), ``drain``
-(print ``ready``, receive until quiet, print the received numbers as JSON) and
-``echo`` (answer requests on a channel until told to stop).
+(the conformance suite's own drain worker, :mod:`layers.conformance_tests._worker`,
+here with the choice of SQLite's pre-3.35 take) and ``echo`` (answer requests on a
+channel until told to stop).
 """
 
 from __future__ import annotations
@@ -24,25 +25,14 @@ async def _produce(job: dict[str, Any]) -> None:
     print(json.dumps("done"), flush=True)
 
 
-async def _drain(job: dict[str, Any]) -> None:
-    from layers.backends.sqlite import SqliteChannelLayer
+def _drain(job: dict[str, Any]) -> None:
     from layers.backends.sqlite import backend as backend_module
+    from layers.conformance_tests import _worker as suite_worker
 
     if job.get("fallback"):
         backend_module.HAS_RETURNING = False  # the pre-3.35 take: BEGIN IMMEDIATE, SELECT, DELETE
-    got: list[int] = []
-    async with SqliteChannelLayer(path=job["path"]) as layer:
-        await layer.group_add("ready", "ready")  # opens the backend before "ready"
-        print("ready", flush=True)
-        quiet = 3.0  # the first message may take a while; then stop after 1 s of silence
-        while True:
-            try:
-                async with asyncio.timeout(quiet):
-                    got.append((await layer.receive(job["channel"]))["i"])
-                quiet = 1.0
-            except TimeoutError:
-                break
-    print(json.dumps(got), flush=True)
+    url = f"sqlite:///{job['path']}"
+    suite_worker.main([json.dumps({"mode": "drain", "url": url, "channel": job["channel"]})])
 
 
 async def _echo(job: dict[str, Any]) -> None:
@@ -64,7 +54,10 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     while "go" in job and not os.path.exists(job["go"]):  # start all producers at once
         time.sleep(0.001)
-    modes = {"produce": _produce, "drain": _drain, "echo": _echo}
+    if job["mode"] == "drain":
+        _drain(job)
+        return
+    modes = {"produce": _produce, "echo": _echo}
     asyncio.run(modes[job["mode"]](job))
 
 

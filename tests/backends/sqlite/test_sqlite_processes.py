@@ -80,12 +80,10 @@ def test_processes_starting_at_once_on_a_new_file(spawn: Any, db_path: Path) -> 
 def test_at_most_once_across_processes(spawn: Any, db_path: Path, fallback: bool) -> None:
     """Three processes drain one channel: disjoint, complete, each in order."""
     total = 600
-    drains = [spawn(mode="drain", path=str(db_path), channel="work", fallback=fallback)]
-    _wait_ready(drains[0])  # the first one creates the file
-    drains += [
-        spawn(mode="drain", path=str(db_path), channel="work", fallback=fallback) for _ in range(2)
+    drains = [
+        spawn(mode="drain", path=str(db_path), channel="work", fallback=fallback) for _ in range(3)
     ]
-    for proc in drains[1:]:
+    for proc in drains:  # each opens the file at its first receive, while this one sends
         _wait_ready(proc)
 
     @arun
@@ -122,7 +120,7 @@ def test_round_trips_with_another_process(spawn: Any, db_path: Path) -> None:
 
 
 def test_the_example_runs(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "sqlite_processes.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "sqlite_processes.py"
     result = subprocess.run(
         [sys.executable, str(example), str(tmp_path / "example.db")],
         capture_output=True,

@@ -15,7 +15,7 @@ import layers
 from layers.backends.postgres import PostgresBackend, PostgresChannelLayer, notify_channel
 from layers.core.errors import ConfigurationError
 
-from .conftest import sql, with_params
+from .servers import sql, with_params
 
 pytestmark = pytest.mark.postgres
 

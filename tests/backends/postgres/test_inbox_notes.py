@@ -20,7 +20,7 @@ import layers
 from layers.backends.postgres import PostgresBackend, PostgresChannelLayer, _inbox, _replies
 from layers.core.errors import BackendError
 
-from .conftest import sql, with_params
+from .servers import sql, with_params
 
 pytestmark = pytest.mark.postgres
 

@@ -7,23 +7,17 @@ few hundred messages, and that deliberately broken layers show up as wrong.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if importlib.util.find_spec("benchmarks") is None:  # the harness is not installed
-    sys.path.insert(0, str(ROOT))
-
-import layers  # noqa: E402
-from benchmarks import cli  # noqa: E402
-from benchmarks.broken import DuplicatingLayer, LosingLayer, ReorderingLayer  # noqa: E402
-from benchmarks.scenarios import Params, Tally, run_scenario  # noqa: E402
-from benchmarks.specs import parse_spec  # noqa: E402
+import layers
+from benchmarks import cli
+from benchmarks.broken import DuplicatingLayer, LosingLayer, ReorderingLayer
+from benchmarks.scenarios import Params, Tally, run_scenario
+from benchmarks.specs import parse_spec
 
 SMALL = Params(messages=200, concurrency=4, group_size=10, idle_timeout=0.5, cell_timeout=20)
 

@@ -1,4 +1,7 @@
-"""Fixtures for the PostgreSQL backend tests: the shared server and a private cluster.
+"""PostgreSQL test fixtures: the shared server and a private cluster.
+
+Loaded for the whole test run (``pytest_plugins`` in ``tests/conftest.py``), so the
+conformance run uses the same server.
 
 ``pg_url`` points at ``$LAYERS_TEST_POSTGRES_URL`` (default the local ``test``
 database) with this suite's own schema. ``private_cluster`` runs ``initdb`` and
@@ -17,23 +20,20 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from types import ModuleType
 from urllib.parse import urlencode
 
 import pytest
 
-psycopg = pytest.importorskip("psycopg")
+from ..helpers import unavailable
 
 BASE_URL = os.environ.get("LAYERS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "layers_test_pg"
-REQUIRED = os.environ.get("LAYERS_TEST_REQUIRE_SERVICES") == "1"
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip, or fail in CI where every service must be present."""
-    if REQUIRED:
-        pytest.fail(f"required service missing: {reason}")
-    pytest.skip(reason)
+def _psycopg() -> ModuleType:
+    """The driver, imported when a test needs it (a missing one skips that test)."""
+    return pytest.importorskip("psycopg")
 
 
 def with_params(url: str, **params: object) -> str:
@@ -45,6 +45,7 @@ def with_params(url: str, **params: object) -> str:
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     """The shared server's URL (without a schema), or skip."""
+    psycopg = _psycopg()
     try:
         with psycopg.connect(BASE_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
@@ -64,13 +65,13 @@ def fresh_schema(pg_server: str) -> Iterator[str]:
     """A schema name that does not exist yet; dropped afterwards."""
     name = f"layers_test_pg_{uuid.uuid4().hex[:10]}"
     yield name
-    with psycopg.connect(pg_server, autocommit=True) as conn:
+    with _psycopg().connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
 def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
     """Run one statement on a fresh autocommit connection and return its rows."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with _psycopg().connect(url, autocommit=True) as conn:
         cur = conn.execute(query, params or None)
         return cur.fetchall() if cur.description else []
 

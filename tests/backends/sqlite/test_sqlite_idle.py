@@ -73,7 +73,7 @@ def test_the_idle_benchmark_runs(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[3],
     )
     assert done.returncode == 0, done.stderr
     assert '"idle_cpu_percent"' in done.stdout

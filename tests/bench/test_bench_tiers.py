@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
-
-from .conftest import ROOT
-
-if importlib.util.find_spec("benchmarks") is None:  # the harness is not installed
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks import tiers
 

@@ -1,0 +1,62 @@
+"""Producers and consumers on channels: one, ``concurrency`` of them, large bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from benchmarks.scenarios.cell import WARM, Cell, Params, channel_name, produce, with_changes
+
+__all__ = ["concurrent", "payload_1k", "payload_64k", "sequential"]
+
+
+async def _streams(cell: Cell, channels: list[str], per_channel: int) -> dict[str, Any]:
+    """N producers, N consumers, one channel each; the clock runs until the last delivery."""
+    layer, body = cell.layer, "x" * cell.params.payload
+    consumers = [cell.spawn(cell.consume(ch, k, per_channel)) for k, ch in enumerate(channels)]
+
+    async def warm_all() -> None:
+        for ch in channels:
+            if not cell.warm[ch].is_set():
+                await layer.send(ch, {"type": WARM})
+
+    await cell.warm_up(warm_all, channels)
+    cell.start_clock()
+    counts = await asyncio.gather(
+        *(produce(layer, ch, k, per_channel, body, cell.deadline) for k, ch in enumerate(channels))
+    )
+    await cell.drain(consumers, dict(enumerate(counts)))
+    payload_bytes = cell.tally.unique * cell.params.payload
+    return cell.result(bytes=payload_bytes)
+
+
+async def sequential(layer: Any, params: Params) -> dict[str, Any]:
+    """One producer and one consumer on one channel."""
+    cell = Cell(layer, params)
+    try:
+        return await _streams(cell, [channel_name("seq")], params.messages)
+    finally:
+        await cell.cancel()
+
+
+async def concurrent(layer: Any, params: Params) -> dict[str, Any]:
+    """``concurrency`` producers and consumers on as many channels."""
+    per = max(params.messages // params.concurrency, 1)
+    cell = Cell(layer, params)
+    base = channel_name("conc")
+    try:
+        return await _streams(cell, [f"{base}.{k}" for k in range(params.concurrency)], per)
+    finally:
+        await cell.cancel()
+
+
+async def payload_1k(layer: Any, params: Params) -> dict[str, Any]:
+    """The sequential scenario with 1 KB message bodies."""
+    return await sequential(layer, with_changes(params, payload=1024))
+
+
+async def payload_64k(layer: Any, params: Params) -> dict[str, Any]:
+    """The sequential scenario with 64 KB message bodies (a tenth of the messages)."""
+    return await sequential(
+        layer, with_changes(params, payload=64 * 1024, messages=max(params.messages // 10, 20))
+    )
