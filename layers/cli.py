@@ -79,7 +79,7 @@ def _worker(argv: list[str]) -> int:
 
 
 def _serve(argv: list[str]) -> int:
-    from layers.interface import main as serve_main
+    from layers.cli_serve import main as serve_main
 
     return serve_main(argv)
 

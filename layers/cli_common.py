@@ -30,6 +30,7 @@ __all__ = [
     "CommandParser",
     "build_layer",
     "check_layer",
+    "one_process",
     "passwords",
     "plain",
     "redact",
@@ -96,6 +97,14 @@ def redact(text: str, words: Iterable[str] = ()) -> str:
     for secret in passwords(words):
         text = text.replace(secret, "***")
     return text
+
+
+def one_process(layer: Any) -> bool:
+    """Whether ``layer`` declares it cannot carry messages between processes (memory://)."""
+    from layers.core.backend import Capability
+
+    capabilities = getattr(layer, "capabilities", None)
+    return capabilities is not None and Capability.CROSS_PROCESS not in capabilities
 
 
 def build_layer(url: str, **options: Any) -> ChannelLayer:

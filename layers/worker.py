@@ -398,6 +398,14 @@ class Worker:
         )
 
 
+_ONE_PROCESS = (
+    "this layer keeps messages inside one process: a worker in a process of its own would "
+    "only ever see messages sent from within itself. Use a layer shared between processes "
+    "(sqlite:///app.db, redis://host:6379/0, postgresql://host/db), or run the worker "
+    "inside the server: layers serve --url memory:// --routing ROUTING"
+)
+
+
 def layer_from_args(url: str | None, alias: str | None) -> Any:
     """The layer named on a command line: ``--url``, ``--layer ALIAS``, or the default.
 
@@ -411,6 +419,9 @@ def layer_from_args(url: str | None, alias: str | None) -> Any:
     if url is not None and alias is not None:
         raise ConfigurationError("--url/--layer", "give one of --url and --layer, not both")
     if url is not None:
+        from layers.cli_common import build_layer
+
+        build_layer(url)  # a URL that cannot be parsed: ConfigurationError naming "url"
         configure(url)
         return get_channel_layer()
     import os
@@ -425,32 +436,48 @@ def layer_from_args(url: str | None, alias: str | None) -> Any:
     return get_channel_layer(alias or "default")
 
 
-def main(argv: list[str]) -> int:
-    """``layers worker ROUTING``: run a worker until SIGTERM or SIGINT."""
-    import argparse
-    import os
+def _parser() -> Any:
+    from layers.cli_common import CommandParser
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="layers worker",
         description="Receive on every routed channel and run its consumer for each message.",
     )
     parser.add_argument("routing", help="the routing table, 'package.module:channel_routing'")
     parser.add_argument("--url", help="the layer URL (default: LAYERS_URL or Django settings)")
-    parser.add_argument("--layer", help="a CHANNEL_LAYERS alias (Django settings)")
+    parser.add_argument("--layer", metavar="ALIAS", help="a CHANNEL_LAYERS alias (Django settings)")
     parser.add_argument("--only", nargs="+", metavar="CHANNEL", help="receive on these only")
     parser.add_argument("--exclude", nargs="+", metavar="CHANNEL", help="do not receive on these")
-    parser.add_argument("--concurrency", type=int, default=8, help="consumers at once (8)")
-    parser.add_argument("--time-limit", type=float, help="seconds per message (no limit)")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain on stop (10)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, metavar="N", help="consumers at once (8)"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, metavar="SECONDS", help="seconds per message (no limit)"
+    )
+    parser.add_argument(
+        "--grace", type=float, default=10.0, metavar="SECONDS", help="seconds to drain on stop (10)"
+    )
     parser.add_argument(
         "--stats", type=float, nargs="?", const=10.0, metavar="SECONDS", help="print counts"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``layers worker ROUTING``: run a worker until SIGTERM or SIGINT."""
+    import os
+
+    from layers.cli_common import one_process
+
+    args = _parser().parse_args(argv)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # import the routing module as `python -m` would
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    layer = layer_from_args(args.url, args.layer)
+    if one_process(layer):
+        raise ConfigurationError("--url", _ONE_PROCESS)
     worker = Worker(
-        layer_from_args(args.url, args.layer),
+        layer,
         args.routing,
         only=args.only,
         exclude=args.exclude,
