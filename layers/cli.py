@@ -11,7 +11,6 @@ import argparse
 import difflib
 import os
 import sys
-from typing import NoReturn
 
 from layers.cli_common import CommandError, CommandParser, redact
 from layers.core.errors import ConfigurationError
@@ -127,12 +126,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
-def _unknown(parser: argparse.ArgumentParser, word: str) -> NoReturn:
-    """Exit 2 naming the valid commands, with the closest one as a suggestion."""
+def _unknown(parser: argparse.ArgumentParser, word: str) -> int:
+    """Say, as argparse does, that ``word`` is no command: name them and the closest one."""
     close = difflib.get_close_matches(word, COMMANDS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     kind = "option" if word.startswith("-") else "command"
-    parser.error(f"unknown {kind} {word!r}{hint}; commands: {', '.join(COMMANDS)}")
+    parser.print_usage(sys.stderr)
+    print(
+        f"layers: error: unknown {kind} {word!r}{hint}; commands: {', '.join(COMMANDS)}",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _main(argv: list[str] | None) -> int:
@@ -151,7 +155,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"layers (channel-layers) {version('channel-layers')}")
         return 0
     if args[0] not in COMMANDS:
-        _unknown(parser, args[0])
+        return _unknown(parser, args[0])
     command, rest = COMMANDS[args[0]][0], args[1:]
     try:
         return command(rest)

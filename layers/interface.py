@@ -201,10 +201,12 @@ class InterfaceServer:
         await asyncio.sleep(0)
         try:
             await layer.send("http.request", request)
-        except ChannelFull:
+        except (ChannelFull, BackendError) as exc:
             responding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await responding
+            if not isinstance(exc, ChannelFull):
+                raise  # answered 503 by __call__, with the cause in the log
             await _plain(send, 503, b"Service Unavailable: the http.request channel is full\n")
             return
         if more:
