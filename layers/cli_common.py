@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CommandError",
     "CommandParser",
+    "add_layer_arguments",
     "build_layer",
     "check_layer",
     "one_process",
@@ -76,6 +77,12 @@ class CommandParser(argparse.ArgumentParser):
                     message += f" (did you mean {close[0]}?)"
                     break
         super().error(message)
+
+
+def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url URL`` and ``--layer ALIAS``: how ``layers worker`` and ``layers serve`` pick a layer."""
+    parser.add_argument("--url", help="the layer URL (default: LAYERS_URL or Django settings)")
+    parser.add_argument("--layer", metavar="ALIAS", help="a CHANNEL_LAYERS alias (Django settings)")
 
 
 def passwords(words: Iterable[str]) -> list[str]:

@@ -16,7 +16,14 @@ import os
 import sys
 from typing import Any
 
-from layers.cli_common import CommandError, CommandParser, check_layer, one_process, redact
+from layers.cli_common import (
+    CommandError,
+    CommandParser,
+    add_layer_arguments,
+    check_layer,
+    one_process,
+    redact,
+)
 from layers.core.errors import ConfigurationError
 from layers.interface import CHUNK_SIZE, InterfaceServer
 
@@ -38,8 +45,7 @@ def _parser() -> CommandParser:
         "ROUTING --url URL, on the same layer); with --routing a worker runs in this "
         "process too (development; the only way with memory://).",
     )
-    parser.add_argument("--url", help="the layer URL (default: LAYERS_URL or Django settings)")
-    parser.add_argument("--layer", metavar="ALIAS", help="a CHANNEL_LAYERS alias (Django settings)")
+    add_layer_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     parser.add_argument(

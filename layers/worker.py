@@ -437,15 +437,14 @@ def layer_from_args(url: str | None, alias: str | None) -> Any:
 
 
 def _parser() -> Any:
-    from layers.cli_common import CommandParser
+    from layers.cli_common import CommandParser, add_layer_arguments
 
     parser = CommandParser(
         prog="layers worker",
         description="Receive on every routed channel and run its consumer for each message.",
     )
     parser.add_argument("routing", help="the routing table, 'package.module:channel_routing'")
-    parser.add_argument("--url", help="the layer URL (default: LAYERS_URL or Django settings)")
-    parser.add_argument("--layer", metavar="ALIAS", help="a CHANNEL_LAYERS alias (Django settings)")
+    add_layer_arguments(parser)
     parser.add_argument("--only", nargs="+", metavar="CHANNEL", help="receive on these only")
     parser.add_argument("--exclude", nargs="+", metavar="CHANNEL", help="do not receive on these")
     parser.add_argument(
