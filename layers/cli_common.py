@@ -80,7 +80,7 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--url URL`` and ``--layer ALIAS``: how ``layers worker`` and ``layers serve`` pick a layer."""
+    """Add ``--url URL`` and ``--layer ALIAS``: how ``worker`` and ``serve`` pick a layer."""
     parser.add_argument("--url", help="the layer URL (default: LAYERS_URL or Django settings)")
     parser.add_argument("--layer", metavar="ALIAS", help="a CHANNEL_LAYERS alias (Django settings)")
 

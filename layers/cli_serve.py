@@ -49,7 +49,11 @@ def _parser() -> CommandParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="wait for a worker (30)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a worker's answer (30)",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=CHUNK_SIZE, metavar="BYTES", help="body bytes per message"

@@ -457,7 +457,12 @@ def _parser() -> Any:
         "--grace", type=float, default=10.0, metavar="SECONDS", help="seconds to drain on stop (10)"
     )
     parser.add_argument(
-        "--stats", type=float, nargs="?", const=10.0, metavar="SECONDS", help="print counts"
+        "--stats",
+        type=float,
+        nargs="?",
+        const=10.0,
+        metavar="SECONDS",
+        help="print counts every SECONDS (10)",
     )
     return parser
 
