@@ -72,7 +72,7 @@ def _demo(argv: list[str]) -> int:
 
 
 def _worker(argv: list[str]) -> int:
-    from layers.worker import main as worker_main
+    from layers.cli_worker import main as worker_main
 
     return worker_main(argv)
 
@@ -160,8 +160,10 @@ def _main(argv: list[str] | None) -> int:
     try:
         return command(rest)
     except (ConfigurationError, CommandError) as exc:
-        # Whatever the message quotes, no password from the command line is shown.
-        print(f"layers {args[0]}: {redact(str(exc), rest)}", file=sys.stderr)
+        # Whatever the message quotes, no password from the command line (or from
+        # LAYERS_URL) is shown.
+        words = [*rest, os.environ.get("LAYERS_URL", "")]
+        print(f"layers {args[0]}: {redact(str(exc), words)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import difflib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ __all__ = [
     "add_layer_arguments",
     "build_layer",
     "check_layer",
+    "layer_from_args",
     "one_process",
     "passwords",
     "plain",
@@ -124,6 +126,36 @@ def build_layer(url: str, **options: Any) -> ChannelLayer:
         raise
     except ValueError as exc:  # e.g. urllib's "Port could not be cast to integer value"
         raise ConfigurationError("url", f"cannot parse {redact(url, [url])}: {exc}") from exc
+
+
+def layer_from_args(url: str | None, alias: str | None) -> Any:
+    """The layer named on a command line: ``--url``, ``--layer ALIAS``, or the default.
+
+    ``--url`` configures the process's default layer (:func:`layers.configure`), so
+    ``Channel(name)`` in consumers uses the command's own layer instance. ``--layer``
+    reads Django's ``CHANNEL_LAYERS`` (``DJANGO_SETTINGS_MODULE`` is set up first);
+    with neither, :func:`layers.get_channel_layer` (``LAYERS_URL``...). A URL that
+    cannot be parsed raises :class:`~layers.ConfigurationError` naming where it came from.
+    """
+    from layers.core.config import configure, get_channel_layer
+
+    if url is not None and alias is not None:
+        raise ConfigurationError("--url/--layer", "give one of --url and --layer, not both")
+    try:
+        if url is not None:
+            configure(url)
+            return get_channel_layer()
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):
+            with contextlib.suppress(ImportError):
+                import django
+
+                django.setup()
+        return get_channel_layer(alias or "default")
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # e.g. urllib's "Port could not be cast to integer value"
+        where = "--url" if url is not None else f"the {alias or 'default'} layer's url"
+        raise ConfigurationError(where, f"cannot parse it: {exc}") from exc
 
 
 def check_layer(layer: ChannelLayer, url: str, *, timeout: float = 30.0) -> None:

@@ -11,6 +11,7 @@ that no worker answers in time gets 504, and the log says why (see
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from layers.cli_common import (
     CommandParser,
     add_layer_arguments,
     check_layer,
+    layer_from_args,
     one_process,
     redact,
 )
@@ -37,6 +39,17 @@ _ONE_PROCESS = (
 )
 
 
+def _port(value: str) -> int:
+    """A TCP port number, 0 to 65535 (0: any free port)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
 def _parser() -> CommandParser:
     parser = CommandParser(
         prog="layers serve",
@@ -47,7 +60,7 @@ def _parser() -> CommandParser:
     )
     add_layer_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    parser.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -69,7 +82,7 @@ def _parser() -> CommandParser:
 
 def _layer(args: Any, argv: list[str]) -> Any:
     """The layer, refused when no worker could answer, checked when it is shared."""
-    from layers.worker import layer_from_args, load_routing
+    from layers.worker import load_routing
 
     if args.routing is not None:
         load_routing(args.routing)  # a typo in the table: one line now, not at startup

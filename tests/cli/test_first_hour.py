@@ -28,7 +28,9 @@ SECRET = "s3cr3tpw"
 COMMANDS = ["demo", "conformance", "backends", "worker", "serve", "inspect"]
 
 
-def _layers(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _layers(
+    *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "layers", *args],
         capture_output=True,
@@ -36,6 +38,7 @@ def _layers(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.Co
         timeout=timeout,
         check=False,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -270,6 +273,7 @@ def _wrong_inputs() -> list[tuple[list[str], int, str]]:
         (["worker", "x:y", "--url", bad_port], 2, "Port could not be cast to integer"),
         (["worker", "nowhere.mod:routing", "--url", "sqlite:///w.db"], 2, "cannot import"),
         (["serve", "--url", bad_port], 2, "Port could not be cast to integer"),
+        (["serve", "--url", "sqlite:///s.db", "--port", "70000"], 2, "a port is 0 to 65535"),
         (["serve", "--url", "sqlite:///s.db", "--routing", "no.where:r"], 2, "cannot import"),
         (["conformance", f"sqlite://u:{SECRET}@host/x.db"], 2, "sqlite URLs take no host"),
         (["backends", "--bogus"], 2, "unrecognized arguments: --bogus"),
@@ -290,3 +294,21 @@ def test_wrong_input_gets_one_clear_line(
     errors = [line for line in done.stderr.splitlines() if line.startswith("layers")]
     assert len(errors) == 1, done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was created in the working directory
+
+
+@pytest.mark.parametrize("command", [["worker", "x:y"], ["serve"]])
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (f"redis://:{SECRET}@127.0.0.1:notaport/0", "the default layer's url: cannot parse it"),
+        (f"sqlite://u:{SECRET}@host/x.db", "sqlite URLs take no host"),
+    ],
+)
+def test_a_bad_layers_url_variable_gets_one_line(
+    tmp_path: Path, command: list[str], url: str, says: str
+) -> None:
+    done = _layers(*command, cwd=tmp_path, env={"LAYERS_URL": url})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert SECRET not in done.stderr + done.stdout
