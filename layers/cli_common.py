@@ -101,10 +101,15 @@ def passwords(words: Iterable[str]) -> list[str]:
 
 
 def redact(text: str, words: Iterable[str] = ()) -> str:
-    """``text`` with URL passwords, and every password of ``words``, shown as ``***``."""
+    """``text`` with URL passwords, and every password of ``words``, shown as ``***``.
+
+    A password of one or two characters is replaced only where it appears as a URL's
+    password (replacing it everywhere would garble the message, and hides nothing).
+    """
     text = redact_url(text)
     for secret in passwords(words):
-        text = text.replace(secret, "***")
+        if len(secret) > 2:
+            text = text.replace(secret, "***")
     return text
 
 

@@ -312,3 +312,16 @@ def test_a_bad_layers_url_variable_gets_one_line(
     assert says in done.stderr
     assert "Traceback" not in done.stderr
     assert SECRET not in done.stderr + done.stdout
+
+
+def test_redaction_hides_command_line_passwords_as_given_and_decoded() -> None:
+    from layers.cli_common import redact
+
+    words = ["demo", "--url", "sqlite://u:p%40ssw0rd@h/x.db"]
+    assert redact("host ('u:p%40ssw0rd@h')", words) == "host ('u:***@h')"
+    assert redact("login p@ssw0rd refused", words) == "login *** refused"
+    assert redact("x password=hunter22 y", ["postgresql://h/db?password=hunter22"]) == (
+        "x password=*** y"
+    )
+    assert redact("a bad value", ["redis://:a@h/0"]) == "a bad value"  # not garbled
+    assert redact("redis://:a@h/0 failed", ["redis://:a@h/0"]) == "redis://:***@h/0 failed"
