@@ -89,12 +89,16 @@ def test_inspect_of_a_missing_postgres_schema_creates_nothing() -> None:
     except psycopg.Error as exc:
         pytest.skip(f"no PostgreSQL at {base}: {exc}")
     schema = f"layers_nc_{uuid.uuid4().hex[:8]}"
-    done = _layers("inspect", f"{base}?schema={schema}")
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert f"the schema {schema!r} does not exist (nothing was created)" in done.stderr
-    with psycopg.connect(base) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,))
-        assert row.fetchone() == (0,)
+    try:
+        done = _layers("inspect", f"{base}?schema={schema}")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"the schema {schema!r} does not exist (nothing was created)" in done.stderr
+        with psycopg.connect(base) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,))
+            assert row.fetchone() == (0,)
+    finally:  # a regression must not leave a schema behind in the shared database
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 # -- 2. --watch URL ------------------------------------------------------------------------
