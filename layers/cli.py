@@ -1,11 +1,18 @@
-"""The ``layers`` command: ``layers demo``, ``layers conformance URL``, ``layers backends``."""
+"""The ``layers`` command: ``layers COMMAND [options]``; ``layers --help`` lists the commands.
+
+An unknown command exits with status 2, naming the valid ones and the closest match.
+A subcommand's configuration error or :class:`~layers.cli_common.CommandError` is
+printed as one line (no traceback, no password from the command line); status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
+from layers.cli_common import CommandError, CommandParser, redact
 from layers.core.errors import ConfigurationError
 
 __all__ = ["main"]
@@ -29,7 +36,7 @@ EXAMPLE_URLS = {
 def _backends(argv: list[str]) -> int:
     from layers.core.registry import available_backends, get_backend
 
-    argparse.ArgumentParser(
+    CommandParser(
         prog="layers backends",
         description="List the backends and whether each can build a layer here.",
     ).parse_args(argv)
@@ -65,13 +72,13 @@ def _demo(argv: list[str]) -> int:
 
 
 def _worker(argv: list[str]) -> int:
-    from layers.worker import main as worker_main
+    from layers.cli_worker import main as worker_main
 
     return worker_main(argv)
 
 
 def _serve(argv: list[str]) -> int:
-    from layers.interface import main as serve_main
+    from layers.cli_serve import main as serve_main
 
     return serve_main(argv)
 
@@ -107,18 +114,56 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by the signal
 
 
+def _parser() -> argparse.ArgumentParser:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return argparse.ArgumentParser(
+        prog="layers",
+        usage="layers COMMAND [options]",
+        description="channel-layers: run, test and look inside channel layers.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nlayers COMMAND --help shows its options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _unknown(parser: argparse.ArgumentParser, word: str) -> int:
+    """Say, as argparse does, that ``word`` is no command: name them and the closest one."""
+    close = difflib.get_close_matches(word, COMMANDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    kind = "option" if word.startswith("-") else "command"
+    parser.print_usage(sys.stderr)
+    print(
+        f"layers: error: unknown {kind} {word!r}{hint}; commands: {', '.join(COMMANDS)}",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _main(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        width = max(map(len, COMMANDS))
-        lines = [f"  {name:{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: layers COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    parser = _parser()
+    if not args:
+        parser.print_usage(sys.stderr)
+        print(parser.epilog, file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if args[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"layers (channel-layers) {version('channel-layers')}")
+        return 0
+    if args[0] not in COMMANDS:
+        return _unknown(parser, args[0])
     command, rest = COMMANDS[args[0]][0], args[1:]
     try:
         return command(rest)
-    except ConfigurationError as exc:
-        print(f"layers {args[0]}: {exc}", file=sys.stderr)
+    except (ConfigurationError, CommandError) as exc:
+        # Whatever the message quotes, no password from the command line (or from
+        # LAYERS_URL) is shown.
+        words = [*rest, os.environ.get("LAYERS_URL", "")]
+        print(f"layers {args[0]}: {redact(str(exc), words)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -30,8 +30,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from layers.cli_common import CommandParser, build_layer, check_layer
 from layers.core.backend import Capability
-from layers.core.config import from_url
 from layers.core.errors import ChannelFull, ConfigurationError
 from layers.core.layer import ChannelLayer
 from layers.core.objects import Channel, Group
@@ -268,30 +268,43 @@ def _spawn_workers(url: str, count: int, names: Names) -> list[subprocess.Popen[
     return [subprocess.Popen([*command, "--worker", f"process-{i + 1}"]) for i in range(count)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``layers demo``."""
-    parser = argparse.ArgumentParser(prog="layers demo", description=__doc__.split("\n")[0])
+def _parser() -> CommandParser:
+    parser = CommandParser(prog="layers demo", description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="memory://", help="layer URL (default: memory://)")
     parser.add_argument(
         "--processes",
         type=int,
         default=0,
+        metavar="N",
         help="run workers as N OS processes (needs a cross-process backend)",
     )
     parser.add_argument(
         "--requests",
         type=int,
         default=200,
+        metavar="N",
         help="request/answer round trips the clients make (default: 200)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``layers demo``."""
+    parser = _parser()
     args = parser.parse_args(argv)
-    layer = from_url(args.url)
+    if args.processes < 0:
+        parser.error(f"argument --processes: N must be 0 or more, not {args.processes}")
+    if args.requests < 1:
+        parser.error(f"argument --requests: N must be at least 1, not {args.requests}")
+    layer = build_layer(args.url)
     names = Names(args.run) if args.run else Names.fresh()
     if args.worker:
         asyncio.run(_serve(layer, args.worker, names))
         return 0
+    if Capability.CROSS_PROCESS in layer.capabilities:
+        check_layer(layer, args.url)  # an unreachable server: one line, before any worker
     processes: list[subprocess.Popen[bytes]] = []
     if args.processes:
         if Capability.CROSS_PROCESS not in layer.capabilities:

@@ -2,7 +2,13 @@
 
 Reads :meth:`layers.ChannelLayer.statistics` (read-only: nothing is consumed) and
 prints a table, refreshed every few seconds with ``--watch``, or JSON with
-``--json``. Exit status: 0, 1 when the store fails, 2 for a bad URL or option.
+``--json``. ``--watch URL`` refreshes at the default interval; ``--watch 5 URL`` every
+5 seconds.
+
+Inspecting creates nothing: a SQLite file or a PostgreSQL schema that does not exist
+(no layer has used it yet, or the URL names the wrong one) is reported in one line,
+with exit status 2. Exit status: 0, 1 when the store fails (unreachable server, bad
+credentials), 2 for a bad URL or option or a store that does not exist.
 """
 
 from __future__ import annotations
@@ -13,10 +19,15 @@ import json
 import sys
 from typing import TextIO
 
+from layers.cli_common import CommandError, CommandParser, build_layer, redact
+from layers.cli_probe import missing_store
 from layers.core.errors import BackendError, ConfigurationError
 from layers.core.statistics import LayerStatistics
 
 __all__ = ["main", "render"]
+
+#: Seconds between two refreshes of ``--watch`` without a value.
+WATCH_INTERVAL = 2.0
 
 
 def _age(seconds: float | None) -> str:
@@ -60,15 +71,18 @@ def render(stats: LayerStatistics, *, limit: int) -> str:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> None:
     from layers.core.backend import Capability
-    from layers.core.config import from_url
 
-    layer = from_url(args.url)
+    layer = build_layer(args.url)
     if Capability.CROSS_PROCESS not in layer.capabilities:
         print(
             f"layers inspect: note: the {layer.backend_class.name or 'this'} backend keeps "
             "messages inside one process; this command sees only its own, empty store",
             file=sys.stderr,
         )
+    else:
+        missing = await missing_store(layer.backend_class, args.url)
+        if missing:
+            raise CommandError(missing)
     try:
         shown = 0
         while True:
@@ -90,38 +104,71 @@ async def _run(args: argparse.Namespace, out: TextIO) -> None:
         await layer.aclose()
 
 
-def main(argv: list[str]) -> int:
-    """Run ``layers inspect``."""
-    parser = argparse.ArgumentParser(
+def _parser() -> CommandParser:
+    parser = CommandParser(
         prog="layers inspect",
+        usage="layers inspect [-h] [--watch [SECONDS]] [--json] [--limit N] [--count N] URL",
         description="Show the busiest channels and the largest groups of a layer (read-only).",
+        epilog="Examples: layers inspect redis://localhost:6379/0; "
+        "layers inspect --watch sqlite:///app.db; layers inspect --watch 5 --json URL. "
+        "Exit status: 0, 1 when the store fails, 2 for a bad URL or option or when "
+        "there is no layer at URL (a SQLite file or PostgreSQL schema that does not "
+        "exist: nothing is created).",
     )
-    parser.add_argument("url", help="the layer URL, e.g. redis://localhost:6379/0")
+    parser.add_argument("url", nargs="?", metavar="URL", help="the layer URL")
     parser.add_argument(
         "--watch",
         nargs="?",
-        type=float,
-        const=2.0,
-        default=None,
+        const="",
         metavar="SECONDS",
-        help="refresh every SECONDS (default 2) until Ctrl-C",
+        help=f"refresh every SECONDS (default {WATCH_INTERVAL:g}) until Ctrl-C",
     )
     parser.add_argument("--json", action="store_true", help="print JSON, one object per refresh")
     parser.add_argument(
-        "--limit", type=int, default=20, help="show at most this many channels and groups"
+        "--limit", type=int, default=20, metavar="N", help="show at most N channels and N groups"
     )
     parser.add_argument(
-        "--count", type=int, default=0, help="with --watch, stop after this many refreshes"
+        "--count", type=int, default=0, metavar="N", help="with --watch, stop after N refreshes"
     )
+    return parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; ``--watch URL`` is ``--watch`` at the default interval, then URL."""
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.watch is not None:
+        try:
+            seconds = float(args.watch) if args.watch else WATCH_INTERVAL
+        except ValueError:
+            # argparse gave the URL to --watch's optional value.
+            if args.url is not None:
+                parser.error(f"argument --watch: SECONDS must be a number, not {args.watch!r}")
+            args.url, seconds = args.watch, WATCH_INTERVAL
+        if not 0 < seconds <= 86400:
+            parser.error(f"argument --watch: SECONDS must be in (0, 86400], not {args.watch}")
+        args.watch = seconds
+    if args.url is None:
+        parser.error("the following arguments are required: URL")
+    if args.limit < 1:
+        parser.error(f"argument --limit: N must be at least 1, not {args.limit}")
+    if args.count < 0:
+        parser.error(f"argument --count: N must be 0 (no limit) or more, not {args.count}")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    """Run ``layers inspect``."""
+    args = _parse(argv)
     try:
         asyncio.run(_run(args, sys.stdout))
     except KeyboardInterrupt:
         return 0
-    except ConfigurationError as exc:
-        print(f"layers inspect: {exc}", file=sys.stderr)
+    except (ConfigurationError, CommandError) as exc:
+        print(f"layers inspect: {redact(str(exc), argv)}", file=sys.stderr)
         return 2
     except BackendError as exc:
-        print(f"layers inspect: the store failed: {exc}", file=sys.stderr)
+        reason = " ".join(redact(str(exc), argv).split())
+        print(f"layers inspect: the store failed: {reason}", file=sys.stderr)
         return 1
     return 0

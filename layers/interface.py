@@ -33,8 +33,9 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from layers.core.errors import ChannelFull
+from layers.core.errors import BackendError, ChannelFull
 from layers.core.objects import Message, sync_safe
+from layers.unanswered import Unanswered
 
 __all__ = ["AsgiConsumer", "InterfaceServer", "request_body", "respond"]
 
@@ -109,6 +110,7 @@ class InterfaceServer:
         self.worker_options = dict(worker_options or {})
         self._worker: Any = None
         self._worker_task: asyncio.Task[None] | None = None
+        self._unanswered = Unanswered()
         #: HTTP requests and WebSockets being served now.
         self.connections = 0
 
@@ -133,6 +135,14 @@ class InterfaceServer:
                 await self._http(scope, receive, send)
             elif kind == "websocket":
                 await self._websocket(scope, receive, send)
+        except BackendError as exc:
+            # The store is unreachable: one line in the log, 503 to the client.
+            logger.error("the channel layer failed (503): %s", " ".join(str(exc).split()))
+            with contextlib.suppress(Exception):  # the response may have started already
+                if kind == "http":
+                    await _plain(send, 503, b"Service Unavailable: the channel layer failed\n")
+                else:
+                    await send({"type": "websocket.close", "code": 1011})
         finally:
             self.connections -= 1
 
@@ -191,10 +201,12 @@ class InterfaceServer:
         await asyncio.sleep(0)
         try:
             await layer.send("http.request", request)
-        except ChannelFull:
+        except (ChannelFull, BackendError) as exc:
             responding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await responding
+            if not isinstance(exc, ChannelFull):
+                raise  # answered 503 by __call__, with the cause in the log
             await _plain(send, 503, b"Service Unavailable: the http.request channel is full\n")
             return
         if more:
@@ -276,6 +288,9 @@ class InterfaceServer:
             async with asyncio.timeout(self.timeout):
                 first = await layer.receive(reply)
         except TimeoutError:
+            # Explained before answering: the client's disconnect cancels this task.
+            why = await self._unanswered.why(layer, "http.request")
+            logger.warning("no answer to a request in %s s (504): %s", self.timeout, why)
             await _plain(send, 504, b"Gateway Timeout: no worker answered in time\n")
             return
         await send(
@@ -321,7 +336,8 @@ class InterfaceServer:
             async with asyncio.timeout(self.timeout):
                 answer = await layer.receive(reply)
         except TimeoutError:
-            logger.warning("no answer to websocket.connect on %r in %s s", reply, self.timeout)
+            why = await self._unanswered.why(layer, "websocket.connect")
+            logger.warning("no answer to websocket.connect in %s s: %s", self.timeout, why)
             await send({"type": "websocket.close", "code": 1011})
             return
         if answer.get("close") and not answer.get("accept"):
@@ -518,57 +534,3 @@ class AsgiConsumer:
 #: layer is :func:`layers.get_channel_layer`, read on first use (``LAYERS_URL``, Django
 #: ``CHANNEL_LAYERS`` or :func:`layers.configure`).
 application = InterfaceServer()
-
-
-def main(argv: list[str]) -> int:
-    """``layers serve``: run an interface server with uvicorn (``[serve]`` extra)."""
-    import argparse
-
-    from layers.worker import layer_from_args
-
-    parser = argparse.ArgumentParser(
-        prog="layers serve",
-        description="Serve HTTP and WebSocket on a channel layer (tier 1), with uvicorn.",
-    )
-    parser.add_argument("--url", help="the layer URL (default: LAYERS_URL or Django settings)")
-    parser.add_argument("--layer", help="a CHANNEL_LAYERS alias (Django settings)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a worker")
-    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="body bytes per message")
-    parser.add_argument(
-        "--routing", help="also run a worker in this process on this routing table (development)"
-    )
-    parser.add_argument("--concurrency", type=int, default=8, help="that worker's concurrency")
-    args = parser.parse_args(argv)
-    try:
-        import uvicorn
-    except ImportError:
-        from layers.core.errors import ConfigurationError
-
-        raise ConfigurationError(
-            "serve", "layers serve needs uvicorn: pip install 'channel-layers[serve]'"
-        ) from None
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    layer = layer_from_args(args.url, args.layer)
-    server = InterfaceServer(
-        layer,
-        timeout=args.timeout,
-        chunk_size=args.chunk_size,
-        routing=args.routing,
-        worker_options={"concurrency": args.concurrency},
-    )
-    where = "with a worker in this process" if args.routing else "workers elsewhere"
-    print(
-        f"layers serve: http://{args.host}:{args.port} on {layer!r} ({where})",
-        flush=True,
-    )
-    config = uvicorn.Config(
-        server, host=args.host, port=args.port, lifespan="on", log_level="warning"
-    )
-    uvicorn.Server(config).run()
-    return 0

@@ -21,13 +21,9 @@ every rule passed or was skipped for a declared capability, 1 when any rule fail
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib
-import logging
 import os
-import re
-import secrets
 import sys
 import tempfile
 import time
@@ -35,14 +31,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
-from urllib.parse import urlsplit
 
+from layers.cli_common import CommandError, CommandParser, build_layer, check_layer, plain, redact
 from layers.core.redact import redact_url
 
 if TYPE_CHECKING:
     import pytest
 
-    from layers.core.layer import ChannelLayer
 
 __all__ = ["UsageProblem", "main", "plain", "print_report", "shown_url"]
 
@@ -53,20 +48,10 @@ PROFILES = ("fast", "thorough")
 PREFLIGHT_TIMEOUT = 30.0
 
 _LABEL = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL"}
-_ROLE = re.compile(r":[\w:.-]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
-_LITERAL = re.compile(r"``(.+?)``")
-_EMPHASIS = re.compile(r"(?<![\w*])\*{1,2}([^*\s][^*]*?)\*{1,2}(?![\w*])")
 
 
-class UsageProblem(Exception):
+class UsageProblem(CommandError):
     """The suite cannot start: the message is the one line the command prints."""
-
-
-def plain(text: str) -> str:
-    """Return ``text`` (a docstring line in reST) as plain text for a terminal."""
-    text = _ROLE.sub(lambda m: m.group(1).split(".")[-1] if "~" in m.group(0) else m.group(1), text)
-    text = _LITERAL.sub(r"\1", text)
-    return _EMPHASIS.sub(r"\1", text)
 
 
 def shown_url(url: str) -> str:
@@ -210,7 +195,7 @@ def print_report(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="layers conformance",
         description="Run the conformance suite on a layer URL and print a per-rule report.",
         epilog="Exit status: 0 conforms, 1 a rule failed, 2 usage error (nothing ran), "
@@ -249,10 +234,8 @@ def check_tools() -> None:
 
 def preflight(url: str) -> None:
     """Raise :class:`UsageProblem` unless ``url`` builds a layer that can store a message."""
-    from layers.core.config import from_url
-
     try:
-        layer = from_url(url, expiry=5)
+        layer = build_layer(url, expiry=5)
     except Exception as exc:
         hint = ""
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -261,50 +244,12 @@ def preflight(url: str) -> None:
                 f" (sqlite:///{path} is relative to the current directory; "
                 f"write sqlite:////{path.lstrip('/')} for an absolute path)"
             )
-        raise UsageProblem(f"cannot build a layer from {shown_url(url)}: {exc}{hint}") from exc
-    logged = _Records()
-    root = logging.getLogger()
-    root.addHandler(logged)  # drivers' retry warnings: kept out of the one-line answer
+        problem = redact(f"{exc}{hint}", [url])
+        raise UsageProblem(f"cannot build a layer from {shown_url(url)}: {problem}") from exc
     try:
-        asyncio.run(_store_one(layer))
-    except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {PREFLIGHT_TIMEOUT:.0f} s"
-        if logged.last and logged.last not in reason:
-            reason += f" (logged: {logged.last})"
-        password = _password(url)
-        if password:
-            reason = reason.replace(password, "***")
-        reason = " ".join(reason.split())  # a server's message may span lines: one line
-        raise UsageProblem(f"cannot use the layer at {shown_url(url)}: {reason}") from exc
-    finally:
-        root.removeHandler(logged)
-
-
-class _Records(logging.Handler):
-    """Keeps the first line of the last warning logged during the pre-flight."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            self.last = record.getMessage().strip().splitlines()[0]
-
-
-def _password(url: str) -> str:
-    try:
-        return urlsplit(url).password or ""
-    except ValueError:
-        return ""
-
-
-async def _store_one(layer: ChannelLayer) -> None:
-    async with asyncio.timeout(PREFLIGHT_TIMEOUT), layer:
-        # A message on a fresh channel that expires in 5 s: nothing else is touched.
-        await layer.send(f"conf.preflight.{secrets.token_hex(6)}", {"type": "preflight"})
+        check_layer(layer, url, timeout=PREFLIGHT_TIMEOUT)
+    except CommandError as exc:
+        raise UsageProblem(str(exc)) from exc.__cause__
 
 
 @contextlib.contextmanager
@@ -334,7 +279,7 @@ def main(argv: list[str]) -> int:
         check_tools()
         preflight(args.url)
     except UsageProblem as problem:
-        print(f"layers conformance: {problem}", file=sys.stderr)
+        print(f"layers conformance: {redact(str(problem), argv)}", file=sys.stderr)
         return 2
     import pytest
 

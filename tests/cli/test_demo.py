@@ -39,7 +39,7 @@ def test_demo_refuses_processes_on_memory(capsys: pytest.CaptureFixture[str]) ->
 
 def test_unknown_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nonsense"]) == 2
-    assert "usage: layers COMMAND" in capsys.readouterr().out
+    assert "usage: layers COMMAND" in capsys.readouterr().err
     assert main(["--help"]) == 0
 
 

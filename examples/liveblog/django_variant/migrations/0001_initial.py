@@ -1,3 +1,5 @@
+"""The ``Post`` table exactly as ``models.py`` declares it: ``makemigrations --check`` is clean."""
+
 from django.db import migrations, models
 
 
@@ -8,7 +10,12 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name="Post",
             fields=[
-                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
                 ("text", models.TextField()),
                 ("created", models.DateTimeField(auto_now_add=True)),
             ],
