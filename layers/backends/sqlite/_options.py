@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from layers.core.errors import ConfigurationError
+from layers.core.redact import redact_url
 
 __all__ = ["DEFAULTS", "options_from_url", "prepare_options"]
 
@@ -49,7 +50,7 @@ def options_from_url(url: str) -> dict[str, Any]:
         if any(c in parts.netloc for c in ":@[]"):
             raise ConfigurationError(
                 "url",
-                f"sqlite URLs take no host ({parts.netloc!r}); write sqlite:///relative.db "
+                f"sqlite URLs take no host ({redact_url(url)!r}); write sqlite:///relative.db "
                 "or sqlite:////absolute/path.db",
             )
         path = "/" + unquote(parts.netloc + parts.path)

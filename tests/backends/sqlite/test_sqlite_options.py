@@ -65,6 +65,13 @@ def test_a_host_is_refused() -> None:
     assert info.value.setting == "url"
 
 
+def test_a_host_with_a_password_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigurationError, match="no host") as info:
+        layers.from_url("sqlite://user:s3cret-pw@host/app.db")
+    assert "s3cret-pw" not in str(info.value)
+    assert "user" in str(info.value)
+
+
 def test_unknown_url_option_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as info:
         layers.from_url(f"sqlite:///{tmp_path}/a.db?pool_size=3")
