@@ -14,6 +14,7 @@ from typing import Any
 
 from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
 from layers.core.errors import BackendError, ConfigurationError, LayerClosed, MissingDriver
+from layers.core.wakeups import WaiterSignal, wait_then_claim
 
 try:
     import aiosqlite
@@ -368,24 +369,12 @@ class SqliteBackend(Backend):
         hub = self._hub
         if hub is None:
             raise LayerClosed(f"the SQLite backend for {self.path} is not open")
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout
-        while True:
-            waiter = hub.register(queue, loop)
-            try:
-                rows = await self._take(conn, queue, limit)
-                if rows:
-                    return [payload for _, payload in rows]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                try:
-                    async with asyncio.timeout(remaining):
-                        await waiter[1]
-                except TimeoutError:
-                    return []
-            finally:
-                hub.unregister(queue, waiter)
+
+        async def claim() -> list[bytes]:
+            hub.watch()  # after arming: the watcher sees the queue from its next poll
+            return [payload for _, payload in await self._take(conn, queue, limit)]
+
+        return await wait_then_claim(claim, WaiterSignal(hub.waiters, queue), timeout=timeout)
 
     async def _take(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
         """Run one take shielded from the caller's cancellation (see :meth:`receive`)."""
