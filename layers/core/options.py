@@ -275,21 +275,12 @@ def layer_settings(
     )
     options = {**_LAYER_DEFAULTS, **url_layer_options, **keywords}
     capacity = options["capacity"]
-    origin = (
-        f"capacity={capacity!r}"
-        if "capacity" in keywords
-        else f"capacity={capacity!r} in the URL"
-        if "capacity" in url_layer_options
-        else f"the default capacity ({capacity!r})"
-    )
     expiry = check_number("expiry", options["expiry"], minimum=0.001, maximum=MAX_EXPIRY)
     group_expiry = check_number(
         "group_expiry", options["group_expiry"], minimum=0.001, maximum=MAX_EXPIRY
     )
     check_number("capacity", capacity, minimum=1, maximum=MAX_COUNT, integer=True)
-    if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
-        channel_capacity = list(channel_capacity)
-    compiled = compile_capacities(channel_capacity)
+    compiled, labels = _capacities(channel_capacity)
     size: Any = options["max_message_size"]
     if size is not None:
         check_number("max_message_size", size, minimum=1, maximum=MAX_COUNT, integer=True)
@@ -310,9 +301,27 @@ def layer_settings(
         prefetch=prefetch,
         serializer=serializer,
         by_reference=by_reference,
-        capacity_labels=_labels(channel_capacity),
-        capacity_origin=origin,
+        capacity_labels=labels,
+        capacity_origin=_origin(capacity, keywords, url_layer_options),
     )
+
+
+def _origin(capacity: int, keywords: Mapping[str, Any], in_url: Mapping[str, Any]) -> str:
+    """Where ``capacity`` came from, as a :class:`~layers.ChannelFull` message names it."""
+    if "capacity" in keywords:
+        return f"capacity={capacity!r}"
+    if "capacity" in in_url:
+        return f"capacity={capacity!r} in the URL"
+    return f"the default capacity ({capacity!r})"
+
+
+def _capacities(
+    channel_capacity: Capacities | None,
+) -> tuple[list[tuple[re.Pattern[str], int]], list[str]]:
+    """The compiled ``channel_capacity`` and how each pattern was written (for messages)."""
+    if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
+        channel_capacity = list(channel_capacity)  # read once, if an iterator
+    return compile_capacities(channel_capacity), _labels(channel_capacity)
 
 
 def _backend(
