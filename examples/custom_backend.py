@@ -91,7 +91,7 @@ class DictBackend(layers.Backend):
         # Claim; while nothing comes, wait for a send's wake-up (registered before
         # each claim, so none is missed) until the timeout.
         signal = WaiterSignal(self.store.waiters, queue)
-        return await wait_then_claim(claim, signal, timeout=timeout, claim_first=True)
+        return await wait_then_claim(claim, signal, timeout=timeout)
 
     async def aclose(self) -> None:
         pass

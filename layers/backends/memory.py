@@ -37,6 +37,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -309,16 +310,17 @@ class MemoryBackend(Backend):
 
         Cancellation loses nothing: a waiting call holds no message.
         """
+        # A hit returns at once: no suspension (``instant_receive``), no waiter made.
+        got = await self._take(queue, limit)
+        if got or timeout <= 0:
+            return got
+        signal = WaiterSignal(self._store.waiters, queue)
+        return await wait_then_claim(partial(self._take, queue, limit), signal, timeout=timeout)
+
+    async def _take(self, queue: str, limit: int) -> list[bytes]:
         store = self._store
-
-        async def claim() -> list[bytes]:
-            with store.lock:
-                return store.take(queue, limit, time.monotonic())
-
-        # A hit never suspends (the layer counts on it: ``instant_receive``).
-        return await wait_then_claim(
-            claim, WaiterSignal(store.waiters, queue), timeout=timeout, claim_first=True
-        )
+        with store.lock:
+            return store.take(queue, limit, time.monotonic())
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads back at the head of ``queue``; see :meth:`Backend.restore`."""

@@ -182,7 +182,6 @@ async def wait_then_claim(
     *,
     timeout: float,
     poll: float | None = None,
-    claim_first: bool = False,
 ) -> list[T]:
     """Claim until something comes, waiting on ``signal`` between claims, for ``timeout`` s.
 
@@ -190,19 +189,15 @@ async def wait_then_claim(
     claim's look at the store is never missed, the next round sees its payload. Returns
     the first non-empty claim, or ``[]`` once ``timeout`` has passed (``timeout <= 0``:
     one claim, no wait). ``poll`` caps each wait, for stores whose wake-ups may be
-    lost (the claim then runs again). ``claim_first`` claims once before arming, so a
-    call that finds a payload at once pays nothing for listening (good for cheap
-    claims; for a claim that costs a round trip it adds one to every call that waits).
+    lost (the claim then runs again). A backend whose claim is cheap may claim once
+    before calling this, so that a call finding a payload at once pays nothing for
+    listening (the memory backend does).
 
     Cancellation: ``signal`` is disarmed on every exit. A cancelled wait holds nothing;
     a cancelled ``claim`` is ``claim``'s own contract (it must lose or keep what it
     took, never return it twice).
     """
     deadline = time.monotonic() + timeout
-    if claim_first:
-        got = await claim()
-        if got or timeout <= 0:
-            return got
     try:
         while True:
             signal.arm()

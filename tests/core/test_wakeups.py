@@ -31,12 +31,12 @@ class Store:
         return out
 
 
-def test_a_hit_with_claim_first_never_registers_a_waiter() -> None:
+def test_a_hit_returns_the_first_claim_and_leaves_no_waiter() -> None:
     async def main() -> None:
         store = Store()
         store.put(1)
         signal = WaiterSignal(store.waiters, "q")
-        assert await wait_then_claim(store.claim, signal, timeout=5, claim_first=True) == [1]
+        assert await wait_then_claim(store.claim, signal, timeout=5) == [1]
         assert store.claims == 1
         assert not store.waiters
 
