@@ -24,6 +24,11 @@ from layers.core.options import compile_capacities
 __all__ = ["BaseChannelLayerAPI"]
 
 
+def _deprecated(old: str, new: str) -> None:
+    """Channels' DeprecationWarning for ``old``, attributed to the caller's caller."""
+    warnings.warn(f"{old} is deprecated, use {new} instead.", DeprecationWarning, stacklevel=3)
+
+
 class BaseChannelLayerAPI:
     """The name checks and helpers Channels' ``BaseChannelLayer`` offers, as Channels has them."""
 
@@ -60,11 +65,7 @@ class BaseChannelLayerAPI:
 
         Emits Channels' :class:`DeprecationWarning`, then checks the name.
         """
-        warnings.warn(
-            "valid_channel_name is deprecated, use require_valid_channel_name instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _deprecated("valid_channel_name", "require_valid_channel_name")
         return self.require_valid_channel_name(channel_name)
 
     def valid_group_name(self, group_name: object) -> bool:
@@ -72,11 +73,7 @@ class BaseChannelLayerAPI:
 
         Emits Channels' :class:`DeprecationWarning`, then checks the name.
         """
-        warnings.warn(
-            "valid_group_name is deprecated, use require_valid_group_name instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _deprecated("valid_group_name", "require_valid_group_name")
         return self.require_valid_group_name(group_name)
 
     #: Channels' ``BaseChannelLayer.non_local_name``: a reply channel's name up to its ``!``.
