@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any
 
 import layers
+from layers.core.wakeups import Waiters, WaiterSignal, wait_then_claim, wake
 
 
 class DictStore:
@@ -25,6 +26,9 @@ class DictStore:
         # Ordered by last write (a written queue moves to the end): the front is the
         # first to expire entirely, so a sweep looks at the front only.
         self.queues: dict[str, deque[tuple[float, bytes]]] = {}
+        # The receives waiting on each queue, guarded by the same lock: a send pops
+        # them in the step that stores the payload, then wakes them (any loop, any thread).
+        self.waiters = Waiters(self.lock)
 
     def sweep(self, now: float) -> None:
         """Drop up to two queues whose messages all expired (called on every write)."""
@@ -65,14 +69,15 @@ class DictBackend(layers.Backend):
             stored = len(items) < capacity
             if stored:
                 items.append((now + expiry, payload))
+            waiters = self.store.waiters.pop(queue) if stored else []
             self.store.sweep(now)
-            return stored
+        wake(waiters)
+        return stored
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def claim() -> list[bytes]:
             now = time.monotonic()
-            out = []
+            out: list[bytes] = []
             with self.store.lock:  # take and return with no await in between
                 items = self.store.queues.get(queue, deque())
                 while items and len(out) < limit:
@@ -81,10 +86,12 @@ class DictBackend(layers.Backend):
                         out.append(payload)
                 if not items:
                     self.store.queues.pop(queue, None)  # nothing left: no memory kept
-            if out or now >= deadline:
-                return out
-            # A real backend waits for a wake-up instead of polling.
-            await asyncio.sleep(min(0.005, deadline - now))
+            return out
+
+        # Claim; while nothing comes, wait for a send's wake-up (registered before
+        # each claim, so none is missed) until the timeout.
+        signal = WaiterSignal(self.store.waiters, queue)
+        return await wait_then_claim(claim, signal, timeout=timeout)
 
     async def aclose(self) -> None:
         pass

@@ -23,7 +23,7 @@ from layers.core.layer import ChannelLayer, SupportsChannelLayer
 from layers.core.names import non_local_name, valid_channel_name, valid_group_name
 from layers.core.objects import Channel, Group, Message, Pending
 from layers.core.registry import available_backends, get_backend, register_backend
-from layers.core.serializers import register_serializer
+from layers.core.serializers import Serializer, register_serializer
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "MissingDriver",
     "Pending",
     "Put",
+    "Serializer",
     "SupportsChannelLayer",
     "UnknownBackend",
     "UnknownOption",

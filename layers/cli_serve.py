@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Any
 
+from layers.asgi_worker import CHUNK_SIZE
 from layers.cli_common import (
     CommandError,
     CommandParser,
@@ -27,7 +28,7 @@ from layers.cli_common import (
     redact,
 )
 from layers.core.errors import ConfigurationError
-from layers.interface import CHUNK_SIZE, InterfaceServer
+from layers.interface import InterfaceServer
 
 __all__ = ["main"]
 

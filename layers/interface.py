@@ -19,9 +19,10 @@ reply within ``timeout`` answers 504 (HTTP) or closes the socket (1011 after acc
 server forwards one reply message at a time and waits for the ASGI server to take it, so
 it never holds more than one message of unsent data per connection.
 
-Workers answer with the helpers here: :func:`request_body` reads a whole body,
-:func:`respond` sends a response (chunked when large), and :class:`AsgiConsumer` runs an
-ordinary ASGI HTTP application (a Django or Starlette app) as a worker's consumer.
+Workers answer with the helpers of :mod:`layers.asgi_worker`, re-exported here:
+:func:`request_body` reads a whole body, :func:`respond` sends a response (chunked when
+large), and :class:`AsgiConsumer` runs an ordinary ASGI HTTP application (a Django or
+Starlette app) as a worker's consumer.
 """
 
 from __future__ import annotations
@@ -30,35 +31,25 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
+from layers.asgi_worker import (
+    CHUNK_SIZE,
+    AsgiConsumer,
+    Receive,
+    Scope,
+    Send,
+    headers_list,
+    request_body,
+    respond,
+)
 from layers.core.errors import BackendError, ChannelFull
-from layers.core.objects import Message, sync_safe
 from layers.unanswered import Unanswered
 
 __all__ = ["AsgiConsumer", "InterfaceServer", "request_body", "respond"]
 
 logger = logging.getLogger("layers.interface")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-#: Default largest body chunk carried in one message (bytes).
-CHUNK_SIZE = 256 * 1024
-
-
-def _headers(raw: Iterable[Iterable[Any]]) -> list[list[bytes]]:
-    out = []
-    for name, value in raw:
-        out.append(
-            [
-                name.encode("latin-1") if isinstance(name, str) else bytes(name),
-                value.encode("latin-1") if isinstance(value, str) else bytes(value),
-            ]
-        )
-    return out
 
 
 def _request_fields(scope: Scope) -> dict[str, Any]:
@@ -297,7 +288,7 @@ class InterfaceServer:
             {
                 "type": "http.response.start",
                 "status": int(first.get("status", 200)),
-                "headers": _headers(first.get("headers", [])),
+                "headers": headers_list(first.get("headers", [])),
             }
         )
         message = first
@@ -412,122 +403,6 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-# -- worker side ---------------------------------------------------------------------------
-
-
-async def request_body(message: Message, *, timeout: float = 30.0) -> bytes:
-    """The whole body of an ``http.request`` message, reading its ``body_channel`` if any.
-
-    Raises :class:`EOFError` when the client went away before the body was complete,
-    :class:`TimeoutError` when a chunk takes longer than ``timeout``. Sync consumers call
-    it through :func:`asgiref.sync.async_to_sync`.
-    """
-    parts = [message.content.get("body", b"")]
-    channel = message.content.get("body_channel")
-    if channel:
-        layer = message.channel_layer
-        while True:
-            async with asyncio.timeout(timeout):
-                chunk = await layer.receive(channel)
-            if chunk.get("closed"):
-                raise EOFError("the client closed the connection before the body was complete")
-            parts.append(chunk.get("content", b""))
-            if not chunk.get("more_content"):
-                break
-    return b"".join(parts)
-
-
-@sync_safe
-async def respond(
-    message: Message,
-    status: int = 200,
-    headers: Iterable[tuple[str | bytes, str | bytes]] = (),
-    body: bytes = b"",
-    *,
-    chunk_size: int = CHUNK_SIZE,
-) -> None:
-    """Answer an ``http.request`` message: status, headers and body, chunked when large.
-
-    Safe from sync and async code (see :class:`~layers.Pending`). A chunk that finds the
-    reply channel full is retried until it fits (the server drains it as the client reads).
-    """
-    reply = message.reply_channel
-    if reply is None:
-        raise ValueError("this message has no reply_channel")
-    layer = reply.layer
-    chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
-    for index, chunk in enumerate(chunks):
-        content: dict[str, Any] = {"content": chunk, "more_content": index < len(chunks) - 1}
-        if index == 0:
-            content["status"] = status
-            content["headers"] = _headers(headers)
-        while True:
-            try:
-                await layer.send(reply.name, content)
-                break
-            except ChannelFull:
-                await asyncio.sleep(0.005)
-
-
-class AsgiConsumer:
-    """A worker consumer that runs an ASGI 3 HTTP application for ``http.request`` messages.
-
-    Route ``"http.request": AsgiConsumer(app)``: the app sees an ordinary ``http`` scope
-    and request body, and its response goes back through the interface server. Lets a
-    Django (``get_asgi_application()``) or Starlette app run behind the three tiers.
-    """
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.app = app
-
-    async def __call__(self, message: Message) -> None:
-        """Run the application for one ``http.request`` message."""
-        content = message.content
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": content.get("http_version", "1.1"),
-            "method": content["method"],
-            "scheme": content.get("scheme", "http"),
-            "path": content["path"],
-            "raw_path": content["path"].encode(),
-            "query_string": content.get("query_string", b""),
-            "root_path": content.get("root_path", ""),
-            "headers": [(bytes(n), bytes(v)) for n, v in content.get("headers", [])],
-            "client": tuple(content["client"]) if content.get("client") else None,
-            "server": tuple(content["server"]) if content.get("server") else None,
-        }
-        body_sent = False
-        start: dict[str, Any] = {}
-        reply = message.reply_channel
-        if reply is None:
-            raise ValueError("this http.request has no reply_channel")
-
-        async def receive() -> dict[str, Any]:
-            nonlocal body_sent
-            if body_sent:
-                await asyncio.Event().wait()  # no disconnect is ever reported here
-            body_sent = True
-            return {"type": "http.request", "body": await request_body(message)}
-
-        async def send(event: MutableMapping[str, Any]) -> None:
-            if event["type"] == "http.response.start":
-                start.update(status=event["status"], headers=_headers(event.get("headers", [])))
-                return
-            if event["type"] != "http.response.body":
-                return
-            out: dict[str, Any] = {
-                "content": event.get("body", b""),
-                "more_content": bool(event.get("more_body", False)),
-            }
-            if start:
-                out.update(start)
-                start.clear()
-            await reply.send(out)
-
-        await self.app(scope, receive, send)
 
 
 #: A ready application for ASGI servers (``uvicorn layers.interface:application``); its

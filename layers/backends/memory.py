@@ -30,7 +30,6 @@ Use as a Django Channels ``BACKEND``::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import threading
@@ -38,6 +37,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +50,7 @@ from layers.core.backend import (
 )
 from layers.core.errors import ConfigurationError
 from layers.core.layer import ChannelLayer
-from layers.core.wakeups import Waiter, wake
+from layers.core.wakeups import Waiter, Waiters, WaiterSignal, wait_then_claim, wake
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
 
@@ -90,7 +90,7 @@ class MemoryStore:
         self.lock = threading.Lock()
         # Ordered by last write: the front is the first to expire entirely.
         self.queues: OrderedDict[str, deque[tuple[float, bytes]]] = OrderedDict()
-        self.waiters: dict[str, list[Waiter]] = {}
+        self.waiters = Waiters(self.lock)
         # group -> {channel: membership expiry}, ordered by last group_add.
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
         #: True while the idle sweeper visits this store (changed under ``lock``).
@@ -141,7 +141,7 @@ class MemoryStore:
             if expires_at > now:
                 out.append(payload)
         if not items:
-            # Only the deque goes: waiters live in their own dict, so dropping an
+            # Only the deque goes: waiters live in their own map, so dropping an
             # empty queue never strands a consumer waiting on it.
             del self.queues[queue]
         return out
@@ -276,7 +276,7 @@ class MemoryBackend(Backend):
         now = time.monotonic()
         with store.lock:
             stored = store.put(queue, payload, expiry, capacity, now)
-            waiters = store.waiters.pop(queue, None) if stored else None
+            waiters = store.waiters.pop(queue) if stored else None
             store.swept(now)
             watch = stored and store.watch()
         if watch:
@@ -285,7 +285,7 @@ class MemoryBackend(Backend):
             wake(waiters)
         return stored
 
-    async def send_many(self, puts: list[Put]) -> list[bool]:  # type: ignore[override]
+    async def send_many(self, puts: Sequence[Put]) -> list[bool]:
         """All puts under one lock acquisition; see :meth:`Backend.send_many`."""
         store = self._store
         now = time.monotonic()
@@ -296,7 +296,7 @@ class MemoryBackend(Backend):
                 stored = store.put(p.queue, p.payload, p.expiry, p.capacity, now)
                 results.append(stored)
                 if stored:
-                    woken.extend(store.waiters.pop(p.queue, ()))
+                    woken.extend(store.waiters.pop(p.queue))
             store.swept(now)
             watch = store.watch()
         if watch:
@@ -310,30 +310,17 @@ class MemoryBackend(Backend):
 
         Cancellation loses nothing: a waiting call holds no message.
         """
+        # A hit returns at once: no suspension (``instant_receive``), no waiter made.
+        got = await self._take(queue, limit)
+        if got or timeout <= 0:
+            return got
+        signal = WaiterSignal(self._store.waiters, queue)
+        return await wait_then_claim(partial(self._take, queue, limit), signal, timeout=timeout)
+
+    async def _take(self, queue: str, limit: int) -> list[bytes]:
         store = self._store
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout
-        while True:
-            now = time.monotonic()
-            with store.lock:
-                out = store.take(queue, limit, now)
-                if out or now >= deadline:
-                    return out
-                future: asyncio.Future[None] = loop.create_future()
-                waiter = (loop, future)
-                store.waiters.setdefault(queue, []).append(waiter)
-            try:
-                async with asyncio.timeout(deadline - now):
-                    await future
-            except TimeoutError:
-                pass
-            finally:
-                with store.lock:
-                    waiting = store.waiters.get(queue)
-                    if waiting is not None and waiter in waiting:
-                        waiting.remove(waiter)
-                        if not waiting:
-                            del store.waiters[queue]
+        with store.lock:
+            return store.take(queue, limit, time.monotonic())
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads back at the head of ``queue``; see :meth:`Backend.restore`."""
@@ -344,7 +331,7 @@ class MemoryBackend(Backend):
             if items is None:
                 items = store.queues[queue] = deque()
             items.extendleft((now + expiry, payload) for payload, expiry in reversed(payloads))
-            waiters = store.waiters.pop(queue, None)
+            waiters = store.waiters.pop(queue)
             watch = store.watch()
         if watch:
             _watch(store)

@@ -26,9 +26,10 @@ What a backend cannot do
     Skip or replace a test. Tests skip only on a capability the backend declares it
     lacks (``Backend.capabilities``), with the reason shown. The plugin refuses to
     run (a usage error) when a test of the suite is collected from anywhere but
-    the shipped modules or with a different body, when any module or conftest
-    defines a function with the name of a conformance test, or when a fixture
-    other than the four above is overridden.
+    the shipped modules or with a different body, or when any module or conftest
+    defines a function with the name of a conformance test; it stops the run (a
+    usage error too) before the first suite test that gets an override of a
+    fixture other than the four above.
 
 Profiles
     ``--conformance-profile fast`` (the default; ``$LAYERS_CONFORMANCE_PROFILE``)
@@ -82,6 +83,7 @@ __all__ = [
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_report_header",
+    "pytest_runtest_call",
     "pytest_runtest_setup",
     "requires",
     "scaled",
@@ -99,6 +101,11 @@ PROFILES = ("fast", "thorough")
 
 #: The fixtures a backend's test suite may override; any other override is refused.
 OVERRIDABLE_FIXTURES = frozenset({"layer_factory", "layer_url", "layer", "conformance_known_bugs"})
+#: The suite's own fixtures, which may not be overridden. Each records on the test it
+#: runs for that it ran (:func:`_ran`): a suite test whose setup is done without that
+#: record got someone else's fixture of that name, and the run stops.
+_INTERNAL_FIXTURES = frozenset({"_conformance_gate"})
+_RAN_KEY = pytest.StashKey[set[str]]()
 
 
 class _Settings:
@@ -334,6 +341,7 @@ def conformance_known_bugs() -> Mapping[str, str]:
 def _conformance_gate(request: pytest.FixtureRequest) -> None:
     """Apply capability skips and declared known bugs to the suite's own tests."""
     item = request.node
+    _ran(item, "_conformance_gate")
     if not isinstance(item, pytest.Function) or not _is_suite_item(item):
         return
     known: Mapping[str, str] = request.getfixturevalue("conformance_known_bugs")
@@ -365,6 +373,31 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             Capability(capability)
     if not settings.thorough and item.get_closest_marker("conformance_thorough"):
         pytest.skip("runs only in the thorough profile (--conformance-profile thorough)")
+
+
+def _ran(item: pytest.Item, fixture: str) -> None:
+    """Record that the suite's own ``fixture`` ran for ``item``."""
+    item.stash.setdefault(_RAN_KEY, set()).add(fixture)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """Stop the run (a usage error) when one of the suite's own fixtures was overridden.
+
+    Only public pytest API: the fixture names a test requests (``item.fixturenames``)
+    and what the suite's fixtures recorded in ``item.stash`` while they ran.
+    """
+    if not isinstance(item, pytest.Function) or not _is_suite_item(item):
+        return
+    ran = item.stash.get(_RAN_KEY, set())
+    overridden = sorted(_INTERNAL_FIXTURES.intersection(item.fixturenames) - ran)
+    if overridden:
+        pytest.exit(
+            f"the conformance suite cannot be overridden: {item.nodeid}: fixture "
+            f"{overridden[0]!r} is overridden by a conftest or plugin (only "
+            f"{', '.join(sorted(OVERRIDABLE_FIXTURES))} may be)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -418,28 +451,13 @@ def _override_problems(config: pytest.Config, items: list[pytest.Item]) -> list[
             problems.append(f"{item.nodeid} redefines the conformance test {name}")
         elif code is not canonical[name]:
             problems.append(f"{item.nodeid} has been replaced at run time")
-        problems.extend(_fixture_problems(item))
-    return problems
-
-
-def _fixture_problems(item: pytest.Function) -> list[str]:
-    info = getattr(item, "_fixtureinfo", None)
-    name2defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
-    problems = []
-    for name, defs in name2defs.items():
-        if not defs or name in OVERRIDABLE_FIXTURES:
-            continue
-        first = getattr(getattr(defs[0], "func", None), "__module__", "") or ""
-        origin = getattr(getattr(defs[-1], "func", None), "__module__", "") or ""
-        if first.startswith(PACKAGE) and not origin.startswith(PACKAGE):
-            problems.append(f"{item.nodeid}: fixture {name!r} is overridden by {origin}")
     return problems
 
 
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Refuse a run in which a conformance test or internal fixture was overridden."""
+    """Refuse a run in which a conformance test was overridden (fixtures: at each call)."""
     problems = _override_problems(config, items)
     if problems:
         listing = "\n  ".join(dict.fromkeys(problems))

@@ -24,6 +24,7 @@ from layers.conformance_tests.test_loss import restores
 from layers.conformance_tests.test_processes import _need_url, _spawn
 from layers.core.backend import Capability
 from layers.core.errors import ChannelFull
+from layers.core.layer import ChannelLayer
 
 pytestmark = requires(Capability.CROSS_PROCESS, Capability.GROUPS)
 
@@ -40,17 +41,10 @@ async def _log(proc: asyncio.subprocess.Process) -> tuple[list[int], bool]:
     return ids, "done" in lines
 
 
-@async_test
-async def test_randomized_processes_never_duplicate_and_lose_only_to_kills(
-    layer_factory: LayerFactory, layer_url: str | None
-) -> None:
-    """Block, poll, cancel, several loops, clean exits and SIGKILL: the log adds up."""
-    url = _need_url(layer_url)
-    seed = int(os.environ.get("LAYERS_CONFORMANCE_CHAOS_SEED", secrets.randbits(32)))
-    rng = random.Random(seed)
-    channel, group = unique("chaos"), unique("chaosgroup")
-    roles = ["block", "poll", "cancel", "multi", rng.choice(["poll", "cancel", "block"])]
-    killed = rng.sample(range(len(roles)), k=rng.choice([1, 2]))
+async def _start_consumers(
+    url: str, channel: str, roles: list[str], rng: random.Random
+) -> list[asyncio.subprocess.Process]:
+    """One consumer process per role, each ready (subscribed) when this returns."""
     procs = []
     for role in roles:
         job = {
@@ -65,27 +59,55 @@ async def test_randomized_processes_never_duplicate_and_lose_only_to_kills(
     for proc in procs:
         assert proc.stdout is not None
         assert (await proc.stdout.readline()).strip() == b"ready"
-    kill_at = {n: SECONDS * rng.uniform(0.2, 0.6) for n in killed}
+    return procs
+
+
+async def _send_and_kill(
+    layer: ChannelLayer,
+    channel: str,
+    group: str,
+    rng: random.Random,
+    procs: list[asyncio.subprocess.Process],
+    kill_at: dict[int, float],
+) -> tuple[int, set[int]]:
+    """Send and group-send numbered messages, killing processes on time; (sent, full)."""
     sent, full = 0, set()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < SECONDS * 0.8:
+        try:
+            if rng.random() < 0.2:
+                await layer.group_send(group, {"i": sent})
+            else:
+                await layer.send(channel, {"i": sent})
+        except ChannelFull:
+            full.add(sent)
+        sent += 1
+        if rng.random() < 0.1:
+            await asyncio.sleep(rng.uniform(0, 0.01))
+        for n, at in list(kill_at.items()):
+            if loop.time() - start >= at:
+                procs[n].kill()
+                del kill_at[n]
+    return sent, full
+
+
+@async_test
+async def test_randomized_processes_never_duplicate_and_lose_only_to_kills(
+    layer_factory: LayerFactory, layer_url: str | None
+) -> None:
+    """Block, poll, cancel, several loops, clean exits and SIGKILL: the log adds up."""
+    url = _need_url(layer_url)
+    seed = int(os.environ.get("LAYERS_CONFORMANCE_CHAOS_SEED", secrets.randbits(32)))
+    rng = random.Random(seed)
+    channel, group = unique("chaos"), unique("chaosgroup")
+    roles = ["block", "poll", "cancel", "multi", rng.choice(["poll", "cancel", "block"])]
+    killed = rng.sample(range(len(roles)), k=rng.choice([1, 2]))
+    procs = await _start_consumers(url, channel, roles, rng)
+    kill_at = {n: SECONDS * rng.uniform(0.2, 0.6) for n in killed}
     async with layer_factory(capacity=100_000) as layer:
         await layer.group_add(group, channel)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        while loop.time() - start < SECONDS * 0.8:
-            try:
-                if rng.random() < 0.2:
-                    await layer.group_send(group, {"i": sent})
-                else:
-                    await layer.send(channel, {"i": sent})
-            except ChannelFull:
-                full.add(sent)
-            sent += 1
-            if rng.random() < 0.1:
-                await asyncio.sleep(rng.uniform(0, 0.01))
-            for n, at in list(kill_at.items()):
-                if loop.time() - start >= at:
-                    procs[n].kill()
-                    del kill_at[n]
+        sent, full = await _send_and_kill(layer, channel, group, rng, procs, kill_at)
         logs = [await _log(proc) for proc in procs]
         left = [m["i"] for m in await drain(layer, channel, quiet=1.0)]
     received = [i for ids, _ in logs for i in ids] + left

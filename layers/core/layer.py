@@ -22,19 +22,16 @@ How receiving works (the part that makes ``receive`` safe to cancel)
 from __future__ import annotations
 
 import asyncio
-import enum
-import fnmatch
 import logging
-import re
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Self
 
 from layers.core.backend import Backend, Capability
+from layers.core.compat import BaseChannelLayerAPI
 from layers.core.envelope import group_payload, pack
 from layers.core.errors import (
     ChannelFull,
@@ -46,143 +43,23 @@ from layers.core.errors import (
 from layers.core.local import LoopState
 from layers.core.mailboxes import Hub, Mailbox
 from layers.core.names import (
-    INVALID_NAME_ERROR,
-    MAX_NAME_LENGTH,
     make_client_id,
-    non_local_name,
     random_suffix,
     require_valid_channel_name,
     require_valid_group_name,
     split_channel,
 )
-from layers.core.options import check_options, split_url, url_query_names
-from layers.core.registry import resolve_backend
-from layers.core.serializers import (
-    InProcessSerializer,
-    Serializer,
-    get_serializer,
-    validate_message,
-)
+from layers.core.options import MAX_EXPIRY, UNSET, Unset, check_number, layer_settings
+from layers.core.protocol import SupportsChannelLayer
+from layers.core.serializers import Serializer, validate_message
 from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStatistics
 
 __all__ = ["ChannelLayer", "SupportsChannelLayer"]
 
 logger = logging.getLogger("layers")
 
-_DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
-_LAYER_DEFAULTS: dict[str, Any] = {
-    "expiry": 60,
-    "group_expiry": 86400,
-    "capacity": 100,
-    "max_message_size": _DEFAULT_MAX_MESSAGE_SIZE,
-    "serializer_format": "msgpack",
-    "prefetch": 1,
-}
-
-
-class _Unset(enum.Enum):
-    """The "not given" default of an option for which None means something."""
-
-    UNSET = enum.auto()
-
-
-_UNSET = _Unset.UNSET
-
-
-@runtime_checkable
-class SupportsChannelLayer(Protocol):
-    """What code that *uses* a channel layer may rely on (any Channels-compatible layer).
-
-    Type your application code against this protocol to accept our layers and
-    Django Channels' own alike.
-    """
-
-    @property
-    def extensions(self) -> list[str]:
-        """The extensions the layer supports (``"groups"``, ``"flush"``)."""
-        ...
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Send a message to a channel."""
-        ...
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        """Receive the next message on a channel."""
-        ...
-
-    async def new_channel(self, prefix: str = "specific.") -> str:
-        """Return a new reply-channel name."""
-        ...
-
-    async def group_add(self, group: str, channel: str) -> None:
-        """Add a channel to a group."""
-        ...
-
-    async def group_discard(self, group: str, channel: str) -> None:
-        """Remove a channel from a group."""
-        ...
-
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Send a message to every member of a group."""
-        ...
-
-    async def flush(self) -> None:
-        """Delete every message and group."""
-        ...
-
-
-#: The largest accepted expiry (ten years): every store's clock arithmetic fits.
-MAX_EXPIRY = 10 * 365 * 86400
-#: The largest accepted count (capacity, sizes): fits every store's 32-bit columns.
-MAX_COUNT = 2**31 - 1
-
-
-def _number(
-    setting: str, value: object, *, minimum: float, maximum: float, integer: bool = False
-) -> Any:
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(setting, f"must be {kind}, not {value!r}")
-    if not minimum <= value <= maximum:  # type: ignore[operator]  # NaN fails both
-        raise ConfigurationError(
-            setting, f"must be a number from {minimum} to {maximum}, not {value!r}"
-        )
-    return value
-
-
-def _compile_capacities(
-    channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]] | None,
-) -> list[tuple[re.Pattern[str], int]]:
-    if channel_capacity is None:
-        return []
-    pairs = (
-        list(channel_capacity.items())
-        if isinstance(channel_capacity, Mapping)
-        else list(channel_capacity)
-    )
-    compiled: list[tuple[re.Pattern[str], int]] = []
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise ConfigurationError(
-                "channel_capacity", f"expected (pattern, capacity), got {pair!r}"
-            )
-        pattern, value = pair
-        _number("channel_capacity", value, minimum=1, maximum=MAX_COUNT, integer=True)
-        if isinstance(pattern, str):
-            compiled.append((re.compile(fnmatch.translate(pattern)), value))
-        elif isinstance(pattern, re.Pattern):
-            compiled.append((pattern, value))
-        else:
-            raise ConfigurationError(
-                "channel_capacity",
-                f"patterns must be glob strings or compiled regexes: {pattern!r}",
-            )
-    return compiled
-
-
-class ChannelLayer:
+class ChannelLayer(BaseChannelLayerAPI):
     """A channel layer: named FIFO channels, reply channels and groups over a backend.
 
     Duck-compatible with ``channels.layers.BaseChannelLayer``: use a subclass with a
@@ -238,98 +115,36 @@ class ChannelLayer:
         channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]] | None = None,
         symmetric_encryption_keys: Iterable[str | bytes] | None = None,
         serializer_format: str | None = None,
-        max_message_size: int | _Unset | None = _UNSET,
+        max_message_size: int | Unset | None = UNSET,
         prefetch: int | None = None,
         **backend_options: Any,
     ) -> None:
-        # One rule for options given twice: a keyword (or Django CONFIG key) wins over
-        # the same option in the URL's query string; None means "not given".
-        given: dict[str, Any] = {
-            "expiry": expiry,
-            "group_expiry": group_expiry,
-            "capacity": capacity,
-            "serializer_format": serializer_format,
-            "prefetch": prefetch,
-        }
-        if max_message_size is not _UNSET:
-            given["max_message_size"] = max_message_size
-        given = {
-            key: value
-            for key, value in given.items()
-            if value is not None or key == "max_message_size"
-        }
-        url = backend_options.pop("url", None)
-        url_backend_options: dict[str, Any] = {}
-        url_layer_options: dict[str, Any] = {}
-        if url is not None:
-            scheme, url, url_layer_options = split_url(url)
-            if backend is None and not hasattr(self, "backend_class"):
-                backend = scheme
-        if backend is not None:
-            self.backend_class = resolve_backend(backend)
-            if not issubclass(self.backend_class, Backend):
-                raise ConfigurationError("backend", f"must be a Backend subclass, not {backend!r}")
-        elif not hasattr(self, "backend_class"):
-            raise ConfigurationError("backend", "give a backend (name or class) or a url")
-        check_options(self.backend_class, backend_options)
-        if url is not None:
-            check_options(self.backend_class, url_query_names(url), in_url=True)
-            url_backend_options = self.backend_class.options_from_url(url)
-        options = {**_LAYER_DEFAULTS, **url_layer_options, **given}
-        #: Where ``capacity`` came from, for :class:`~layers.ChannelFull` messages.
-        self._capacity_origin = (
-            f"capacity={options['capacity']!r}"
-            if "capacity" in given
-            else f"capacity={options['capacity']!r} in the URL"
-            if "capacity" in url_layer_options
-            else f"the default capacity ({options['capacity']!r})"
+        settings = layer_settings(
+            getattr(self, "backend_class", None),
+            backend,
+            {
+                "expiry": expiry,
+                "group_expiry": group_expiry,
+                "capacity": capacity,
+                "serializer_format": serializer_format,
+                "max_message_size": max_message_size,
+                "prefetch": prefetch,
+            },
+            channel_capacity=channel_capacity,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            backend_options=backend_options,
         )
-        self.expiry: float = _number("expiry", options["expiry"], minimum=0.001, maximum=MAX_EXPIRY)
-        self.group_expiry: float = _number(
-            "group_expiry", options["group_expiry"], minimum=0.001, maximum=MAX_EXPIRY
-        )
-        self.capacity: int = _number(
-            "capacity", options["capacity"], minimum=1, maximum=MAX_COUNT, integer=True
-        )
-        if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
-            channel_capacity = list(channel_capacity)
-        self.channel_capacity = _compile_capacities(channel_capacity)
-        self._capacity_labels = [
-            repr(p) if isinstance(p, str) else f"re.compile({getattr(p, 'pattern', p)!r})"
-            for p in (
-                channel_capacity
-                if isinstance(channel_capacity, Mapping)
-                else [pair[0] for pair in channel_capacity or ()]
-            )
-        ]
-        size: Any = options["max_message_size"]
-        if size is not None:
-            _number("max_message_size", size, minimum=1, maximum=MAX_COUNT, integer=True)
-        self.max_message_size: int | None = size
-        self.prefetch: int = _number(
-            "prefetch", options["prefetch"], minimum=1, maximum=10_000, integer=True
-        )
-        serializer_format = options["serializer_format"]
-        if not isinstance(serializer_format, str):
-            raise ConfigurationError("serializer_format", "must be a serializer name (str)")
-        self._serializer: Serializer = get_serializer(
-            serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
-        )
-        # In one process msgpack's round trip is only a deep copy: make the copy
-        # directly, sharing immutable values (validated the same way).
-        self._by_reference: InProcessSerializer | None = None
-        if (
-            self.backend_class.in_process
-            and serializer_format == "msgpack"
-            and symmetric_encryption_keys is None
-        ):
-            self._by_reference = InProcessSerializer(
-                expiry=self.expiry, max_message_size=self.max_message_size
-            )
-            self._serializer = self._by_reference
-        self._backend_options = self.backend_class.prepare_options(
-            {**url_backend_options, **backend_options}
-        )
+        self._settings = settings
+        self.backend_class = settings.backend_class
+        self.expiry: float = settings.expiry
+        self.group_expiry: float = settings.group_expiry
+        self.capacity: int = settings.capacity
+        self.channel_capacity = settings.channel_capacity
+        self.max_message_size: int | None = settings.max_message_size
+        self.prefetch: int = settings.prefetch
+        self._serializer: Serializer = settings.serializer
+        self._by_reference = settings.by_reference
+        self._backend_options = settings.backend_options
         self.client_id = make_client_id()
         self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
         self._states_lock = threading.Lock()
@@ -364,79 +179,6 @@ class ChannelLayer:
             if pattern.match(channel):
                 return value
         return self.capacity
-
-    # -- Django Channels' BaseChannelLayer surface (Channels 4.3) ---------------------
-    # Code and tests written against ``channels.layers.BaseChannelLayer`` call these on
-    # the layer; they behave, and their errors read, as Channels' do.
-
-    #: The longest channel or group name (Channels' ``BaseChannelLayer.MAX_NAME_LENGTH``).
-    MAX_NAME_LENGTH: int = MAX_NAME_LENGTH
-
-    #: Channels' error text for an invalid name, formatted with ``"Channel"`` or
-    #: ``"Group"``; every invalid-name :class:`TypeError` starts with it.
-    invalid_name_error: str = INVALID_NAME_ERROR
-
-    def require_valid_channel_name(self, name: object, receive: bool = False) -> bool:
-        """Return True for a valid channel name, else raise :class:`TypeError`.
-
-        The error text starts with ``invalid_name_error.format("Channel")``.
-        """
-        require_valid_channel_name(name, receive=receive)
-        return True
-
-    def require_valid_group_name(self, name: object) -> bool:
-        """Return True for a valid group name, else raise :class:`TypeError`."""
-        require_valid_group_name(name)
-        return True
-
-    def valid_channel_names(self, names: list[str], receive: bool = False) -> bool:
-        """Check a non-empty list of channel names (Channels' helper); True or TypeError."""
-        if not isinstance(names, list) or not names:
-            raise AssertionError("names must be a non-empty list")
-        for name in names:
-            require_valid_channel_name(name, receive=receive)
-        return True
-
-    def valid_channel_name(self, channel_name: object, receive: bool = False) -> bool:
-        """Deprecated, as in Channels: use :meth:`require_valid_channel_name`.
-
-        Emits Channels' :class:`DeprecationWarning`, then checks the name.
-        """
-        warnings.warn(
-            "valid_channel_name is deprecated, use require_valid_channel_name instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.require_valid_channel_name(channel_name)
-
-    def valid_group_name(self, group_name: object) -> bool:
-        """Deprecated, as in Channels: use :meth:`require_valid_group_name`.
-
-        Emits Channels' :class:`DeprecationWarning`, then checks the name.
-        """
-        warnings.warn(
-            "valid_group_name is deprecated, use require_valid_group_name instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.require_valid_group_name(group_name)
-
-    non_local_name = staticmethod(non_local_name)
-
-    def match_type_and_length(self, name: object) -> bool:
-        """Return whether ``name`` is a str of an accepted length (1 to ``MAX_NAME_LENGTH``)."""
-        return isinstance(name, str) and 0 < len(name) <= self.MAX_NAME_LENGTH
-
-    def compile_capacities(
-        self, channel_capacity: Mapping[Any, int] | Iterable[tuple[Any, int]]
-    ) -> list[tuple[re.Pattern[str], int]]:
-        """Compile ``{pattern: capacity}`` (globs or regexes) as ``channel_capacity`` holds it.
-
-        Returns ``[(compiled regex, capacity), ...]`` in the given order, as Channels'
-        ``BaseChannelLayer.compile_capacities`` does; bad input raises
-        :class:`~layers.ConfigurationError`.
-        """
-        return _compile_capacities(channel_capacity)
 
     async def close_pools(self) -> None:
         """Release every connection this layer holds, in every event loop (channels_redis).
@@ -550,7 +292,7 @@ class ChannelLayer:
         """
         require_valid_channel_name(channel)
         if wait is not None:
-            _number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
+            check_number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
         body = self._encode(message)
         queue, local_part = split_channel(channel)
         local = None if local_part is None else [local_part]
@@ -580,24 +322,7 @@ class ChannelLayer:
         if not stored:
             if self._by_reference is not None:
                 self._by_reference.discard(body)
-            raise ChannelFull(self._full_message(channel, capacity, wait))
-
-    def _full_message(self, channel: str, capacity: int, wait: float | None) -> str:
-        """Say which limit a full channel hit and which setting set it."""
-        for (pattern, _value), label in zip(
-            self.channel_capacity, self._capacity_labels, strict=True
-        ):
-            if pattern.match(channel):
-                origin = f"channel_capacity pattern {label}"
-                break
-        else:
-            origin = self._capacity_origin
-        waited = f" after waiting {wait:g} s for room" if wait else ""
-        return (
-            f"channel {channel!r} is full{waited}: it holds {capacity} unexpired "
-            f"messages, the limit set by {origin} (pass send(..., wait=SECONDS) to wait "
-            "for room)"
-        )
+            raise ChannelFull(self._settings.full_message(channel, capacity, wait))
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for and return the next message on ``channel``, oldest first.

@@ -36,6 +36,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 from asgiref.sync import async_to_sync
 
 from layers.core.names import require_valid_channel_name, require_valid_group_name
+from layers.core.protocol import SupportsChannelLayer
 
 __all__ = ["Channel", "Group", "Message", "Pending"]
 
@@ -48,10 +49,12 @@ P = ParamSpec("P")
 
 #: The layer of the consumer being run: a worker sets it around each consumer call, so
 #: ``Channel(name)`` and ``Group(name)`` there use the layer the message came from.
-current_layer: ContextVar[Any] = ContextVar("layers_current_layer", default=None)
+current_layer: ContextVar[SupportsChannelLayer | None] = ContextVar(
+    "layers_current_layer", default=None
+)
 
 
-def _layer(layer: Any) -> Any:
+def _layer(layer: SupportsChannelLayer | None) -> SupportsChannelLayer:
     if layer is not None:
         return layer
     layer = current_layer.get()
@@ -59,7 +62,8 @@ def _layer(layer: Any) -> Any:
         return layer
     from layers.core.config import get_channel_layer
 
-    return get_channel_layer()
+    configured: SupportsChannelLayer = get_channel_layer()  # Django's may be any layer
+    return configured
 
 
 class Pending(Awaitable[None]):
@@ -153,12 +157,12 @@ class _Sync(Generic[T]):
 class Channel:
     """A named channel on a layer. Equal when the names and layers are."""
 
-    def __init__(self, name: str, *, layer: Any = None) -> None:
+    def __init__(self, name: str, *, layer: SupportsChannelLayer | None = None) -> None:
         self.name = require_valid_channel_name(name)
         self._layer = layer
 
     @property
-    def layer(self) -> Any:
+    def layer(self) -> SupportsChannelLayer:
         """The layer this channel uses."""
         return _layer(self._layer)
 
@@ -183,7 +187,9 @@ class Channel:
         return Message(content=content, channel=Channel(self.name, layer=self._layer))
 
     @classmethod
-    async def new(cls, prefix: str = "specific.", *, layer: Any = None) -> Channel:
+    async def new(
+        cls, prefix: str = "specific.", *, layer: SupportsChannelLayer | None = None
+    ) -> Channel:
         """Make a new reply channel that only this process can receive on."""
         return cls(await _layer(layer).new_channel(prefix), layer=layer)
 
@@ -203,12 +209,12 @@ class Channel:
 class Group:
     """A named group of channels on a layer."""
 
-    def __init__(self, name: str, *, layer: Any = None) -> None:
+    def __init__(self, name: str, *, layer: SupportsChannelLayer | None = None) -> None:
         self.name = require_valid_group_name(name)
         self._layer = layer
 
     @property
-    def layer(self) -> Any:
+    def layer(self) -> SupportsChannelLayer:
         """The layer this group uses."""
         return _layer(self._layer)
 
@@ -260,7 +266,7 @@ class Message:
         object.__setattr__(self, "reply_channel", channel)
 
     @property
-    def channel_layer(self) -> Any:
+    def channel_layer(self) -> SupportsChannelLayer:
         """The layer this message came from."""
         return self.channel.layer
 

@@ -1,21 +1,41 @@
-"""The layer's own options and the URL query: which names exist, and how a URL splits.
+"""The layer's own options: which names exist, how a URL splits, what values are valid.
 
-Shared by :class:`~layers.ChannelLayer` (which validates what it is given) and
+Shared by :class:`~layers.ChannelLayer` (which keeps the :class:`LayerSettings` that
+:func:`layer_settings` checks and builds from what it is given) and
 :mod:`layers.core.config` (which builds layers from URLs and settings); neither builds
-anything here, so the layer imports it without importing the builders.
+a layer here, so the layer imports it without importing the builders.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import enum
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from layers.core.backend import Backend
 from layers.core.errors import ConfigurationError, UnknownOption
+from layers.core.registry import resolve_backend
+from layers.core.serializers import InProcessSerializer, Serializer, get_serializer
 
-__all__ = ["LAYER_OPTIONS", "check_options", "split_url", "url_query_names"]
+__all__ = [
+    "LAYER_OPTIONS",
+    "MAX_COUNT",
+    "MAX_EXPIRY",
+    "UNSET",
+    "LayerSettings",
+    "Unset",
+    "check_number",
+    "check_options",
+    "compile_capacities",
+    "layer_settings",
+    "split_url",
+    "url_query_names",
+]
 
 
 _LAYER_QUERY_OPTIONS: dict[str, type] = {
@@ -107,3 +127,259 @@ def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
     base = base.partition("#")[0]
     stripped = base + (f"?{urlencode(rest)}" if rest else "") + (f"#{fragment}" if fragment else "")
     return scheme, stripped, layer_options
+
+
+# -- values -----------------------------------------------------------------------------
+
+#: The largest accepted expiry (ten years): every store's clock arithmetic fits.
+MAX_EXPIRY = 10 * 365 * 86400
+#: The largest accepted count (capacity, sizes): fits every store's 32-bit columns.
+MAX_COUNT = 2**31 - 1
+
+_LAYER_DEFAULTS: dict[str, Any] = {
+    "expiry": 60,
+    "group_expiry": 86400,
+    "capacity": 100,
+    "max_message_size": 8 * 1024 * 1024,
+    "serializer_format": "msgpack",
+    "prefetch": 1,
+}
+
+
+class Unset(enum.Enum):
+    """The "not given" default of an option for which None means something."""
+
+    UNSET = enum.auto()
+
+
+UNSET = Unset.UNSET
+
+Capacities = Mapping[Any, int] | Iterable[tuple[Any, int]]
+
+
+def check_number(
+    setting: str, value: object, *, minimum: float, maximum: float, integer: bool = False
+) -> Any:
+    """Return ``value`` if it is a number (an int with ``integer``) in the range.
+
+    Else raise :class:`~layers.ConfigurationError` naming ``setting``; bools and NaN
+    are refused.
+    """
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(setting, f"must be {kind}, not {value!r}")
+    if not minimum <= value <= maximum:  # type: ignore[operator]  # NaN fails both
+        raise ConfigurationError(
+            setting, f"must be a number from {minimum} to {maximum}, not {value!r}"
+        )
+    return value
+
+
+def compile_capacities(channel_capacity: Capacities | None) -> list[tuple[re.Pattern[str], int]]:
+    """``{pattern: capacity}`` or pairs (glob strings or compiled regexes), compiled in order."""
+    if channel_capacity is None:
+        return []
+    pairs = (
+        list(channel_capacity.items())
+        if isinstance(channel_capacity, Mapping)
+        else list(channel_capacity)
+    )
+    compiled: list[tuple[re.Pattern[str], int]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ConfigurationError(
+                "channel_capacity", f"expected (pattern, capacity), got {pair!r}"
+            )
+        pattern, value = pair
+        check_number("channel_capacity", value, minimum=1, maximum=MAX_COUNT, integer=True)
+        if isinstance(pattern, str):
+            compiled.append((re.compile(fnmatch.translate(pattern)), value))
+        elif isinstance(pattern, re.Pattern):
+            compiled.append((pattern, value))
+        else:
+            raise ConfigurationError(
+                "channel_capacity",
+                f"patterns must be glob strings or compiled regexes: {pattern!r}",
+            )
+    return compiled
+
+
+# -- a layer's settings -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSettings:
+    """A layer's checked settings, from keywords, a URL and the backend's own options."""
+
+    backend_class: type[Backend]
+    #: What each per-loop backend instance is made with (``prepare_options``' result).
+    backend_options: dict[str, Any]
+    expiry: float
+    group_expiry: float
+    capacity: int
+    channel_capacity: list[tuple[re.Pattern[str], int]]
+    max_message_size: int | None
+    prefetch: int
+    serializer: Serializer
+    #: The in-process serializer when messages pass by reference (also ``serializer``).
+    by_reference: InProcessSerializer | None
+    #: How each ``channel_capacity`` pattern was written, for error messages.
+    capacity_labels: list[str]
+    #: Where ``capacity`` came from, for :class:`~layers.ChannelFull` messages.
+    capacity_origin: str
+
+    def full_message(self, channel: str, capacity: int, wait: float | None) -> str:
+        """Say which limit a full channel hit and which setting set it."""
+        for (pattern, _value), label in zip(
+            self.channel_capacity, self.capacity_labels, strict=True
+        ):
+            if pattern.match(channel):
+                origin = f"channel_capacity pattern {label}"
+                break
+        else:
+            origin = self.capacity_origin
+        waited = f" after waiting {wait:g} s for room" if wait else ""
+        return (
+            f"channel {channel!r} is full{waited}: it holds {capacity} unexpired "
+            f"messages, the limit set by {origin} (pass send(..., wait=SECONDS) to wait "
+            "for room)"
+        )
+
+
+def layer_settings(
+    bound: type[Backend] | None,
+    backend: type[Backend] | str | None,
+    given: Mapping[str, Any],
+    *,
+    channel_capacity: Capacities | None,
+    symmetric_encryption_keys: Iterable[str | bytes] | None,
+    backend_options: dict[str, Any],
+) -> LayerSettings:
+    """Check and combine everything :class:`~layers.ChannelLayer` is given.
+
+    ``bound`` is the subclass's ``backend_class`` (None on ``ChannelLayer`` itself);
+    ``given`` holds the layer options as keywords, None (or :data:`UNSET` for
+    ``max_message_size``) meaning "not given"; ``backend_options`` may hold ``url``.
+    One rule for options given twice: a keyword (or Django CONFIG key) wins over the
+    same option in the URL's query string. Raises :class:`~layers.ConfigurationError`
+    (or :class:`~layers.UnknownOption`) naming the first bad setting.
+    """
+    keywords = {
+        key: value
+        for key, value in given.items()
+        if value is not (UNSET if key == "max_message_size" else None)
+    }
+    backend_class, url_backend_options, url_layer_options = _backend(
+        bound, backend, backend_options
+    )
+    options = {**_LAYER_DEFAULTS, **url_layer_options, **keywords}
+    capacity = options["capacity"]
+    expiry = check_number("expiry", options["expiry"], minimum=0.001, maximum=MAX_EXPIRY)
+    group_expiry = check_number(
+        "group_expiry", options["group_expiry"], minimum=0.001, maximum=MAX_EXPIRY
+    )
+    check_number("capacity", capacity, minimum=1, maximum=MAX_COUNT, integer=True)
+    compiled, labels = _capacities(channel_capacity)
+    size: Any = options["max_message_size"]
+    if size is not None:
+        check_number("max_message_size", size, minimum=1, maximum=MAX_COUNT, integer=True)
+    prefetch = check_number(
+        "prefetch", options["prefetch"], minimum=1, maximum=10_000, integer=True
+    )
+    serializer, by_reference = _serializer(
+        backend_class, options["serializer_format"], symmetric_encryption_keys, expiry, size
+    )
+    return LayerSettings(
+        backend_class=backend_class,
+        backend_options=backend_class.prepare_options({**url_backend_options, **backend_options}),
+        expiry=expiry,
+        group_expiry=group_expiry,
+        capacity=capacity,
+        channel_capacity=compiled,
+        max_message_size=size,
+        prefetch=prefetch,
+        serializer=serializer,
+        by_reference=by_reference,
+        capacity_labels=labels,
+        capacity_origin=_origin(capacity, keywords, url_layer_options),
+    )
+
+
+def _origin(capacity: int, keywords: Mapping[str, Any], in_url: Mapping[str, Any]) -> str:
+    """Where ``capacity`` came from, as a :class:`~layers.ChannelFull` message names it."""
+    if "capacity" in keywords:
+        return f"capacity={capacity!r}"
+    if "capacity" in in_url:
+        return f"capacity={capacity!r} in the URL"
+    return f"the default capacity ({capacity!r})"
+
+
+def _capacities(
+    channel_capacity: Capacities | None,
+) -> tuple[list[tuple[re.Pattern[str], int]], list[str]]:
+    """The compiled ``channel_capacity`` and how each pattern was written (for messages)."""
+    if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
+        channel_capacity = list(channel_capacity)  # read once, if an iterator
+    return compile_capacities(channel_capacity), _labels(channel_capacity)
+
+
+def _backend(
+    bound: type[Backend] | None, backend: type[Backend] | str | None, options: dict[str, Any]
+) -> tuple[type[Backend], dict[str, Any], dict[str, Any]]:
+    """The backend class, the URL's backend options and the URL's layer options.
+
+    Removes ``url`` from ``options`` and checks the remaining names.
+    """
+    url = options.pop("url", None)
+    url_layer_options: dict[str, Any] = {}
+    if url is not None:
+        scheme, url, url_layer_options = split_url(url)
+        if backend is None and bound is None:
+            backend = scheme
+    if backend is not None:
+        backend_class = resolve_backend(backend)
+        if not issubclass(backend_class, Backend):
+            raise ConfigurationError("backend", f"must be a Backend subclass, not {backend!r}")
+    elif bound is None:
+        raise ConfigurationError("backend", "give a backend (name or class) or a url")
+    else:
+        backend_class = bound
+    check_options(backend_class, options)
+    url_backend_options: dict[str, Any] = {}
+    if url is not None:
+        check_options(backend_class, url_query_names(url), in_url=True)
+        url_backend_options = backend_class.options_from_url(url)
+    return backend_class, url_backend_options, url_layer_options
+
+
+def _labels(channel_capacity: Capacities | None) -> list[str]:
+    """How each pattern was written: ``'chat.*'`` or ``re.compile('^chat')``."""
+    patterns = (
+        channel_capacity
+        if isinstance(channel_capacity, Mapping)
+        else [pair[0] for pair in channel_capacity or ()]
+    )
+    return [
+        repr(p) if isinstance(p, str) else f"re.compile({getattr(p, 'pattern', p)!r})"
+        for p in patterns
+    ]
+
+
+def _serializer(
+    backend_class: type[Backend],
+    name: object,
+    keys: Iterable[str | bytes] | None,
+    expiry: float,
+    max_message_size: int | None,
+) -> tuple[Serializer, InProcessSerializer | None]:
+    """The layer's serializer, and the in-process one when it passes messages by reference."""
+    if not isinstance(name, str):
+        raise ConfigurationError("serializer_format", "must be a serializer name (str)")
+    serializer = get_serializer(name, symmetric_encryption_keys=keys)
+    # In one process msgpack's round trip is only a deep copy: make the copy
+    # directly, sharing immutable values (validated the same way).
+    if backend_class.in_process and name == "msgpack" and keys is None:
+        by_reference = InProcessSerializer(expiry=expiry, max_message_size=max_message_size)
+        return by_reference, by_reference
+    return serializer, None

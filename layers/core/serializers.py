@@ -208,7 +208,15 @@ def copy_message(message: object) -> tuple[dict[str, Any], int]:
 
 
 class Serializer(Protocol):
-    """Turns a validated message dict into bytes and back."""
+    """Turns a validated message dict into bytes and back: what a serializer factory makes.
+
+    Register a factory with :func:`layers.register_serializer`; each layer calls it once.
+    ``loads(dumps(message))`` must give back ``message`` (a tuple may come back as a
+    list) for every message the layer accepts; the layer validates them first (str
+    keys; bytes, str, int, float, bool, None, lists, tuples and dicts as values). Both
+    methods run synchronously and without I/O, maybe
+    from several threads at once, so nothing can cancel them part-way.
+    """
 
     def dumps(self, message: dict[str, Any]) -> bytes:
         """Serialize a validated message."""
@@ -221,9 +229,6 @@ class Serializer(Protocol):
 
 class MsgpackSerializer:
     """msgpack: compact, fast, keeps bytes and str distinct. The default."""
-
-    def __init__(self) -> None:
-        self._packer = msgpack.Packer(use_bin_type=True)
 
     def dumps(self, message: dict[str, Any]) -> bytes:
         """Serialize with msgpack (bin type for bytes)."""

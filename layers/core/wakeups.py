@@ -1,18 +1,43 @@
-"""Wake-ups across event loops and threads, for backends that keep state in-process.
+"""Waiting for a queue and waking its waiters: the machinery every backend's ``receive`` shares.
 
-A layer may be used from several event loops at once (``async_to_sync`` runs each call
-in a new loop, often in another thread). A backend whose store lives in this process
-(the memory backend, the SQLite backend's in-process notifications) registers one
-:data:`Waiter` per waiting call and wakes it with :func:`wake`, which resolves each
-future in its own loop, thread-safely.
+A backend's :meth:`~layers.core.backend.Backend.receive` claims payloads and, when it
+finds none, waits for a wake-up (a send in this process, a notification from another)
+until its timeout. Written by hand, that loop has one subtle rule: listen *before* the
+claim that finds nothing, or a send landing between the claim and the wait is only
+seen at the timeout. :func:`wait_then_claim` is that loop, written once; a backend
+supplies the claim and a :class:`Signal`.
+
+Two signals come with it:
+
+- :class:`WaiterSignal` over :class:`Waiters`, for a backend whose store lives in this
+  process and is used from several event loops at once (``async_to_sync`` runs each
+  call in a new loop, often in another thread): the memory backend, the SQLite
+  backend's in-process notifications. A send pops the queue's waiters and resolves
+  them with :func:`wake`, each in its own loop, thread-safely.
+- :class:`EventSignal` over one :class:`asyncio.Event`, for a backend whose wake-ups
+  arrive in one event loop (a listener connection, a pub/sub subscription).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
-__all__ = ["Waiter", "wake"]
+__all__ = [
+    "EventSignal",
+    "Signal",
+    "Waiter",
+    "WaiterSignal",
+    "Waiters",
+    "wait_then_claim",
+    "wake",
+]
+
+T = TypeVar("T")
 
 #: A waiting call: its event loop and the future it awaits (resolved with None).
 Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
@@ -24,7 +49,10 @@ def _set_none(future: asyncio.Future[None]) -> None:
 
 
 def wake(waiters: list[Waiter]) -> None:
-    """Resolve each waiter's future in its own loop; waiters of closed loops are skipped."""
+    """Resolve each waiter's future in its own loop; waiters of closed loops are skipped.
+
+    Thread-safe and never blocks; call it after releasing the store's lock.
+    """
     try:
         current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
@@ -36,3 +64,154 @@ def wake(waiters: list[Waiter]) -> None:
             # A closed loop raises RuntimeError; its waiter is gone with it.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_set_none, future)
+
+
+class Waiters:
+    """The calls waiting on each queue of one store: the one owner of their bookkeeping.
+
+    :meth:`add` and :meth:`discard` take ``lock``; :meth:`pop`, :meth:`pop_every` and
+    :meth:`queues` expect the caller to hold it, so a store that passes its own lock
+    pops a queue's waiters in the same step as the write that must wake them. A
+    queue with no waiter left has no entry, so the map never outgrows what waits.
+    """
+
+    __slots__ = ("_by_queue", "lock")
+
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        self.lock = lock if lock is not None else threading.Lock()
+        self._by_queue: dict[str, list[Waiter]] = {}
+
+    def add(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
+        """Register a new waiter on ``queue`` for ``loop`` and return it."""
+        waiter: Waiter = (loop, loop.create_future())
+        with self.lock:
+            self._by_queue.setdefault(queue, []).append(waiter)
+        return waiter
+
+    def discard(self, queue: str, waiter: Waiter) -> None:
+        """Remove ``waiter`` if still registered (a wake-up already removed it). Idempotent."""
+        with self.lock:
+            waiting = self._by_queue.get(queue)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._by_queue[queue]
+
+    def pop(self, queue: str) -> list[Waiter]:
+        """Under ``lock``: remove and return the waiters of ``queue`` (to :func:`wake`)."""
+        return self._by_queue.pop(queue, [])
+
+    def pop_every(self) -> list[Waiter]:
+        """Under ``lock``: remove and return every waiter of every queue."""
+        woken = [waiter for waiting in self._by_queue.values() for waiter in waiting]
+        self._by_queue.clear()
+        return woken
+
+    def queues(self) -> list[str]:
+        """Under ``lock``: the queues that have a waiter now."""
+        return list(self._by_queue)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_queue)
+
+
+class Signal(Protocol):
+    """What :func:`wait_then_claim` waits on: a wake-up source for one waiting call."""
+
+    def arm(self) -> None:
+        """Start listening anew: a wake-up from now on makes :meth:`wait` return."""
+
+    async def wait(self) -> None:
+        """Return once a wake-up came since the last :meth:`arm` (at once if one did)."""
+
+    def disarm(self) -> None:
+        """Stop listening and release what :meth:`arm` took. Idempotent."""
+
+
+class WaiterSignal:
+    """A :class:`Signal` over :class:`Waiters`: each :meth:`arm` registers a fresh waiter."""
+
+    __slots__ = ("_loop", "_queue", "_waiter", "_waiters")
+
+    def __init__(self, waiters: Waiters, queue: str) -> None:
+        self._waiters = waiters
+        self._queue = queue
+        self._loop = asyncio.get_running_loop()
+        self._waiter: Waiter | None = None
+
+    def arm(self) -> None:
+        """Replace the previous waiter (woken or not) with a new one on the queue."""
+        self.disarm()
+        self._waiter = self._waiters.add(self._queue, self._loop)
+
+    async def wait(self) -> None:
+        """Await the current waiter's future."""
+        if self._waiter is not None:
+            await self._waiter[1]
+
+    def disarm(self) -> None:
+        """Unregister the current waiter, if any."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._waiters.discard(self._queue, waiter)
+
+
+class EventSignal:
+    """A :class:`Signal` over an :class:`asyncio.Event` that wake-ups set (one event loop)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    def arm(self) -> None:
+        """Clear the event: only a wake-up from now on counts."""
+        self.event.clear()
+
+    async def wait(self) -> None:
+        """Wait for the event."""
+        await self.event.wait()
+
+    def disarm(self) -> None:
+        """Nothing to release: whoever made the event owns it."""
+
+
+async def wait_then_claim(
+    claim: Callable[[], Awaitable[list[T]]],
+    signal: Signal,
+    *,
+    timeout: float,
+    poll: float | None = None,
+) -> list[T]:
+    """Claim until something comes, waiting on ``signal`` between claims, for ``timeout`` s.
+
+    Each round arms ``signal``, then calls ``claim``: a wake-up that lands after the
+    claim's look at the store is never missed, the next round sees its payload. Returns
+    the first non-empty claim, or ``[]`` once ``timeout`` has passed (``timeout <= 0``:
+    one claim, no wait). ``poll`` caps each wait, for stores whose wake-ups may be
+    lost (the claim then runs again). A backend whose claim is cheap may claim once
+    before calling this, so that a call finding a payload at once pays nothing for
+    listening (the memory backend does).
+
+    Cancellation: ``signal`` is disarmed on every exit. A cancelled wait holds nothing;
+    a cancelled ``claim`` is ``claim``'s own contract (it must lose or keep what it
+    took, never return it twice).
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            signal.arm()
+            got = await claim()
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                async with asyncio.timeout(remaining if poll is None else min(remaining, poll)):
+                    await signal.wait()
+            except TimeoutError:
+                if poll is None or deadline - time.monotonic() <= 0:
+                    return []
+    finally:
+        signal.disarm()

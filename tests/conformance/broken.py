@@ -53,7 +53,7 @@ def _push_front(store: MemoryStore, queue: str, payloads: list[bytes]) -> None:
             items = store.queues[queue] = deque()
         for payload in reversed(payloads):
             items.appendleft((time.monotonic() + 60, payload))
-        waiters = store.waiters.pop(queue, None)
+        waiters = store.waiters.pop(queue)
     if waiters:
         wake(waiters)
 
@@ -632,7 +632,7 @@ class StorageNeverShrinks(MemoryBackend):
         store = self._store
         with store.lock:
             stored = store.put(queue, payload, expiry, capacity, time.monotonic())
-            waiters = store.waiters.pop(queue, None) if stored else None
+            waiters = store.waiters.pop(queue) if stored else None
         if waiters:
             wake(waiters)
         return stored
@@ -672,7 +672,7 @@ class ExpiredHeadBlocks(MemoryBackend):
             if sum(1 for expires_at, _ in items if expires_at > now) >= capacity:
                 return False
             items.append((now + expiry, payload))
-            waiters = store.waiters.pop(queue, None)
+            waiters = store.waiters.pop(queue)
         if waiters:
             wake(waiters)
         return True

@@ -20,7 +20,8 @@ Across processes
     queues now hold an unexpired payload and wakes only their receivers.
 
 Why nothing is missed
-    A receiver registers *before* it tries to take, and waits only if the attempt
+    A receiver registers *before* it tries to take (:func:`~layers.core.wakeups.wait_then_claim`
+    arms its signal before each claim), and waits only if the attempt
     found nothing. A commit either happened before the attempt's snapshot (the
     attempt sees it) or after the registration; in the second case the watcher,
     which reads its first ``data_version`` only after it started running for this
@@ -29,7 +30,6 @@ Why nothing is missed
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -44,9 +44,9 @@ import time
 from typing import Any
 
 from layers.backends.sqlite import _sql
-from layers.core.wakeups import Waiter, wake
+from layers.core.wakeups import Waiters, wake
 
-__all__ = ["Hub", "Waiter", "attach", "detach"]
+__all__ = ["Hub", "attach", "detach"]
 
 logger = logging.getLogger("layers.sqlite")
 
@@ -71,7 +71,8 @@ class Hub:
         #: Set once this process has created or checked the schema of the file.
         self.schema_ready = False
         self._lock = threading.Lock()
-        self._waiters: dict[str, list[Waiter]] = {}
+        #: The receivers waiting on each queue (guarded by the hub's lock).
+        self.waiters = Waiters(self._lock)
         # token -> (poll_interval, busy_timeout) of each attached backend instance
         self._users: dict[int, tuple[float, float]] = {}
         self._next_token = 0
@@ -113,35 +114,20 @@ class Hub:
 
     # -- waiting and waking -------------------------------------------------------
 
-    def register(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
-        """Start waiting on ``queue``: the returned future resolves on a wake-up.
-
-        Call before trying to take, and :meth:`unregister` when done.
-        """
-        waiter: Waiter = (loop, loop.create_future())
+    def watch(self) -> None:
+        """Make sure the watcher runs (a receiver is about to wait on :attr:`waiters`)."""
         with self._lock:
-            self._waiters.setdefault(queue, []).append(waiter)
             if self._thread is None and self._users:
                 self._thread = threading.Thread(
                     target=self._watch, name=f"layers-sqlite-watch:{self.path}", daemon=True
                 )
                 self._thread.start()
                 self._watcher = self._thread
-        return waiter
-
-    def unregister(self, queue: str, waiter: Waiter) -> None:
-        """Stop waiting (idempotent)."""
-        with self._lock:
-            waiting = self._waiters.get(queue)
-            if waiting is not None and waiter in waiting:
-                waiting.remove(waiter)
-                if not waiting:
-                    del self._waiters[queue]
 
     def notify(self, queue: str) -> None:
         """Wake every receiver of this process waiting on ``queue`` (after a commit)."""
         with self._lock:
-            waiting = self._waiters.pop(queue, None)
+            waiting = self.waiters.pop(queue)
         if waiting:
             wake(waiting)
 
@@ -149,10 +135,9 @@ class Hub:
         """Wake the waiters of ``queues`` (of every queue when None)."""
         with self._lock:
             if queues is None:
-                woken = [w for waiting in self._waiters.values() for w in waiting]
-                self._waiters.clear()
+                woken = self.waiters.pop_every()
             else:
-                woken = [w for q in queues for w in self._waiters.pop(q, ())]
+                woken = [w for q in queues for w in self.waiters.pop(q)]
         if woken:
             wake(woken)
 
@@ -162,7 +147,7 @@ class Hub:
         """Return (waited queues, poll interval, busy timeout), or None to stop.
 
         Called by the watcher under no lock; stops it (and lets a later
-        :meth:`register` start a new one) after WATCH_LINGER without waiters.
+        :meth:`watch` start a new one) after WATCH_LINGER without waiters.
         """
         with self._lock:
             if not self._users:
@@ -170,11 +155,11 @@ class Hub:
                 return None
             interval = min(u[0] for u in self._users.values())
             busy = max(u[1] for u in self._users.values())
-            return list(self._waiters), interval, busy
+            return self.waiters.queues(), interval, busy
 
     def _stop_if_idle(self, idle_since: float) -> bool:
         with self._lock:
-            if self._waiters or time.monotonic() - idle_since < WATCH_LINGER:
+            if self.waiters or time.monotonic() - idle_since < WATCH_LINGER:
                 return False
             self._thread = None
             return True

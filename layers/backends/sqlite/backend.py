@@ -9,18 +9,14 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from layers.backends.sqlite import _connect, _hub, _options, _sql
+from layers.backends.sqlite._connect import aiosqlite, translate
 from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
-from layers.core.errors import BackendError, ConfigurationError, LayerClosed, MissingDriver
-
-try:
-    import aiosqlite
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDriver("sqlite", "sqlite", "aiosqlite") from exc
-
-from layers.backends.sqlite import _hub, _options, _sql
+from layers.core.errors import BackendError, ConfigurationError, LayerClosed
+from layers.core.wakeups import WaiterSignal, wait_then_claim
 
 __all__ = ["SqliteBackend"]
 
@@ -32,21 +28,8 @@ HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _SEND_MANY_CHUNK = 200
 #: Expired rows deleted per statement by the periodic cleanup.
 _CLEANUP_BATCH = 500
-#: The WAL file is truncated to this size when SQLite resets it after a checkpoint.
-_JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 _Row = tuple[float, bytes]  # (expires_at, payload)
-
-
-@contextlib.contextmanager
-def _translate(path: str) -> Iterator[None]:
-    """Turn driver errors into ours, naming the file."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise BackendError(f"SQLite error on {path}: {exc}") from exc
-    except ValueError as exc:  # aiosqlite: "Connection closed" / "no active connection"
-        raise LayerClosed(f"the SQLite connection to {path} is closed") from exc
 
 
 class SqliteBackend(Backend):
@@ -123,55 +106,13 @@ class SqliteBackend(Backend):
             return
         self._hub, self._token = _hub.attach(self.path, self.poll_interval, self.busy_timeout)
         try:
-            self._conn = await self._connect()
+            self._conn = await _connect.connect(self.path, self.busy_timeout)
             if not self._hub.schema_ready:
                 await self._create_schema(self._conn)
                 self._hub.schema_ready = True
         except BaseException:
             await self.aclose()
             raise
-
-    async def _connect(self) -> aiosqlite.Connection:
-        try:
-            conn = await aiosqlite.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None
-            )
-        except sqlite3.Error as exc:
-            raise ConfigurationError("path", f"cannot open {self.path}: {exc}") from exc
-        try:
-            await self._set_wal(conn)
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.close()
-            raise
-        return conn
-
-    async def _set_wal(self, conn: aiosqlite.Connection) -> None:
-        """Switch to WAL, retrying while another process does the same."""
-        deadline = time.monotonic() + max(self.busy_timeout, 1.0)
-        while True:
-            try:
-                rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-                break
-            except sqlite3.DatabaseError as exc:
-                busy = isinstance(exc, sqlite3.OperationalError) and (
-                    "locked" in str(exc) or "busy" in str(exc)
-                )
-                if not busy:
-                    raise ConfigurationError("path", f"cannot use {self.path}: {exc}") from exc
-                if time.monotonic() > deadline:
-                    raise BackendError(f"{self.path} stayed locked: {exc}") from exc
-                await asyncio.sleep(0.01)
-        mode = str(rows[0][0]).lower() if rows else ""
-        if mode != "wal":
-            raise ConfigurationError(
-                "path",
-                f"SQLite could not switch {self.path} to WAL mode (it reports {mode!r}). "
-                "The sqlite backend needs WAL: put the file on a local disk (not a network "
-                "filesystem) and use an SQLite build with WAL support.",
-            )
 
     async def _create_schema(self, conn: aiosqlite.Connection) -> None:
         """Create the tables in one ``BEGIN IMMEDIATE`` (other processes wait for it)."""
@@ -192,7 +133,7 @@ class SqliteBackend(Backend):
     @contextlib.asynccontextmanager
     async def _transaction(self, conn: aiosqlite.Connection) -> AsyncIterator[None]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-        with _translate(self.path):
+        with translate(self.path):
             await conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -200,7 +141,7 @@ class SqliteBackend(Backend):
             with contextlib.suppress(Exception):
                 await conn.execute("ROLLBACK")
             raise
-        with _translate(self.path):
+        with translate(self.path):
             await conn.execute("COMMIT")
 
     async def aclose(self) -> None:
@@ -253,14 +194,14 @@ class SqliteBackend(Backend):
         if self._lock.locked():
             await self._after_transaction()
         # No await between the check and the call, which queues the statement.
-        with _translate(self.path):
+        with translate(self.path):
             return await conn.execute(sql, params)
 
     async def _rows(self, conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
         """Like :meth:`_run`, returning every row."""
         if self._lock.locked():
             await self._after_transaction()
-        with _translate(self.path):
+        with translate(self.path):
             return list(await conn.execute_fetchall(sql, params))
 
     # -- sending --------------------------------------------------------------------
@@ -368,24 +309,12 @@ class SqliteBackend(Backend):
         hub = self._hub
         if hub is None:
             raise LayerClosed(f"the SQLite backend for {self.path} is not open")
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout
-        while True:
-            waiter = hub.register(queue, loop)
-            try:
-                rows = await self._take(conn, queue, limit)
-                if rows:
-                    return [payload for _, payload in rows]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                try:
-                    async with asyncio.timeout(remaining):
-                        await waiter[1]
-                except TimeoutError:
-                    return []
-            finally:
-                hub.unregister(queue, waiter)
+
+        async def claim() -> list[bytes]:
+            hub.watch()  # after arming: the watcher sees the queue from its next poll
+            return [payload for _, payload in await self._take(conn, queue, limit)]
+
+        return await wait_then_claim(claim, WaiterSignal(hub.waiters, queue), timeout=timeout)
 
     async def _take(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
         """Run one take shielded from the caller's cancellation (see :meth:`receive`)."""
@@ -436,7 +365,7 @@ class SqliteBackend(Backend):
             rows.sort()  # RETURNING order is unspecified; id order is FIFO
         else:
             async with self._lock, self._transaction(conn):
-                with _translate(self.path):
+                with translate(self.path):
                     rows = list(
                         await conn.execute_fetchall(_sql.SELECT_OLDEST, (queue, now, limit))
                     )
@@ -487,7 +416,7 @@ class SqliteBackend(Backend):
 
     async def _flush(self, conn: aiosqlite.Connection) -> None:
         async with self._lock, self._transaction(conn):
-            with _translate(self.path):
+            with translate(self.path):
                 for statement in _sql.FLUSH:
                     await conn.execute(statement)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 
-from layers.backends.sqlite import SqliteChannelLayer, _hub, _sql
+from layers.backends.sqlite import SqliteChannelLayer, _connect, _hub, _sql
 from layers.backends.sqlite import backend as backend_module
 from layers.core.backend import Put
 from layers.core.errors import ConfigurationError
@@ -434,7 +434,7 @@ async def test_wal_file_stays_bounded(make_backend: BackendFactory, db_path: Pat
             await backend.send("big", payload, expiry=60, capacity=10)
             assert await backend.receive("big", timeout=0) == [payload]
         wal = Path(f"{db_path}-wal")
-        limit = backend_module._JOURNAL_SIZE_LIMIT
+        limit = _connect.JOURNAL_SIZE_LIMIT
         assert wal.stat().st_size <= 2 * limit  # noqa: ASYNC240
     finally:
         await backend.aclose()

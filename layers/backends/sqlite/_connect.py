@@ -1,0 +1,79 @@
+"""Opening the SQLite backend's connections: the driver import, WAL mode, error translation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+
+from layers.core.errors import BackendError, ConfigurationError, LayerClosed, MissingDriver
+
+try:
+    import aiosqlite
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDriver("sqlite", "sqlite", "aiosqlite") from exc
+
+__all__ = ["JOURNAL_SIZE_LIMIT", "aiosqlite", "connect", "translate"]
+
+#: The WAL file is truncated to this size when SQLite resets it after a checkpoint.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def translate(path: str) -> Iterator[None]:
+    """Turn driver errors into ours, naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise BackendError(f"SQLite error on {path}: {exc}") from exc
+    except ValueError as exc:  # aiosqlite: "Connection closed" / "no active connection"
+        raise LayerClosed(f"the SQLite connection to {path} is closed") from exc
+
+
+async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
+    """Open ``path`` in autocommit mode and switch it to WAL (see :func:`_set_wal`).
+
+    Raises :class:`~layers.ConfigurationError` (setting ``path``) when the file cannot
+    be opened or cannot use WAL. Cancellation closes what was opened.
+    """
+    try:
+        conn = await aiosqlite.connect(path, timeout=busy_timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ConfigurationError("path", f"cannot open {path}: {exc}") from exc
+    try:
+        await _set_wal(conn, path, busy_timeout)
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.close()
+        raise
+    return conn
+
+
+async def _set_wal(conn: aiosqlite.Connection, path: str, busy_timeout: float) -> None:
+    """Switch to WAL, retrying while another process does the same."""
+    deadline = time.monotonic() + max(busy_timeout, 1.0)
+    while True:
+        try:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            break
+        except sqlite3.DatabaseError as exc:
+            busy = isinstance(exc, sqlite3.OperationalError) and (
+                "locked" in str(exc) or "busy" in str(exc)
+            )
+            if not busy:
+                raise ConfigurationError("path", f"cannot use {path}: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise BackendError(f"{path} stayed locked: {exc}") from exc
+            await asyncio.sleep(0.01)
+    mode = str(rows[0][0]).lower() if rows else ""
+    if mode != "wal":
+        raise ConfigurationError(
+            "path",
+            f"SQLite could not switch {path} to WAL mode (it reports {mode!r}). "
+            "The sqlite backend needs WAL: put the file on a local disk (not a network "
+            "filesystem) and use an SQLite build with WAL support.",
+        )

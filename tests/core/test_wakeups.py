@@ -1,0 +1,151 @@
+"""The wake-up helpers a backend's receive is built on: no missed wake-up, nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from layers.core.wakeups import EventSignal, Waiters, WaiterSignal, wait_then_claim, wake
+
+
+class Store:
+    """A queue of ints with the waiter bookkeeping of a real in-process store."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[int] = []
+        self.waiters = Waiters(self.lock)
+        self.claims = 0
+
+    def put(self, item: int) -> None:
+        with self.lock:
+            self.items.append(item)
+            woken = self.waiters.pop("q")
+        wake(woken)
+
+    async def claim(self) -> list[int]:
+        self.claims += 1
+        with self.lock:
+            out, self.items = self.items, []
+        return out
+
+
+def test_a_hit_returns_the_first_claim_and_leaves_no_waiter() -> None:
+    async def main() -> None:
+        store = Store()
+        store.put(1)
+        signal = WaiterSignal(store.waiters, "q")
+        assert await wait_then_claim(store.claim, signal, timeout=5) == [1]
+        assert store.claims == 1
+        assert not store.waiters
+
+    asyncio.run(main())
+
+
+def test_a_send_landing_right_after_an_empty_claim_is_not_missed() -> None:
+    async def main() -> None:
+        store = Store()
+
+        async def claim() -> list[int]:
+            got = await store.claim()
+            if store.claims == 1:
+                store.put(7)  # after the claim looked, before the wait
+            return got
+
+        started = time.monotonic()
+        signal = WaiterSignal(store.waiters, "q")
+        assert await wait_then_claim(claim, signal, timeout=5) == [7]
+        assert time.monotonic() - started < 1
+        assert not store.waiters
+
+    asyncio.run(main())
+
+
+def test_a_timeout_returns_nothing_and_leaves_no_waiter() -> None:
+    async def main() -> None:
+        store = Store()
+        signal = WaiterSignal(store.waiters, "q")
+        assert await wait_then_claim(store.claim, signal, timeout=0.05) == []
+        assert not store.waiters
+        assert await wait_then_claim(store.claim, signal, timeout=0) == []
+        assert store.claims == 2
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_waiting_call_removes_its_waiter_and_takes_nothing() -> None:
+    async def main() -> None:
+        store = Store()
+        task = asyncio.create_task(
+            wait_then_claim(store.claim, WaiterSignal(store.waiters, "q"), timeout=30)
+        )
+        await asyncio.sleep(0.05)
+        with store.lock:
+            assert store.waiters.queues() == ["q"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+        assert not store.waiters
+        store.put(3)
+        assert store.items == [3]
+
+    asyncio.run(main())
+
+
+def test_a_send_from_another_thread_wakes_a_waiter_in_its_own_loop() -> None:
+    async def main() -> None:
+        store = Store()
+        task = asyncio.create_task(
+            wait_then_claim(store.claim, WaiterSignal(store.waiters, "q"), timeout=30)
+        )
+        await asyncio.sleep(0.05)
+        sender = threading.Thread(target=asyncio.run, args=(_put(store, 9),))
+        sender.start()
+        assert await asyncio.wait_for(task, 5) == [9]
+        sender.join()
+
+    asyncio.run(main())
+
+
+async def _put(store: Store, item: int) -> None:
+    store.put(item)
+
+
+def test_poll_bounds_each_wait_when_no_wake_up_comes() -> None:
+    async def main() -> None:
+        store = Store()
+
+        async def claim() -> list[int]:
+            got = await store.claim()
+            return got or ([5] if store.claims == 3 else [])
+
+        started = time.monotonic()
+        got = await wait_then_claim(claim, EventSignal(asyncio.Event()), timeout=5, poll=0.02)
+        assert got == [5]
+        assert time.monotonic() - started < 1
+
+    asyncio.run(main())
+
+
+def test_an_event_signal_counts_only_wake_ups_after_it_was_armed() -> None:
+    async def main() -> None:
+        event = asyncio.Event()
+        event.set()  # a stale wake-up from before this call
+        store = Store()
+        started = time.monotonic()
+        assert await wait_then_claim(store.claim, EventSignal(event), timeout=0.1) == []
+        assert time.monotonic() - started >= 0.09
+
+    asyncio.run(main())
+
+
+def test_discarding_a_waiter_twice_is_harmless() -> None:
+    async def main() -> None:
+        waiters = Waiters()
+        waiter = waiters.add("q", asyncio.get_running_loop())
+        waiters.discard("q", waiter)
+        waiters.discard("q", waiter)
+        assert not waiters
+
+    asyncio.run(main())
