@@ -39,6 +39,7 @@ from layers.core.backend import (
 )
 from layers.core.errors import BackendError, BackendUnavailable
 from layers.core.layer import ChannelLayer
+from layers.core.wakeups import EventSignal, wait_then_claim
 
 __all__ = ["PostgresBackend", "PostgresChannelLayer"]
 
@@ -228,43 +229,46 @@ class PostgresBackend(Backend):
         deadline: float,
         watch: Watch | None,
     ) -> list[bytes]:
-        failures = 0
         # A queue the last claim drained holds nothing new until a NOTIFY sets the
         # event (cleared before that claim, so none is missed): wait for it first
         # instead of paying for a claim that finds nothing. Needs live wake-ups.
-        wait_first = (
+        if (
             watch is not None
             and watch.drained
             and self._settings.notify
             and watch.listening.is_set()
-        )
-        while True:
-            if wait_first and not event.is_set():
-                woke = await wait_for_wakeup(event, deadline, self._poll)
-                if woke is Wait.DEADLINE and not event.is_set():
-                    return []
-            wait_first = False
-            event.clear()
-            if watch is not None:
-                watch.drained = False
-            try:
-                with self._db.translate():
-                    rows = await self._batcher.receive(queue, limit)
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                # A pooled connection killed by a restart or pg_terminate_backend
-                # fails once; retrying a claim is safe (it committed or it did not).
-                failures += 1
-                if failures > 3 or not isinstance(exc.__cause__, psycopg.OperationalError):
+            and not event.is_set()
+        ):
+            woke = await wait_for_wakeup(event, deadline, self._poll)
+            if woke is Wait.DEADLINE and not event.is_set():
+                return []
+        failures = 0
+
+        async def claim() -> list[bytes]:
+            nonlocal failures
+            while True:
+                if watch is not None:
+                    watch.drained = False
+                try:
+                    with self._db.translate():
+                        rows = await self._batcher.receive(queue, limit)
+                except BackendUnavailable:
                     raise
-                continue
-            if watch is not None:
-                watch.drained = len(rows) < limit
-            if rows:
+                except BackendError as exc:
+                    # A pooled connection killed by a restart or pg_terminate_backend
+                    # fails once; retrying a claim is safe (it committed or it did not).
+                    failures += 1
+                    if failures > 3 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                        raise
+                    continue
+                if watch is not None:
+                    watch.drained = len(rows) < limit
                 return [payload for _, payload in rows]
-            if await wait_for_wakeup(event, deadline, self._poll) is Wait.DEADLINE:
-                return []  # the caller's next receive drains first anyway
+
+        # The caller's next receive drains first anyway, so a deadline ends it at once.
+        return await wait_then_claim(
+            claim, EventSignal(event), timeout=deadline - time.monotonic(), poll=self._poll
+        )
 
     # -- groups, restore, statistics, flush --------------------------------------------
 
