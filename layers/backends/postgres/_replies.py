@@ -67,6 +67,8 @@ class InboxReader:
             watch.gap = True
         event = watch.event
         claim = not owner
+        # Not the core's wait_then_claim: a round here may deliver from notes without
+        # claiming, and claims from the table only when a note, a gap or the poll says so.
         while True:
             event.clear()
             if owner and not (watch.gap or watch.need_claim):
