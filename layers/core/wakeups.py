@@ -119,10 +119,14 @@ class Signal(Protocol):
     """What :func:`wait_then_claim` waits on: a wake-up source for one waiting call."""
 
     def arm(self) -> None:
-        """Start listening anew: a wake-up from now on makes :meth:`wait` return."""
+        """Start listening anew: a wake-up from now on makes :meth:`wait` return True."""
 
-    async def wait(self) -> None:
-        """Return once a wake-up came since the last :meth:`arm` (at once if one did)."""
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a wake-up since :meth:`arm`; whether one came.
+
+        Returns at once if one came already. Either way, :meth:`arm` again before
+        relying on the signal.
+        """
 
     def disarm(self) -> None:
         """Stop listening and release what :meth:`arm` took. Idempotent."""
@@ -131,29 +135,49 @@ class Signal(Protocol):
 class WaiterSignal:
     """A :class:`Signal` over :class:`Waiters`: each :meth:`arm` registers a fresh waiter."""
 
-    __slots__ = ("_loop", "_queue", "_waiter", "_waiters")
+    __slots__ = ("_expired", "_loop", "_queue", "_waiter", "_waiters")
 
     def __init__(self, waiters: Waiters, queue: str) -> None:
         self._waiters = waiters
         self._queue = queue
         self._loop = asyncio.get_running_loop()
         self._waiter: Waiter | None = None
+        self._expired = False
 
     def arm(self) -> None:
         """Replace the previous waiter (woken or not) with a new one on the queue."""
         self.disarm()
+        self._expired = False
         self._waiter = self._waiters.add(self._queue, self._loop)
 
-    async def wait(self) -> None:
-        """Await the current waiter's future."""
-        if self._waiter is not None:
-            await self._waiter[1]
+    async def wait(self, timeout: float) -> bool:
+        """Await the current waiter's future, with a plain timer for the timeout."""
+        waiter = self._waiter
+        if waiter is None:
+            return False
+        future = waiter[1]
+        if not future.done():
+            timer = self._loop.call_later(timeout, self._expire, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+        return not self._expired
+
+    def _expire(self, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            self._expired = True
+            future.set_result(None)
 
     def disarm(self) -> None:
         """Unregister the current waiter, if any."""
         waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            self._waiters.discard(self._queue, waiter)
+        if waiter is None:
+            return
+        future = waiter[1]
+        if future.done() and not future.cancelled() and not self._expired:
+            return  # woken: the sender popped it before resolving it
+        self._waiters.discard(self._queue, waiter)
 
 
 class EventSignal:
@@ -168,9 +192,16 @@ class EventSignal:
         """Clear the event: only a wake-up from now on counts."""
         self.event.clear()
 
-    async def wait(self) -> None:
-        """Wait for the event."""
-        await self.event.wait()
+    async def wait(self, timeout: float) -> bool:
+        """Wait for the event, up to ``timeout`` s."""
+        if self.event.is_set():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.event.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def disarm(self) -> None:
         """Nothing to release: whoever made the event owns it."""
@@ -185,8 +216,10 @@ async def wait_then_claim(
 ) -> list[T]:
     """Claim until something comes, waiting on ``signal`` between claims, for ``timeout`` s.
 
-    Each round arms ``signal``, then calls ``claim``: a wake-up that lands after the
-    claim's look at the store is never missed, the next round sees its payload. Returns
+    ``signal`` is armed before the first claim and again before any claim that may be
+    followed by a wait: a wake-up that lands after a claim's look at the store is
+    never missed, the next round sees its payload. After a wake-up, one claim is made
+    before re-arming, since it usually finds the payload (no new registration then). Returns
     the first non-empty claim, or ``[]`` once ``timeout`` has passed (``timeout <= 0``:
     one claim, no wait). ``poll`` caps each wait, for stores whose wake-ups may be
     lost (the claim then runs again). A backend whose claim is cheap may claim once
@@ -198,20 +231,28 @@ async def wait_then_claim(
     took, never return it twice).
     """
     deadline = time.monotonic() + timeout
+    woken = False
+    signal.arm()
     try:
         while True:
-            signal.arm()
             got = await claim()
             if got:
                 return got
+            if woken:
+                # The wake-up that ended the last wait used up the registration, and
+                # the claim after it (made unarmed: after a wake-up it usually finds
+                # the payload) found nothing: listen again, then look again.
+                signal.arm()
+                got = await claim()
+                if got:
+                    return got
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            try:
-                async with asyncio.timeout(remaining if poll is None else min(remaining, poll)):
-                    await signal.wait()
-            except TimeoutError:
+            woken = await signal.wait(remaining if poll is None else min(remaining, poll))
+            if not woken:
                 if poll is None or deadline - time.monotonic() <= 0:
                     return []
+                signal.arm()  # a poll: listen anew before the next claim
     finally:
         signal.disarm()

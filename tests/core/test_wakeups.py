@@ -6,7 +6,14 @@ import asyncio
 import threading
 import time
 
-from layers.core.wakeups import EventSignal, Waiters, WaiterSignal, wait_then_claim, wake
+from layers.core.wakeups import (
+    EventSignal,
+    Waiter,
+    Waiters,
+    WaiterSignal,
+    wait_then_claim,
+    wake,
+)
 
 
 class Store:
@@ -147,5 +154,104 @@ def test_discarding_a_waiter_twice_is_harmless() -> None:
         waiters.discard("q", waiter)
         waiters.discard("q", waiter)
         assert not waiters
+
+    asyncio.run(main())
+
+
+def test_a_send_during_the_claim_after_a_wake_up_is_not_missed() -> None:
+    """Woken, but a thief took the payload; another send lands during the next claim."""
+
+    async def main() -> None:
+        store = Store()
+
+        async def claim() -> list[int]:
+            got = await store.claim()
+            if store.claims == 2:  # the claim right after the wake-up
+                got = []  # the thief's
+                store.put(8)  # lands after this claim looked, before any re-arm
+            return got
+
+        async def send_later() -> None:
+            await asyncio.sleep(0.05)
+            store.put(1)
+
+        sender = asyncio.ensure_future(send_later())
+        started = time.monotonic()
+        signal = WaiterSignal(store.waiters, "q")
+        assert await wait_then_claim(claim, signal, timeout=5) == [8]
+        assert time.monotonic() - started < 1
+        assert not store.waiters
+        await sender
+
+    asyncio.run(main())
+
+
+def test_a_woken_wait_claims_before_registering_again() -> None:
+    """After a wake-up the payload is usually there: one claim, no new registration."""
+
+    async def main() -> None:
+        store = Store()
+        registered = 0
+
+        class CountingWaiters(Waiters):
+            def add(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
+                nonlocal registered
+                registered += 1
+                return super().add(queue, loop)
+
+        store.waiters = CountingWaiters(store.lock)
+        asyncio.get_running_loop().call_later(0.05, store.put, 3)
+        assert await wait_then_claim(store.claim, WaiterSignal(store.waiters, "q"), timeout=5) == [
+            3
+        ]
+        assert (store.claims, registered) == (2, 1)
+        assert not store.waiters
+
+    asyncio.run(main())
+
+
+def test_polls_leave_one_registration_at_most() -> None:
+    """Each poll that times out replaces its registration; none is left at the end."""
+
+    async def main() -> None:
+        store = Store()
+        most = 0
+
+        # Count the registrations at each claim, leaving them as they were.
+        async def counting_claim() -> list[int]:
+            nonlocal most
+            with store.lock:
+                waiting = store.waiters.pop("q")
+                most = max(most, len(waiting))
+                for waiter in waiting:  # put them back as they were
+                    store.waiters._by_queue.setdefault("q", []).append(waiter)
+            return await store.claim()
+
+        got = await wait_then_claim(
+            counting_claim, WaiterSignal(store.waiters, "q"), timeout=0.2, poll=0.01
+        )
+        assert got == []
+        assert 10 <= store.claims <= 25  # one claim per poll, no busy loop
+        assert most == 1
+        assert not store.waiters
+
+    asyncio.run(main())
+
+
+def test_a_wake_up_whose_payload_was_stolen_waits_quietly_again() -> None:
+    """Woken, the payload gone to another consumer: register again and wait, no spinning."""
+
+    async def main() -> None:
+        store = Store()
+
+        async def claim() -> list[int]:
+            got = await store.claim()
+            return [] if store.claims == 2 else got  # the thief takes what woke us
+
+        asyncio.get_running_loop().call_later(0.05, store.put, 1)
+        got = await wait_then_claim(claim, WaiterSignal(store.waiters, "q"), timeout=0.3)
+        assert got == []
+        assert store.claims == 3  # armed, unarmed after the wake-up, armed again
+        assert not store.waiters
 
     asyncio.run(main())
