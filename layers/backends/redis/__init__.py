@@ -15,8 +15,9 @@ Features
     Survives restarts and dropped connections: commands in flight fail with
     :class:`~layers.BackendError`, the next call reconnects (connects are retried
     with backoff), and the layer's readers resume. Needs Redis 6.2 or later
-    (7.0+ recommended: ``BLMPOP``) and redis-py 5 or later (hiredis used when
-    installed).
+    (7.0+ recommended: ``BLMPOP``) and redis-py 5 or later, which reads the
+    configuration and finds Sentinel masters; the backend opens and greets its
+    connections itself and parses replies with hiredis when installed.
 
 Connection URL
     ``redis://[[user]:password@]host[:port][/db][?options]``; ``rediss://`` for TLS
@@ -26,9 +27,10 @@ Connection URL
     and options apply to every host). Sentinel:
     ``redis+sentinel://[[user]:password@]s1:26379[,s2:26379]/master_name[/db]``
     (``?sentinel_password=...`` authenticates to the sentinels). Query options:
-    ``prefix``, the layer options (``expiry``, ``capacity``...), and redis-py
-    connection options (``socket_timeout``, ``socket_keepalive``,
-    ``health_check_interval``, ``ssl_*``...). Redis Cluster: ``redis+cluster://``
+    ``prefix``, the layer options (``expiry``, ``capacity``...), and connection
+    options with redis-py's names (``socket_connect_timeout``, ``socket_keepalive``,
+    ``client_name``, ``ssl_*``...; the Redis backend's documentation lists
+    which take effect). Redis Cluster: ``redis+cluster://``
     and ``rediss+cluster://`` (:mod:`layers.backends.redis.cluster`).
 
 Options
@@ -90,7 +92,7 @@ from layers.core.errors import BackendError, ConfigurationError, MissingDriver
 
 try:
     import redis.asyncio  # noqa: F401 - the driver; fail early with the extra's name
-    from redis.exceptions import NoScriptError, ResponseError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDriver("redis", "redis", "redis") from exc
 
@@ -102,7 +104,8 @@ from layers.backends.redis._config import (
     parse_hosts,
     url_query_names,
 )
-from layers.backends.redis._shard import Shard, translate
+from layers.backends.redis._errors import translate
+from layers.backends.redis._shard import Shard
 from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
 from layers.core.layer import ChannelLayer
 
@@ -220,9 +223,8 @@ class RedisBackend(Backend):
             )
         for spec in specs:
             try:
-                pool, _ = spec.make_pool()
-                pool.make_connection()
-            except (TypeError, ValueError) as exc:
+                spec.make_connector(check=True)
+            except (TypeError, ValueError, RedisError) as exc:
                 raise ConfigurationError("hosts", f"bad options for {spec.id}: {exc}") from exc
         config = RedisConfig(tuple(specs), Router([s.id for s in specs]), prefix)
         return {"config": config}

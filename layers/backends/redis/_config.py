@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
+from layers.backends.redis._connection import Connector, connect_options
 from layers.core.errors import ConfigurationError
 from layers.core.redact import redact_url
 
@@ -54,7 +55,7 @@ class HostSpec:
     sentinel_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def make_pool(self) -> tuple[ConnectionPool, Sentinel | None]:
-        """Build a connection factory (no I/O); the Sentinel manager when there is one."""
+        """redis-py's pool for these options (no I/O); the Sentinel manager when there is one."""
         kwargs = _with_defaults(self.kwargs)
         if self.sentinels:
             manager = Sentinel(  # type: ignore[no-untyped-call]
@@ -67,6 +68,20 @@ class HostSpec:
         if self.url is not None:
             return ConnectionPool.from_url(self.url, **kwargs), None
         return ConnectionPool(**kwargs), None
+
+    def make_connector(self, *, check: bool = False) -> Connector:
+        """Our connection factory for this host (no I/O), from redis-py's parsed options.
+
+        redis-py's public pool reads the URL or keyword form (the backend's
+        configuration format); the backend opens the connections itself. With
+        ``check``, redis-py also builds one connection object, rejecting unknown
+        options with ``TypeError``. Bad values raise ``ValueError``.
+        """
+        pool, sentinel = self.make_pool()
+        if check:
+            pool.make_connection()  # type: ignore[no-untyped-call]
+        options = connect_options(pool.connection_class, pool.connection_kwargs)
+        return Connector(options, self.id, sentinel, self.master_name)
 
 
 @functools.cache

@@ -22,49 +22,21 @@ push whose reply was lost could store it twice. Only connecting is retried.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import logging
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    InvalidResponse,
-    MovedError,
-    NoScriptError,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from layers.backends.redis._config import HostSpec
+from layers.backends.redis._errors import NotSent, translate
+from layers.backends.redis._pipe import Pipe
 from layers.backends.redis._scripts import STAMP_WIDTH
-from layers.core.errors import BackendError, BackendUnavailable, LayerClosed, LayerError
+from layers.core.errors import LayerClosed, LayerError
 
-_hiredis: Any
-try:
-    _hiredis = importlib.import_module("hiredis")
-except ImportError:  # pragma: no cover - the generic redis-py parser is used instead
-    _hiredis = None
-HiredisReader: Any = getattr(_hiredis, "Reader", None)
-
-__all__ = [
-    "ClusterRedirect",
-    "NotSent",
-    "Pipe",
-    "Shard",
-    "pack_command",
-    "redirect_of",
-    "reply_error",
-    "translate",
-]
+__all__ = ["Shard"]
 
 logger = logging.getLogger("layers")
 
@@ -74,287 +46,6 @@ MAX_IDLE_READERS = 64
 READ_MARGIN = 5.0
 #: How often the estimate of the server clock is refreshed, in seconds.
 CLOCK_REFRESH = 30.0
-
-
-class NotSent(BackendUnavailable):
-    """The command was never written (the connection could not be opened): resending is safe."""
-
-
-class ClusterRedirect(BackendError):
-    """A cluster node refused the command: ``MOVED``, ``ASK``, ``TRYAGAIN`` or ``CLUSTERDOWN``.
-
-    The command was not executed, so resending it (elsewhere, or later) is safe.
-    ``kind`` is the reply's code; ``slot``, ``host`` and ``port`` are set for
-    ``MOVED`` and ``ASK``.
-    """
-
-    def __init__(
-        self, message: str, kind: str, slot: int = -1, host: str = "", port: int = 0
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.slot = slot
-        self.host = host
-        self.port = port
-
-
-def redirect_of(exc: BaseException) -> ClusterRedirect | None:
-    """The :class:`ClusterRedirect` that an error reply means, or ``None`` for other errors."""
-    if isinstance(exc, ClusterRedirect):
-        return exc
-    if not isinstance(exc, ResponseError):
-        return None
-    if isinstance(exc, AskError):  # MovedError is a subclass
-        kind = "MOVED" if isinstance(exc, MovedError) else "ASK"
-        return ClusterRedirect(str(exc), kind, exc.slot_id, exc.host, exc.port)
-    text = str(exc)
-    code, _, rest = text.partition(" ")
-    if isinstance(exc, TryAgainError) or code == "TRYAGAIN":
-        return ClusterRedirect(text, "TRYAGAIN")
-    if isinstance(exc, ClusterDownError) or code == "CLUSTERDOWN":
-        return ClusterRedirect(text, "CLUSTERDOWN")
-    if code in ("MOVED", "ASK"):
-        slot, _, address = rest.partition(" ")
-        host, _, port = address.rpartition(":")
-        if slot.isdigit() and port.isdigit():
-            return ClusterRedirect(text, code, int(slot), host.strip("[]"), int(port))
-    return None
-
-
-_ERROR_CLASSES: dict[str, type[ResponseError]] = {
-    "NOSCRIPT": NoScriptError,
-    "MOVED": MovedError,
-    "ASK": AskError,
-    "TRYAGAIN": TryAgainError,
-    "CLUSTERDOWN": ClusterDownError,
-}
-
-
-def reply_error(message: str) -> ResponseError:
-    """An error reply as the exception redis-py's parsers give (public classes only)."""
-    code, _, rest = message.partition(" ")
-    kind = _ERROR_CLASSES.get(code)
-    if kind is None:
-        return ResponseError(message)
-    try:
-        return kind(rest)
-    except (TypeError, ValueError):  # a malformed MOVED/ASK reply
-        return ResponseError(message)
-
-
-def translate(exc: BaseException, where: str) -> LayerError:
-    """Return our error for a driver failure, chained to it (``__cause__``).
-
-    A cluster redirection becomes a :class:`ClusterRedirect` whose message says how
-    to configure a cluster (seen only when a non-cluster URL points at a cluster node).
-    """
-    if isinstance(exc, LayerError):
-        return exc
-    error: LayerError
-    redirect = redirect_of(exc)
-    if isinstance(exc, asyncio.CancelledError):
-        error = LayerClosed("the channel layer was closed")
-    elif redirect is not None:
-        redirect.args = (
-            f"redis {where} is a Redis Cluster node and did not run the command "
-            f"({redirect.kind} {exc}); use a redis+cluster:// URL "
-            "(layers.backends.redis.cluster.RedisClusterChannelLayer) for a cluster",
-        )
-        error = redirect
-    elif isinstance(exc, ResponseError):
-        error = BackendError(f"redis {where}: {exc}")
-    else:
-        error = BackendUnavailable(f"redis {where}: {exc or type(exc).__name__}")
-    error.__cause__ = exc
-    return error
-
-
-#: Arguments at least this long are kept as their own piece, never formatted into
-#: a new string: a 64 KB payload is then copied once, when the batch is joined.
-_BIG_ARG = 1024
-
-
-def pack_command(args: tuple[Any, ...]) -> bytes:
-    """Encode one command in RESP: ``str`` as UTF-8, ``int`` and ``float`` as text.
-
-    A lean equivalent of redis-py's packer for the argument types this backend
-    sends (``bytes``, ``str``, ``int``, ``float``); anything else is a ``TypeError``.
-    """
-    parts: list[bytes] = []
-    pack_into(args, parts)
-    return b"".join(parts)
-
-
-def pack_into(args: tuple[Any, ...], parts: list[bytes]) -> None:
-    """Append the RESP pieces of one command to ``parts`` (see :func:`pack_command`)."""
-    append = parts.append
-    append(b"*%d\r\n" % len(args))
-    for arg in args:
-        kind = type(arg)
-        if kind is str:
-            piece = _STR_PIECES.get(arg)
-            if piece is None:
-                data = arg.encode()
-                piece = b"$%d\r\n%b\r\n" % (len(data), data)
-                if len(_STR_PIECES) >= _STR_PIECES_MAX:
-                    _STR_PIECES.clear()
-                _STR_PIECES[arg] = piece
-            append(piece)
-            continue
-        if kind is bytes:
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bytes):
-            data = bytes(arg)
-        elif isinstance(arg, int) and not isinstance(arg, bool):
-            data = b"%d" % arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send a {type(arg).__name__} to redis")
-        if len(data) >= _BIG_ARG:
-            append(b"$%d\r\n" % len(data))
-            append(data)
-            append(b"\r\n")
-        else:
-            append(b"$%d\r\n%b\r\n" % (len(data), data))
-
-
-#: Encoded ``str`` arguments (command names, script hashes, keys), reused.
-_STR_PIECES: dict[str, bytes] = {}
-_STR_PIECES_MAX = 4096
-
-
-class Pipe:
-    """One connection carrying pipelined commands: written in order, replies read in order.
-
-    One task or callback writes at a time; a reader task, started on connect, reads
-    every reply and resolves the oldest command in flight. Any connection failure
-    breaks the pipe and fails every command in flight with
-    :class:`~layers.BackendError` (none is re-sent).
-    """
-
-    def __init__(self, conn: AbstractConnection, where: str) -> None:
-        self.conn = conn
-        self.where = where
-        self.loop = asyncio.get_running_loop()
-        self.inflight: deque[asyncio.Future[Any]] = deque()
-        self.broken = False
-        self.reader: asyncio.Task[None] | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    @property
-    def ready(self) -> bool:
-        """Connected and unbroken: :meth:`write_nowait` may be used."""
-        return self.writer is not None and not self.broken and self.conn.is_connected
-
-    async def connect(self) -> None:
-        """Connect (redis-py retries connecting with backoff) and start the reader."""
-        await self.conn.connect()  # type: ignore[no-untyped-call]
-        # redis-py's stream writer, used to write without an extra task switch.
-        self.writer = getattr(self.conn, "_writer", None)
-        self.reader = self.loop.create_task(self._read())
-
-    def write_nowait(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        """Write ``batch`` as one pipeline now (the transport buffers it)."""
-        try:
-            if self.writer is None or self.broken:
-                raise ConnectionError("the pipelining connection is closed")
-            parts: list[bytes] = []
-            for args, _ in batch:
-                pack_into(args, parts)
-            self.writer.write(b"".join(parts))
-        except (RedisError, OSError, TypeError) as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(translate(exc, self.where))
-            self.fail(exc)
-            return
-        self.inflight.extend(future for _, future in batch)
-
-    async def write(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        """Connect if needed, write ``batch``, and wait while the socket buffer is full."""
-        try:
-            if self.reader is None:
-                await self.connect()
-        except (RedisError, OSError) as exc:
-            # Nothing of the batch was written: say so, so a router may resend it.
-            for _, future in batch:
-                if not future.done():
-                    error = NotSent(f"redis {self.where}: {exc or type(exc).__name__}")
-                    error.__cause__ = exc
-                    future.set_exception(error)
-            self.fail(exc)
-            return
-        self.write_nowait(batch)
-        if self.writer is not None and not self.broken:
-            try:
-                await self.writer.drain()
-            except OSError as exc:
-                self.fail(exc)
-
-    async def _read(self) -> None:
-        conn, inflight = self.conn, self.inflight
-        stream = getattr(conn, "_reader", None)
-        try:
-            if HiredisReader is not None and isinstance(stream, asyncio.StreamReader):
-                await self._read_batches(stream)
-            while not self.broken:
-                try:
-                    reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
-                except ResponseError as exc:
-                    reply = exc
-                if inflight:
-                    future = inflight.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-        except (RedisError, OSError, asyncio.CancelledError) as exc:
-            self.fail(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-
-    async def _read_batches(self, stream: asyncio.StreamReader) -> None:
-        """Parse every reply already received per socket read (hiredis, no await per reply).
-
-        Error replies are values (:class:`redis.ResponseError`, subclassed as
-        redis-py does), exactly as on the generic path.
-        """
-        parser = HiredisReader(protocolError=InvalidResponse, replyError=reply_error)
-        gets, feed, inflight = parser.gets, parser.feed, self.inflight
-        while not self.broken:
-            reply = gets(False)
-            if reply is False:
-                data = await stream.read(65536)
-                if not data:
-                    raise RedisConnectionError("the server closed the connection")
-                feed(data)
-                continue
-            if isinstance(reply, RedisConnectionError):
-                raise reply
-            if inflight:
-                future = inflight.popleft()
-                if not future.done():
-                    future.set_result(reply)
-
-    def fail(self, exc: BaseException) -> None:
-        """Mark the pipe broken and fail every command in flight."""
-        self.broken = True
-        while self.inflight:
-            future = self.inflight.popleft()
-            if not future.done():
-                future.set_exception(translate(exc, self.where))
-
-    async def close(self) -> None:
-        """Stop reading, fail what is in flight, close the connection. Idempotent."""
-        self.broken = True
-        reader, self.reader = self.reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        self.fail(asyncio.CancelledError())
-        with contextlib.suppress(RedisError, OSError):
-            await self.conn.disconnect()
 
 
 def _ignore(future: asyncio.Future[Any]) -> None:
@@ -368,9 +59,7 @@ class Shard:
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
         self.loop = asyncio.get_running_loop()
-        self.pool: ConnectionPool
-        self.sentinel: Sentinel | None
-        self.pool, self.sentinel = spec.make_pool()
+        self.connector = spec.make_connector()
         self.pipe: Pipe | None = None
         self.busy: set[Pipe] = set()
         self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -434,10 +123,7 @@ class Shard:
                 if pipe is None or pipe.broken:
                     if pipe is not None:
                         await pipe.close()
-                    pipe = self.pipe = Pipe(
-                        self.pool.make_connection(),  # type: ignore[no-untyped-call]
-                        self.spec.id,
-                    )
+                    pipe = self.pipe = Pipe(self.connector)
                 batch, self.pending = self.pending, []
                 await pipe.write(batch)
         finally:
@@ -459,8 +145,8 @@ class Shard:
         many queues issued in one loop iteration cost one round trip; only if that
         finds nothing, a blocking pop on the queue's dedicated connection.
         Cancellation during the ``LPOP`` keeps what it pops in a per-queue stash for
-        the next call; cancellation during the blocking pop closes that connection
-        (redis-py does): a payload the server already popped is lost, never
+        the next call; cancellation during the blocking pop closes that connection:
+        a payload the server already popped is lost, never
         duplicated.
         """
         stashed = self.stash.get(key)
@@ -551,7 +237,7 @@ class Shard:
             await pipe.close()
             pipe = None
         if pipe is None:
-            pipe = Pipe(self.pool.make_connection(), self.spec.id)  # type: ignore[no-untyped-call]
+            pipe = Pipe(self.connector)
         self.busy.add(pipe)
         try:
             deadline = time.monotonic() + timeout
@@ -660,11 +346,11 @@ class Shard:
         self.busy.clear()
         for pipe in pipes:
             await pipe.close()
-        await self.pool.disconnect()
-        if self.sentinel is not None:
-            close = getattr(self.sentinel, "aclose", None)
+        sentinel = self.connector.sentinel
+        if sentinel is not None:
+            close = getattr(sentinel, "aclose", None)
             if close is not None:
                 await close()
             else:  # redis-py < 5.1: close the clients of the sentinels one by one
-                for client in self.sentinel.sentinels:
+                for client in sentinel.sentinels:
                     await client.aclose()

@@ -73,27 +73,30 @@ Use as a Django Channels ``BACKEND``::
 from __future__ import annotations
 
 import asyncio
-import binascii
-import contextlib
 import difflib
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from layers.backends.redis import _GLOB_SPECIAL, _GROUP_ADD, _SEND, RedisBackend, RedisConfig
 from layers.backends.redis import _ms as ms
 from layers.backends.redis import _Script as Script
-from layers.backends.redis._config import HostSpec, hosts_from_url, parse_hosts
-from layers.backends.redis._shard import (
-    ClusterRedirect,
-    NotSent,
-    Shard,
-    redirect_of,
-    translate,
+from layers.backends.redis._cluster_config import (
+    CLUSTER_OPTIONS,
+    CLUSTER_SCHEMES,
+    address,
+    check_seed,
+    key_slot,
+    no_replicas,
+    seeds_from_url,
+    wait_options,
 )
+from layers.backends.redis._config import HostSpec, parse_hosts
+from layers.backends.redis._errors import ClusterRedirect, NotSent, redirect_of, translate
+from layers.backends.redis._shard import Shard
+from layers.backends.redis._slot_map import RETRY_FOR, SlotMap
 from layers.core.backend import BackendStatistics, Put
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
 from layers.core.layer import ChannelLayer
@@ -107,103 +110,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["RETRY_FOR", "RedisClusterBackend", "RedisClusterChannelLayer", "key_slot"]
 
-#: Number of hash slots of a Redis Cluster.
-SLOTS = 16384
-#: How long a refused or unsent command is retried (failover, slot migration), seconds.
-RETRY_FOR = 20.0
 #: Redirections followed for one command before giving up.
 MAX_REDIRECTS = 16
-#: Time allowed to one node to answer ``CLUSTER SLOTS``, seconds.
-REFRESH_TIMEOUT = 2.0
-#: Minimum time between two slot-map reloads caused by errors, seconds.
-REFRESH_INTERVAL = 0.25
 
-_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_CLUSTER_OPTIONS = ("read_from_replicas", "wait_replicas", "wait_timeout")
 logger = logging.getLogger("layers")
-
-
-def key_slot(name: str) -> int:
-    """The cluster slot of the key whose hash tag is ``name`` (CRC16-XMODEM mod 16384)."""
-    return binascii.crc_hqx(name.encode(), 0) % SLOTS
-
-
-def _address(spec: HostSpec) -> tuple[str, int]:
-    if spec.url is not None:
-        parts = urlsplit(spec.url)
-        if parts.scheme == "unix":
-            raise ConfigurationError("hosts", "cluster nodes are reached by host and port")
-        return parts.hostname or "localhost", parts.port or 6379
-    return str(spec.kwargs.get("host", "localhost")), int(spec.kwargs.get("port", 6379))
-
-
-def _node_spec(template: HostSpec, host: str, port: int) -> HostSpec:
-    """The seed's credentials and options, at another node's address."""
-    node_id = f"{host}:{port}"
-    if template.url is not None:
-        parts = urlsplit(template.url)
-        userinfo, _, _ = parts.netloc.rpartition("@")
-        shown = f"[{host}]" if ":" in host else host
-        netloc = (f"{userinfo}@" if userinfo else "") + f"{shown}:{port}"
-        return HostSpec(id=node_id, url=parts._replace(netloc=netloc, path="/0").geturl())
-    return HostSpec(id=node_id, kwargs={**template.kwargs, "host": host, "port": port})
-
-
-def _check_seed(spec: HostSpec) -> None:
-    if spec.sentinels:
-        raise ConfigurationError("hosts", "a cluster seed cannot be a Sentinel entry")
-    if spec.url is not None:
-        parts = urlsplit(spec.url)
-        db = (parts.path or "/0").strip("/") or "0"
-        db = dict(parse_qsl(parts.query)).get("db", db)
-    else:
-        db = str(spec.kwargs.get("db", 0))
-    if db != "0":
-        raise ConfigurationError("hosts", f"a Redis Cluster has only database 0, not {db}")
-    _address(spec)
-
-
-def _seeds_from_url(url: str) -> tuple[list[HostSpec], dict[str, str]]:
-    parts = urlsplit(url)
-    plain = _CLUSTER_SCHEMES.get(parts.scheme.lower())
-    if plain is None:
-        raise ConfigurationError(
-            "url", f"expected redis+cluster:// or rediss+cluster://, got {parts.scheme}://"
-        )
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in _CLUSTER_OPTIONS}
-    rest = urlencode([(k, v) for k, v in query if k not in _CLUSTER_OPTIONS])
-    specs, options = hosts_from_url(parts._replace(scheme=plain, query=rest).geturl())
-    options.update(ours)
-    return specs, options
-
-
-def _wait_options(options: dict[str, Any]) -> tuple[int, int]:
-    """``wait_replicas`` (an int >= 0) and ``wait_timeout`` (seconds > 0), as ``WAIT`` args."""
-    raw = options.pop("wait_replicas", 0)
-    try:
-        replicas = int(raw)
-    except (TypeError, ValueError):
-        replicas = -1
-    if replicas < 0 or isinstance(raw, bool | float):
-        raise ConfigurationError("wait_replicas", f"must be an int >= 0, not {raw!r}")
-    raw = options.pop("wait_timeout", 1.0)
-    try:
-        timeout = float(raw)
-    except (TypeError, ValueError):
-        timeout = -1.0
-    if not (0 < timeout < math.inf) or isinstance(raw, bool):
-        raise ConfigurationError("wait_timeout", f"must be a number of seconds > 0, not {raw!r}")
-    return replicas, max(1, round(timeout * 1000))
-
-
-def _no_replicas(value: object) -> None:
-    if value in (False, None, "false", "False", "0", "no", 0):
-        return
-    raise ConfigurationError(
-        "read_from_replicas",
-        f"must be False (pops are writes and always run on primaries), not {value!r}",
-    )
 
 
 class RedisClusterBackend(RedisBackend):
@@ -214,14 +124,7 @@ class RedisClusterBackend(RedisBackend):
     def __init__(self, *, config: RedisConfig, wait: tuple[int, int] = (0, 0)) -> None:
         super().__init__(config=config)
         self._wait = wait  # WAIT numreplicas timeout-ms after each send; (0, _): off
-        self._template = config.hosts[0]
-        self._seeds = [_address(spec) for spec in config.hosts]
-        self._nodes: dict[tuple[str, int], Shard] = {}
-        self._slots: list[Shard | None] = [None] * SLOTS
-        self._stash: dict[str, list[bytes]] = {}
-        self._refresh_task: asyncio.Task[None] | None = None
-        self._refreshed = -math.inf
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._map = SlotMap(config.hosts[0], [address(spec) for spec in config.hosts])
         self._open = False
         self._outage: float | None = None  # when receives first found a node unreachable
 
@@ -230,24 +133,24 @@ class RedisClusterBackend(RedisBackend):
     @classmethod
     def option_names(cls) -> frozenset[str]:
         """The Redis options plus ``read_from_replicas``, ``wait_replicas``, ``wait_timeout``."""
-        return super().option_names() | frozenset(_CLUSTER_OPTIONS)
+        return super().option_names() | frozenset(CLUSTER_OPTIONS)
 
     @classmethod
     def url_option_names(cls) -> frozenset[str]:
         """The Redis URL options plus the cluster's own (see :meth:`option_names`)."""
-        return super().url_option_names() | frozenset(_CLUSTER_OPTIONS)
+        return super().url_option_names() | frozenset(CLUSTER_OPTIONS)
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
         """Map a ``redis+cluster://`` or ``rediss+cluster://`` URL (the hosts are seeds)."""
-        specs, options = _seeds_from_url(url)
+        specs, options = seeds_from_url(url)
         return {"hosts": specs, **options}
 
     @classmethod
     def prepare_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate the seeds, ``prefix`` and ``read_from_replicas`` (no I/O)."""
         options = dict(options)
-        known = {"hosts", "prefix", "random_prefix_length", *_CLUSTER_OPTIONS}
+        known = {"hosts", "prefix", "random_prefix_length", *CLUSTER_OPTIONS}
         for key in options:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -257,135 +160,31 @@ class RedisClusterBackend(RedisBackend):
                     f"unknown option for the redis+cluster backend{hint} "
                     f"(known: {', '.join(sorted(known))})",
                 )
-        _no_replicas(options.pop("read_from_replicas", False))
-        wait = _wait_options(options)
+        no_replicas(options.pop("read_from_replicas", False))
+        wait = wait_options(options)
         hosts = options.get("hosts")
         if isinstance(hosts, Sequence) and not isinstance(hosts, str | bytes):
             specs: list[HostSpec] = []
             for entry in hosts:
                 if isinstance(entry, HostSpec):
                     specs.append(entry)
-                elif isinstance(entry, str) and urlsplit(entry).scheme.lower() in _CLUSTER_SCHEMES:
-                    specs.extend(_seeds_from_url(entry)[0])
+                elif isinstance(entry, str) and urlsplit(entry).scheme.lower() in CLUSTER_SCHEMES:
+                    specs.extend(seeds_from_url(entry)[0])
                 else:
                     specs.extend(parse_hosts([entry]))
             options["hosts"] = specs
         prepared = super().prepare_options(options)
         config: RedisConfig = prepared["config"]
         for spec in config.hosts:
-            _check_seed(spec)
+            check_seed(spec)
         return {**prepared, "wait": wait}
 
     # -- routing ----------------------------------------------------------------------
 
-    def _node(self, host: str, port: int) -> Shard:
-        shard = self._nodes.get((host, port))
-        if shard is None:
-            shard = Shard(_node_spec(self._template, host, port))
-            shard.stash = self._stash  # a queue's stash follows it from node to node
-            self._nodes[(host, port)] = shard
-        return shard
-
-    def _owner(self, slot: int) -> Shard:
-        shard = self._slots[slot]
-        if shard is None:
-            raise ClusterRedirect(f"redis cluster: slot {slot} has no node", "CLUSTERDOWN")
-        return shard
-
     def _shard(self, name: str) -> Shard:
         if not self._open:
             raise BackendError("the redis+cluster backend is not open")
-        return self._owner(key_slot(name))
-
-    async def _refresh(self) -> None:
-        """Reload the slot map (one ``CLUSTER SLOTS``); concurrent callers share one reload."""
-        task = self._refresh_task
-        if task is None or task.done():
-            task = self._refresh_task = asyncio.get_running_loop().create_task(self._load())
-        await asyncio.shield(task)
-
-    def _stale(self) -> None:
-        """A node failed: reload the slot map in the background (rate-limited)."""
-        if time.monotonic() < self._refreshed + REFRESH_INTERVAL:
-            return
-        task = self._refresh_task
-        if task is not None and not task.done():
-            return
-        self._refreshed = time.monotonic()
-        task = self._refresh_task = asyncio.get_running_loop().create_task(self._load())
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # a background reload's failure is retried by the next error
-
-    async def _load(self) -> None:
-        known = {id(s): s for s in self._slots if s is not None}
-        candidates = [*known.values()]
-        candidates += [s for s in self._nodes.values() if id(s) not in known]
-        candidates += [self._node(host, port) for host, port in self._seeds]
-        failures: list[str] = []
-        seen: set[int] = set()
-        for shard in candidates:
-            if id(shard) in seen:
-                continue
-            seen.add(id(shard))
-            try:
-                async with asyncio.timeout(REFRESH_TIMEOUT):
-                    reply = await shard.execute("CLUSTER", "SLOTS")
-            except (BackendError, TimeoutError) as exc:
-                failures.append(f"{shard.spec.id}: {exc or type(exc).__name__}")
-                continue
-            if isinstance(reply, ResponseError):
-                if "cluster support disabled" in str(reply).lower():
-                    raise ConfigurationError(
-                        "hosts",
-                        f"{shard.spec.id} is not a Redis Cluster node (cluster support "
-                        "disabled); use a redis:// URL (RedisChannelLayer) for a single "
-                        "server or sharded servers",
-                    ) from reply
-                failures.append(f"{shard.spec.id}: {reply}")
-                continue
-            if self._apply(shard, reply):
-                self._refreshed = time.monotonic()
-                return
-            failures.append(f"{shard.spec.id}: no slot is assigned")
-        reasons = "; ".join(failures)
-        raise BackendUnavailable(f"redis cluster: no node gave the slot map ({reasons})")
-
-    def _apply(self, asked: Shard, reply: Any) -> bool:
-        slots: list[Shard | None] = [None] * SLOTS
-        default_host = _address(asked.spec)[0]
-        for entry in reply or ():
-            start, end, primary = int(entry[0]), int(entry[1]), entry[2]
-            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
-            if host in ("", "?"):
-                host = default_host
-            owner = self._node(host, int(primary[1]))
-            slots[start : end + 1] = [owner] * (end - start + 1)
-        if not any(s is not None for s in slots):
-            return False
-        self._slots = slots
-        return True
-
-    async def _follow(self, error: BackendError, slot: int, started: float) -> Shard | None:
-        """Act on a refused or unsent command; the node to retry on with ``ASKING``, if any."""
-        redirect = redirect_of(error)
-        if redirect is not None and redirect.kind == "MOVED":
-            self._slots[redirect.slot] = self._node(redirect.host, redirect.port)
-            self._stale()  # a slot moved: others may have too
-            return None
-        if redirect is not None and redirect.kind == "ASK":
-            return self._node(redirect.host, redirect.port)
-        # TRYAGAIN, CLUSTERDOWN, or a node that cannot be reached: wait, reload, retry.
-        if time.monotonic() - started > RETRY_FOR:
-            raise error
-        await asyncio.sleep(0.1)
-        with contextlib.suppress(BackendError):
-            await self._refresh()
-        return None
+        return self._map.owner(key_slot(name))
 
     async def _run(
         self, slot: int, *args: Any, script: Script | None = None, wait: bool = False
@@ -400,7 +199,7 @@ class RedisClusterBackend(RedisBackend):
         asking: Shard | None = None
         for _ in range(MAX_REDIRECTS):
             try:
-                shard = asking or self._owner(slot)
+                shard = asking or self._map.owner(slot)
                 reply = await self._once(
                     shard,
                     args,
@@ -412,9 +211,9 @@ class RedisClusterBackend(RedisBackend):
                 error: BackendError = exc
             except NotSent as exc:
                 error = exc
-                self._stale()
+                self._map.stale()
             except BackendUnavailable:
-                self._stale()
+                self._map.stale()
                 raise
             else:
                 redirect = redirect_of(reply) if isinstance(reply, ResponseError) else None
@@ -423,7 +222,7 @@ class RedisClusterBackend(RedisBackend):
                         raise translate(reply, shard.spec.id)
                     return reply
                 error = redirect
-            asking = await self._follow(error, slot, started)
+            asking = await self._map.follow(error, slot, started)
         raise BackendError(f"redis cluster: too many redirections for slot {slot}")
 
     @staticmethod
@@ -464,7 +263,7 @@ class RedisClusterBackend(RedisBackend):
             return
         self._open = True
         try:
-            await self._refresh()
+            await self._map.refresh()
         except BaseException:
             self._open = False
             await self.aclose()
@@ -487,7 +286,7 @@ class RedisClusterBackend(RedisBackend):
             slot = key_slot(put.queue)
             key = self._queue_prefix + "{" + put.queue + "}"
             args = (1, key, ms(put.expiry), put.capacity, put.payload)
-            shard = self._slots[slot]
+            shard = self._map.slots[slot]
             future = None if shard is None else shard.execute("EVALSHA", _SEND.sha, *args)
             calls.append((slot, args, future))
             if shard is not None:
@@ -501,10 +300,10 @@ class RedisClusterBackend(RedisBackend):
                 try:
                     reply = NoScriptError() if future is None else await future
                 except NotSent:
-                    self._stale()
+                    self._map.stale()
                     reply = NoScriptError()
                 except BackendUnavailable:
-                    self._stale()
+                    self._map.stale()
                     raise
                 if isinstance(reply, ResponseError):  # refused, not run: run it the long way
                     reply = await self._run(slot, *args, script=_SEND, wait=self._wait[0] > 0)
@@ -558,18 +357,18 @@ class RedisClusterBackend(RedisBackend):
             except NotSent as exc:
                 # The node cannot be reached: a failover may be under way. Retry on
                 # the new owner; raise only once it lasts longer than RETRY_FOR.
-                self._stale()
+                self._map.stale()
                 error = exc
                 now = time.monotonic()
                 self._outage = self._outage or now
                 if now - self._outage > RETRY_FOR:
                     raise
             except BackendUnavailable:
-                self._stale()
+                self._map.stale()
                 raise
             if time.monotonic() >= deadline:
                 return []
-            asking = await self._follow(error, slot, time.monotonic())
+            asking = await self._map.follow(error, slot, time.monotonic())
             if time.monotonic() >= deadline and asking is None:
                 return []
         return []
@@ -589,25 +388,23 @@ class RedisClusterBackend(RedisBackend):
         key = self._group_prefix + "{" + group + "}"
         slot = key_slot(group)
         try:
-            now = int(await self._owner(slot).server_ms())
+            now = int(await self._map.owner(slot).server_ms())
         except BackendError:
-            self._stale()
+            self._map.stale()
             now = int(time.time() * 1000)
         members = await self._run(slot, "ZRANGE", key, f"({now}", "+inf", "BYSCORE")
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     async def statistics(self) -> BackendStatistics:
         """The Redis statistics, gathered from every primary of the cluster."""
-        await self._refresh()
-        primaries = {id(s): s for s in self._slots if s is not None}
-        return await self._statistics_on(list(primaries.values()))
+        await self._map.refresh()
+        return await self._statistics_on(self._map.primaries())
 
     async def flush(self) -> None:
         """``SCAN`` every primary for this prefix's keys; ``UNLINK`` them (one key per command)."""
-        await self._refresh()
+        await self._map.refresh()
         pattern = _GLOB_SPECIAL.sub(r"\\\1", self._config.prefix) + ":[qg]:{*"
-        primaries = {id(s): s for s in self._slots if s is not None}
-        for shard in primaries.values():
+        for shard in self._map.primaries():
             cursor: Any = b"0"
             while True:
                 cursor, keys = await shard.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
@@ -623,18 +420,7 @@ class RedisClusterBackend(RedisBackend):
     async def aclose(self) -> None:
         """Close every node's connections. Idempotent, never raises."""
         self._open = False
-        tasks = [*self._tasks]
-        if self._refresh_task is not None:
-            tasks.append(self._refresh_task)
-        self._refresh_task = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        nodes, self._nodes = self._nodes, {}
-        self._slots = [None] * SLOTS
-        for shard in nodes.values():
-            await shard.aclose()
+        await self._map.aclose()
 
 
 def _wait_after(

@@ -221,28 +221,28 @@ def test_pops_of_many_queues_share_one_round_trip(shared_url: str) -> None:
 def test_our_command_packer_matches_redis_py(args: tuple[bytes | str | int | float, ...]) -> None:
     from redis.asyncio.connection import Connection
 
-    from layers.backends.redis._shard import pack_command
+    from layers.backends.redis._resp import pack_command
 
     assert pack_command(args) == b"".join(Connection().pack_command(*args))
 
 
 def test_our_command_packer_refuses_unknown_types() -> None:
-    from layers.backends.redis._shard import pack_command
+    from layers.backends.redis._resp import pack_command
 
     with pytest.raises(TypeError):
         pack_command(("SET", "k", True))
 
 
-@pytest.mark.parametrize("fast_parser", [True, False], ids=["hiredis-batches", "redis-py"])
+@pytest.mark.parametrize("fast_parser", [True, False], ids=["hiredis", "pure-python"])
 def test_both_reply_readers_keep_order_and_error_values(
     shared_url: str, fast_parser: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from layers.backends.redis import _shard
+    from layers.backends.redis import _resp
 
     if not fast_parser:
-        monkeypatch.setattr(_shard, "HiredisReader", None)
-    elif _shard.HiredisReader is None:
-        pytest.skip("hiredis is not installed: only the redis-py reader exists")
+        monkeypatch.setattr(_resp, "HiredisReader", None)
+    elif _resp.HiredisReader is None:
+        pytest.skip("hiredis is not installed: only the pure-Python reader exists")
 
     async def main() -> None:
         async with layers.from_url(shared_url) as layer:

@@ -36,12 +36,12 @@ def _commandstat(cluster: RedisCluster, port: int, command: str) -> int:
 def test_group_send_costs_one_write_per_queue_and_one_round_trip_per_node(
     redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from layers.backends.redis import _shard
+    from layers.backends.redis import _pipe
 
     writes: list[tuple[str, int]] = []
-    original = _shard.Pipe.write_nowait
+    original = _pipe.Pipe.write_nowait
 
-    def counting(self: _shard.Pipe, batch: list[Any]) -> None:
+    def counting(self: _pipe.Pipe, batch: list[Any]) -> None:
         writes.append((self.where, len(batch)))
         original(self, batch)
 
@@ -58,7 +58,7 @@ def test_group_send_costs_one_write_per_queue_and_one_round_trip_per_node(
                 assert await layer.receive(member) == {"n": 0}
             for port in redis_cluster.primaries():
                 redis_cluster.cli(port, "CONFIG", "RESETSTAT")
-            monkeypatch.setattr(_shard.Pipe, "write_nowait", counting)
+            monkeypatch.setattr(_pipe.Pipe, "write_nowait", counting)
             await layer.group_send("fan", {"n": 1})
             monkeypatch.undo()
             evalsha = sum(

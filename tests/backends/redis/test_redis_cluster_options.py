@@ -6,10 +6,10 @@ import pytest
 from redis.asyncio.connection import SSLConnection
 
 import layers
+from layers.backends.redis._cluster_config import node_spec as _node_spec
 from layers.backends.redis.cluster import (
     RedisClusterBackend,
     RedisClusterChannelLayer,
-    _node_spec,
     key_slot,
 )
 from layers.core.errors import ConfigurationError

@@ -1,8 +1,9 @@
 """Immunity to redis-py's connection defaults (redis-py 8: ``socket_timeout`` 5 s, RESP3).
 
-A blocking receive waits longer than ``socket_timeout`` without an error, on RESP2
-and RESP3, with either reply reader. The ``redis_drivers`` nox session runs the Redis
-tests on the oldest and newest supported redis-py, with and without hiredis.
+The backend opens its own connections: a blocking receive waits longer than
+``socket_timeout`` without an error, and ``protocol=3`` is accepted (the backend
+speaks RESP2), with either reply reader. The ``redis_drivers`` nox session runs the
+Redis tests on the oldest and newest supported redis-py, with and without hiredis.
 """
 
 from __future__ import annotations
