@@ -14,6 +14,7 @@ The run lasts ``LAYERS_CONFORMANCE_CHAOS_SECONDS`` (default 4) and its seed is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import secrets
@@ -87,7 +88,9 @@ async def _send_and_kill(
             await asyncio.sleep(rng.uniform(0, 0.01))
         for n, at in list(kill_at.items()):
             if loop.time() - start >= at:
-                procs[n].kill()
+                # Under load a consumer may have ended its timed run already.
+                with contextlib.suppress(ProcessLookupError):
+                    procs[n].kill()
                 del kill_at[n]
     return sent, full
 
