@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from layers.core.backend import Backend
 from layers.core.errors import ConfigurationError, UnknownOption
+from layers.core.redact import redact_url
 from layers.core.registry import resolve_backend
 from layers.core.serializers import InProcessSerializer, Serializer, get_serializer
 
@@ -102,11 +103,15 @@ def url_query_names(url: str) -> list[str]:
 def split_url(url: str) -> tuple[str, str, dict[str, Any]]:
     """Return ``(scheme, url without layer options, layer options)`` for a layer URL."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError("url", f"expected a URL like 'redis://host:6379', got {url!r}")
-    parts = urlsplit(url)
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise ConfigurationError("url", f"expected a URL like 'redis://host:6379', got {shown!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a broken IPv6 host
+        raise ConfigurationError("url", f"{redact_url(url)!r} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if not scheme:
-        raise ConfigurationError("url", f"the URL {url!r} has no scheme")
+        raise ConfigurationError("url", f"the URL {redact_url(url)!r} has no scheme")
     layer_options: dict[str, Any] = {}
     rest: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -349,7 +354,14 @@ def _backend(
     url_backend_options: dict[str, Any] = {}
     if url is not None:
         check_options(backend_class, url_query_names(url), in_url=True)
-        url_backend_options = backend_class.options_from_url(url)
+        try:
+            url_backend_options = backend_class.options_from_url(url)
+        except ConfigurationError:
+            raise
+        except ValueError as exc:  # urllib's own: a port out of range, a broken IPv6 host
+            raise ConfigurationError(
+                "url", f"{redact_url(url)!r} is not a valid URL: {exc}"
+            ) from None
     return backend_class, url_backend_options, url_layer_options
 
 

@@ -6,8 +6,9 @@ import re
 
 __all__ = ["redact_url"]
 
-# user:password@ in any URL's authority (also before a comma-separated host list).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/]*):[^@/]*@")
+# user:password@ in any URL's authority (also before a comma-separated host list), and in
+# a mistyped one ("redis:/user:pw@host", "://user:pw@host"), which errors quote too.
+_USERINFO = re.compile(r"(?P<scheme>(?:[A-Za-z][A-Za-z0-9+.-]*)?:/{0,2})(?P<user>[^:@/]*):[^@/]*@")
 # password=... (and similar) in a query string or a libpq keyword string.
 _SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pass|secret|token)=([^&\s]*)")
 # 'password': '...' in the repr of a dict of options.
