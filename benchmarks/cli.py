@@ -83,9 +83,23 @@ def _references(args: argparse.Namespace) -> dict[str, str]:
     return references
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """The command line without ``--out DIR``: where results went says nothing of the run."""
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            shown.append(arg)
+    return shown
+
+
 def _meta(args: argparse.Namespace, argv: list[str], mode: Any) -> dict[str, Any]:
     return {
-        "command": "python -m benchmarks " + shlex.join(argv),
+        "command": "python -m benchmarks " + shlex.join(_shown(argv)),
         "mode": mode.name,
         "repeat": mode.repeat,
         "params": mode.params.__dict__,

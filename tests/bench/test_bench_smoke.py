@@ -126,3 +126,10 @@ def test_start_up_and_restart_scenarios_run_fresh_consumer_processes(tmp_path: P
             == {"cross_process_startup": 100}.get(cell["scenario"], 40)
         )
         assert cell["lost"] == cell["duplicated"] == cell["reordered"] == 0
+
+
+def test_the_recorded_command_leaves_out_where_results_went() -> None:
+    from benchmarks.cli import _shown
+
+    assert _shown(["--full", "--docs", "--out", "/somewhere"]) == ["--full", "--docs"]
+    assert _shown(["--out=/somewhere", "--quick"]) == ["--quick"]
