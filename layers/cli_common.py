@@ -156,7 +156,11 @@ def layer_from_args(url: str | None, alias: str | None) -> Any:
 
                 django.setup()
         return get_channel_layer(alias or "default")
-    except ConfigurationError:
+    except ConfigurationError as exc:
+        if url is None and exc.setting == "url" and type(exc) is ConfigurationError:
+            # Say where the URL came from (LAYERS_URL or Django settings).
+            where = f"the {alias or 'default'} layer's url"
+            raise ConfigurationError(where, exc.problem) from exc
         raise
     except ValueError as exc:  # e.g. urllib's "Port could not be cast to integer value"
         where = "--url" if url is not None else f"the {alias or 'default'} layer's url"
