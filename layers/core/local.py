@@ -20,6 +20,10 @@ receive it. With ``prefetch=N`` a reader takes up to N messages of a normal chan
 per pop and keeps up to N buffered for this process, giving them back when it
 closes or goes idle. A message handed to a consumer that is cancelled before it
 runs is put back at the front of its mailbox.
+
+The readers of one queue in different loops take turns (:class:`~layers.core.turns.Turns`):
+a pop and the delivery of what it brought finish before another loop's pop of that
+queue starts, so deliveries keep the store's order.
 """
 
 from __future__ import annotations
@@ -204,14 +208,26 @@ class LoopState:
         self.driving.add(queue)
         backend = await self.ready()
         while not future.done():
-            limit = self._limit(queue, self.demand.get(queue, 1))
-            payloads = await backend.receive(queue, timeout=DRIVE_TIMEOUT, limit=limit)
-            if payloads:
-                self.dispatch(queue, payloads)
-                if not future.done():
-                    # What it popped went to earlier waiters: let them run before popping
-                    # again (an instant receive never suspends by itself).
-                    await asyncio.sleep(0)
+            await self._take_turn(queue)
+            try:
+                if future.done():
+                    break
+                limit = self._limit(queue, self.demand.get(queue, 1))
+                payloads = await backend.receive(queue, timeout=DRIVE_TIMEOUT, limit=limit)
+                if payloads:
+                    self.dispatch(queue, payloads)
+            finally:
+                self.hub.turns.leave(queue)
+            if payloads and not future.done():
+                # What it popped went to earlier waiters: let them run before popping
+                # again (an instant receive never suspends by itself).
+                await asyncio.sleep(0)
+
+    async def _take_turn(self, queue: str) -> None:
+        """Wait until this loop alone pops ``queue`` among the layer's loops (``turns``)."""
+        queued = self.hub.turns.enter(queue, self.loop)
+        if queued is not None:
+            await self.hub.turns.wait(queue, queued)
 
     def stop_driving(self, queue: str) -> None:
         """The driving task left: hand any remaining waiters to a reader."""
@@ -257,7 +273,7 @@ class LoopState:
                         await self.give_back(queue, keep=self.hold)
                         if demand.get(queue, 0) <= 0 and not await self._linger(queue):
                             break
-                await self._read_once(queue, demand.get(queue, 0))
+                await self._read_once(queue)
             # Idle for a whole linger, or closing: hold nothing for this loop any more.
             await self.give_back(queue, keep=0)
             if self.closing or demand.get(queue, 0) <= 0:
@@ -279,6 +295,14 @@ class LoopState:
         box = self.hub.mailboxes.get(queue)
         if box is None or len(box.items) <= keep:
             return
+        # Another loop's pop must not overtake what goes back to the head of the store.
+        await self._take_turn(queue)
+        try:
+            await self._give_back(queue, box, keep)
+        finally:
+            self.hub.turns.leave(queue)
+
+    async def _give_back(self, queue: str, box: Mailbox, keep: int) -> None:
         items = self.hub.take_all(box, keep)
         if not items:
             return
@@ -298,11 +322,21 @@ class LoopState:
         if not restored:
             self.hub.put_front(box, items, self.loop)
 
-    async def _read_once(self, queue: str, want: int) -> None:
-        limit = self._limit(queue, want)
+    async def _read_once(self, queue: str) -> None:
         try:
             backend = await self.ready()
-            payloads = await backend.receive(queue, timeout=POLL_TIMEOUT, limit=limit)
+            await self._take_turn(queue)
+            try:
+                want = self.demand.get(queue, 0)  # the last loop's pop may have served it
+                if want <= 0 or self.closing:
+                    return
+                limit = self._limit(queue, want)
+                payloads = await backend.receive(queue, timeout=POLL_TIMEOUT, limit=limit)
+                if payloads:
+                    # Delivered before the next loop's pop of this queue can be.
+                    self.dispatch(queue, payloads)
+            finally:
+                self.hub.turns.leave(queue)
         except LayerClosed:
             return
         except Exception as exc:
@@ -314,10 +348,8 @@ class LoopState:
             await asyncio.sleep(backoff)
             return
         self.backoff = 0.0
-        if payloads:
-            self.dispatch(queue, payloads)
-            if self.inline_receive:
-                await asyncio.sleep(0)  # an instant receive never suspends by itself
+        if payloads and self.inline_receive:
+            await asyncio.sleep(0)  # an instant receive never suspends by itself
 
     def dispatch(self, queue: str, payloads: list[bytes]) -> None:
         """Decode payloads popped from ``queue`` and deliver them to mailboxes."""

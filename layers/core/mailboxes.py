@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from layers.core.turns import Turns
+
 if TYPE_CHECKING:
     from layers.core.local import LoopState
 
@@ -105,6 +107,8 @@ class Hub:
         self.lock = threading.Lock()
         self.mailboxes: dict[str, Mailbox] = {}
         self.capacity_of = capacity_of
+        #: Which loop pops each queue now (see :mod:`layers.core.turns`).
+        self.turns = Turns()
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
 
     def mailbox(self, channel: str, queue: str) -> Mailbox:
