@@ -212,6 +212,110 @@ async def test_reply_channels_received_from_concurrent_event_loops(
         assert await other == list(range(total))
 
 
+#: Loops and messages per loop of the order rules across event loops.
+ORDER_LOOPS, ORDER_TOTAL = 3, 500
+
+
+async def _stream(
+    layer: ChannelLayer, channels: list[str], total: int, *, burst: int, yielding: bool
+) -> None:
+    """Send ``total`` numbered messages to each of ``channels``.
+
+    The sender pauses a millisecond after every ``burst`` messages; ``yielding`` lets
+    the readers run between any two (one-message pops), else a burst waits whole.
+    """
+    for i in range(total):
+        for channel in channels:
+            await layer.send(channel, {"i": i})
+        if i % burst == burst - 1:
+            await asyncio.sleep(0.001)
+        elif yielding:
+            await asyncio.sleep(0)
+
+
+def _in_loops(count: int, consume: Any) -> list[threading.Thread]:
+    """Start ``count`` threads, each running ``consume(k)`` in a new event loop."""
+    threads = [
+        threading.Thread(target=_in_new_loop, args=(lambda k=k: consume(k),), daemon=True)
+        for k in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@async_test
+async def test_reply_order_holds_across_concurrent_event_loops(
+    layer_factory: LayerFactory,
+) -> None:
+    """Three loops each receive their own reply channel while messages stream in: in order.
+
+    The loops' readers share the process's inbox. Two readers that pop at once take
+    messages in the store's order but may deliver them in the other order, each in its
+    own thread: a layer lets one loop at a time pop (and deliver) a queue.
+    """
+    total = ORDER_TOTAL
+    async with layer_factory(capacity=2 * total) as layer:
+        channels = [await layer.new_channel() for _ in range(ORDER_LOOPS)]
+        got: list[list[int]] = [[] for _ in channels]
+        ready = threading.Barrier(len(channels) + 1)
+
+        async def consume(k: int) -> None:
+            await asyncio.to_thread(ready.wait, settings.wait)
+            with contextlib.suppress(TimeoutError):  # what is missing fails below
+                async with asyncio.timeout(settings.wait * 2):
+                    for _ in range(total):
+                        got[k].append((await layer.receive(channels[k]))["i"])
+
+        threads = _in_loops(len(channels), consume)
+        await asyncio.to_thread(ready.wait, settings.wait)
+        await _stream(layer, channels, total, burst=10, yielding=True)
+        for thread in threads:
+            await asyncio.to_thread(thread.join, settings.wait * 3)
+    for mine in got:
+        assert mine == list(range(total))
+
+
+@async_test
+async def test_competing_event_loops_each_receive_in_order(layer_factory: LayerFactory) -> None:
+    """Consumers in three loops share one normal channel: each sees its messages in order.
+
+    Together they get every message exactly once; no consumer gets a message older
+    than one it already has, whichever loop's reader popped it.
+    """
+    channel, total = unique("loops-compete"), ORDER_LOOPS * ORDER_TOTAL
+    async with layer_factory(capacity=total) as layer:
+        got: list[list[int]] = [[] for _ in range(ORDER_LOOPS)]
+        ready = threading.Barrier(ORDER_LOOPS + 1)
+        received = threading.Semaphore(0)
+        done = threading.Event()
+
+        async def consume(k: int) -> None:
+            await asyncio.to_thread(ready.wait, settings.wait)
+            deadline = asyncio.get_running_loop().time() + settings.wait * 2
+            while not done.is_set() and asyncio.get_running_loop().time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    got[k].append((await asyncio.wait_for(layer.receive(channel), 0.1))["i"])
+                    received.release()
+
+        threads = _in_loops(ORDER_LOOPS, consume)
+        await asyncio.to_thread(ready.wait, settings.wait)
+        await _stream(layer, [channel], total, burst=30, yielding=False)
+        for _ in range(total):
+            if not await asyncio.to_thread(received.acquire, True, settings.wait):
+                break
+        done.set()
+        for thread in threads:
+            await asyncio.to_thread(thread.join, settings.wait * 3)
+        late = await drain(layer, channel)
+    everything = [i for mine in got for i in mine]
+    assert len(everything) == len(set(everything)), "a message reached two consumers"
+    assert not late, f"{len(late)} message(s) left behind while consumers polled"
+    assert sorted(everything) == list(range(total)), "messages lost"
+    for mine in got:
+        assert mine == sorted(mine), "a consumer received an older message after a newer one"
+
+
 @requires(Capability.CROSS_PROCESS)
 @async_test
 async def test_polling_process_exits_and_loses_nothing(

@@ -21,6 +21,7 @@ import msgpack
 from broken_receive import (
     HoardsPerLoop,
     LeaksDemandOnCancel,
+    LoopsPopAtOnce,
     MailboxesPerLoop,
     SqliteLayerBackend,
     SqliteRestoreLoses,
@@ -1251,6 +1252,12 @@ CATALOGUE: dict[str, Broken] = {
     "hoards-per-loop": _entry(
         "isolation", "a loop pops whole batches into mailboxes of its own", HoardsPerLoop
     ),
+    "loops-pop-at-once": Broken(
+        "isolation",
+        "event loops pop one queue at once: deliveries overtake each other",
+        backend=SqliteLayerBackend,
+        layer=LoopsPopAtOnce,
+    ),
     # statistics
     "statistics-count-expired": _entry(
         "api", "statistics count expired messages", StatisticsCountExpired
@@ -1412,6 +1419,10 @@ RULES: dict[str, tuple[str, ...]] = {
         "test_reply_channels_received_from_concurrent_event_loops",
     ),
     "hoards-per-loop": ("test_normal_messages_survive_the_event_loop_that_took_them",),
+    "loops-pop-at-once": (
+        "test_reply_order_holds_across_concurrent_event_loops",
+        "test_competing_event_loops_each_receive_in_order",
+    ),
     "statistics-count-expired": ("test_statistics_never_count_expired_messages",),
     "statistics-off-by-one": ("test_statistics_count_pending_messages_and_their_age",),
     "statistics-capped": ("test_statistics_report_full_channels",),

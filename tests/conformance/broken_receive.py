@@ -18,6 +18,7 @@ from layers.core.layer import ChannelLayer
 from layers.core.local import LoopState
 from layers.core.mailboxes import Hub, Mailbox, Waiter
 from layers.core.names import split_channel
+from layers.core.turns import Turns
 
 
 class _NeverWithdraws(Hub):
@@ -46,6 +47,23 @@ class MailboxesPerLoop(ChannelLayer):
     another reply channel is stranded there (``async_to_sync`` never sees it)."""
 
     _loop_state_class = _OwnMailboxes
+
+
+class _NoTurns(Turns):
+    def enter(self, queue: str, loop: Any) -> None:
+        return None  # every loop pops at once
+
+    def leave(self, queue: str) -> None:
+        pass
+
+
+class LoopsPopAtOnce(ChannelLayer):
+    """Every event loop pops a queue whenever it likes: two loops' pops of one queue
+    deliver in whichever order their threads run (a consumer gets 4 before 3)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._hub.turns = _NoTurns()
 
 
 class MemoryRestoreLoses(MemoryBackend):
