@@ -129,7 +129,7 @@ def build_layer(url: str, **options: Any) -> ChannelLayer:
         return from_url(url, **options)
     except ConfigurationError:
         raise
-    except ValueError as exc:  # e.g. urllib's "Port could not be cast to integer value"
+    except ValueError as exc:  # a third-party backend parsing its URL its own way
         raise ConfigurationError("url", f"cannot parse {redact(url, [url])}: {exc}") from exc
 
 
@@ -162,7 +162,7 @@ def layer_from_args(url: str | None, alias: str | None) -> Any:
             where = f"the {alias or 'default'} layer's url"
             raise ConfigurationError(where, exc.problem) from exc
         raise
-    except ValueError as exc:  # e.g. urllib's "Port could not be cast to integer value"
+    except ValueError as exc:  # a third-party backend parsing its URL its own way
         where = "--url" if url is not None else f"the {alias or 'default'} layer's url"
         raise ConfigurationError(where, f"cannot parse it: {exc}") from exc
 
