@@ -39,6 +39,7 @@ from layers.core.envelope import pack, unpack
 from layers.core.errors import BackendError, LayerClosed
 from layers.core.mailboxes import Hub, Item, Mailbox, Waiter
 from layers.core.serializers import Serializer
+from layers.core.turns import Ticket
 
 __all__ = ["LoopState"]
 
@@ -208,7 +209,7 @@ class LoopState:
         self.driving.add(queue)
         backend = await self.ready()
         while not future.done():
-            await self._take_turn(queue)
+            turn = await self._take_turn(queue)
             try:
                 if future.done():
                     break
@@ -217,17 +218,21 @@ class LoopState:
                 if payloads:
                     self.dispatch(queue, payloads)
             finally:
-                self.hub.turns.leave(queue)
+                self.hub.turns.leave(turn)
             if payloads and not future.done():
                 # What it popped went to earlier waiters: let them run before popping
                 # again (an instant receive never suspends by itself).
                 await asyncio.sleep(0)
 
-    async def _take_turn(self, queue: str) -> None:
-        """Wait until this loop alone pops ``queue`` among the layer's loops (``turns``)."""
-        queued = self.hub.turns.enter(queue, self.loop)
-        if queued is not None:
-            await self.hub.turns.wait(queue, queued)
+    async def _take_turn(self, queue: str) -> Ticket:
+        """Wait until this loop alone pops ``queue`` among the layer's loops (``turns``).
+
+        The caller gives the ticket back with ``hub.turns.leave`` when done.
+        """
+        ticket = self.hub.turns.enter(queue, self.loop)
+        if ticket.future is not None:
+            await self.hub.turns.wait(ticket)
+        return ticket
 
     def stop_driving(self, queue: str) -> None:
         """The driving task left: hand any remaining waiters to a reader."""
@@ -296,11 +301,11 @@ class LoopState:
         if box is None or len(box.items) <= keep:
             return
         # Another loop's pop must not overtake what goes back to the head of the store.
-        await self._take_turn(queue)
+        turn = await self._take_turn(queue)
         try:
             await self._give_back(queue, box, keep)
         finally:
-            self.hub.turns.leave(queue)
+            self.hub.turns.leave(turn)
 
     async def _give_back(self, queue: str, box: Mailbox, keep: int) -> None:
         items = self.hub.take_all(box, keep)
@@ -325,7 +330,7 @@ class LoopState:
     async def _read_once(self, queue: str) -> None:
         try:
             backend = await self.ready()
-            await self._take_turn(queue)
+            turn = await self._take_turn(queue)
             try:
                 want = self.demand.get(queue, 0)  # the last loop's pop may have served it
                 if want <= 0 or self.closing:
@@ -336,7 +341,7 @@ class LoopState:
                     # Delivered before the next loop's pop of this queue can be.
                     self.dispatch(queue, payloads)
             finally:
-                self.hub.turns.leave(queue)
+                self.hub.turns.leave(turn)
         except LayerClosed:
             return
         except Exception as exc:

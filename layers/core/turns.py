@@ -19,20 +19,30 @@ import asyncio
 import threading
 from collections import deque
 
-__all__ = ["STEAL_AFTER", "Turns"]
+__all__ = ["STEAL_AFTER", "Ticket", "Turns"]
 
 #: How often a loop waiting for a turn checks that the holder's loop still runs (seconds).
 STEAL_AFTER = 2.0
 
-_Entry = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+class Ticket:
+    """One loop's place in line for a queue's turn (from :meth:`Turns.enter`)."""
+
+    __slots__ = ("future", "loop", "queue")
+
+    def __init__(self, queue: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = queue
+        self.loop = loop
+        #: None when the turn was free; else resolved (in ``loop``) when it is this one's.
+        self.future: asyncio.Future[None] | None = None
 
 
 class _Turn:
     __slots__ = ("holder", "waiting")
 
-    def __init__(self, holder: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, holder: Ticket) -> None:
         self.holder = holder
-        self.waiting: deque[_Entry] = deque()
+        self.waiting: deque[Ticket] = deque()
 
 
 class Turns:
@@ -42,68 +52,79 @@ class Turns:
         self._lock = threading.Lock()
         self._turns: dict[str, _Turn] = {}
 
-    def enter(self, queue: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
-        """Take the turn of ``queue`` for ``loop`` at once (None), else queue up.
+    def enter(self, queue: str, loop: asyncio.AbstractEventLoop) -> Ticket:
+        """Take the turn of ``queue`` for ``loop`` if it is free, else queue up.
 
-        The future returned resolves, in ``loop``, when the turn is ``loop``'s; pass it
-        to :meth:`wait`. Every call that returned None, or whose wait returned, must
-        be followed by exactly one :meth:`leave`.
+        Pass the ticket to :meth:`wait` (which returns at once if the turn was free),
+        then to :meth:`leave`, exactly once, when done or if the wait failed.
         """
+        ticket = Ticket(queue, loop)
         with self._lock:
             turn = self._turns.get(queue)
             if turn is None:
-                self._turns[queue] = _Turn(loop)
-                return None
-            future: asyncio.Future[None] = loop.create_future()
-            turn.waiting.append((loop, future))
-            return future
+                self._turns[queue] = _Turn(ticket)
+            else:
+                ticket.future = loop.create_future()
+                turn.waiting.append(ticket)
+        return ticket
 
-    async def wait(self, queue: str, future: asyncio.Future[None]) -> None:
-        """Wait for the turn :meth:`enter` queued for; cancelling it gives the turn on."""
-        loop = asyncio.get_running_loop()
+    async def wait(self, ticket: Ticket) -> None:
+        """Wait until ``ticket`` holds its queue's turn.
+
+        Cancellation: the ticket leaves the line, or gives on a turn it was just granted.
+        """
+        future = ticket.future
+        if future is None:
+            return
         try:
             while True:
                 done, _ = await asyncio.wait((future,), timeout=STEAL_AFTER)
                 if done:
                     return
-                self._take_over_from_stopped(queue)
+                self._take_over_from_stopped(ticket.queue)
         except asyncio.CancelledError:
-            with self._lock:
-                turn = self._turns.get(queue)
-                entry = (loop, future)
-                if turn is not None and entry in turn.waiting:
-                    turn.waiting.remove(entry)
-                    raise
-            self.leave(queue)  # the turn was already ours: pass it on
+            self.leave(ticket)
             raise
 
-    def leave(self, queue: str) -> None:
-        """Give the turn of ``queue`` to the next loop in line (or free it)."""
-        with self._lock:
-            self._pass_on(queue)
+    def leave(self, ticket: Ticket) -> None:
+        """Give up ``ticket``: pass its turn to the next in line, or leave the line.
 
-    def _pass_on(self, queue: str) -> None:
-        turn = self._turns.get(queue)
-        if turn is None:
-            return
+        A turn taken over from a stopped loop is no longer its ticket's, so that
+        ticket's late ``leave`` changes nothing.
+        """
+        with self._lock:
+            turn = self._turns.get(ticket.queue)
+            if turn is None:
+                return
+            if turn.holder is ticket:
+                self._pass_on(ticket.queue, turn)
+            elif ticket in turn.waiting:
+                turn.waiting.remove(ticket)
+
+    def _pass_on(self, queue: str, turn: _Turn) -> None:
         while turn.waiting:
-            loop, future = turn.waiting.popleft()
+            ticket = turn.waiting.popleft()
+            if ticket.future is None:  # only a ticket that had to wait is in line
+                continue
             try:
-                loop.call_soon_threadsafe(_grant, future)
+                ticket.loop.call_soon_threadsafe(_grant, ticket.future)
             except RuntimeError:  # that loop is closed; its waiter is gone
                 continue
-            turn.holder = loop
+            turn.holder = ticket
             return
         del self._turns[queue]
 
     def _take_over_from_stopped(self, queue: str) -> None:
         with self._lock:
             turn = self._turns.get(queue)
-            if turn is not None and (turn.holder.is_closed() or not turn.holder.is_running()):
-                self._pass_on(queue)
+            if turn is None:
+                return
+            holder = turn.holder.loop
+            if holder.is_closed() or not holder.is_running():
+                self._pass_on(queue, turn)
 
 
 def _grant(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-    # A waiter cancelled meanwhile finds itself out of line and leaves the turn.
+    # A waiter cancelled meanwhile gives the turn on itself (see Turns.wait).

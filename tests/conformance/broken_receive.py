@@ -18,7 +18,7 @@ from layers.core.layer import ChannelLayer
 from layers.core.local import LoopState
 from layers.core.mailboxes import Hub, Mailbox, Waiter
 from layers.core.names import split_channel
-from layers.core.turns import Turns
+from layers.core.turns import Ticket, Turns
 
 
 class _NeverWithdraws(Hub):
@@ -50,10 +50,10 @@ class MailboxesPerLoop(ChannelLayer):
 
 
 class _NoTurns(Turns):
-    def enter(self, queue: str, loop: Any) -> None:
-        return None  # every loop pops at once
+    def enter(self, queue: str, loop: Any) -> Ticket:
+        return Ticket(queue, loop)  # every loop pops at once
 
-    def leave(self, queue: str) -> None:
+    def leave(self, ticket: Ticket) -> None:
         pass
 
 
