@@ -329,12 +329,14 @@ class LoopState:
 
     async def _read_once(self, queue: str) -> None:
         try:
-            backend = await self.ready()
             turn = await self._take_turn(queue)
             try:
                 want = self.demand.get(queue, 0)  # the last loop's pop may have served it
                 if want <= 0 or self.closing:
                     return
+                # Opened only now: a loop whose consumers another loop's pop served never
+                # connects, so it cannot end with a connection half made.
+                backend = await self.ready()
                 limit = self._limit(queue, want)
                 payloads = await backend.receive(queue, timeout=POLL_TIMEOUT, limit=limit)
                 if payloads:
