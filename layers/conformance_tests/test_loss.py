@@ -255,7 +255,8 @@ async def test_reply_order_holds_across_concurrent_event_loops(
     own thread: a layer lets one loop at a time pop (and deliver) a queue.
     """
     total = ORDER_TOTAL
-    async with layer_factory(capacity=2 * total) as layer:
+    # The reply channels share one inbox, whose capacity bounds all of them at once.
+    async with layer_factory(capacity=ORDER_LOOPS * total) as layer:
         channels = [await layer.new_channel() for _ in range(ORDER_LOOPS)]
         got: list[list[int]] = [[] for _ in channels]
         ready = threading.Barrier(len(channels) + 1)
@@ -314,6 +315,44 @@ async def test_competing_event_loops_each_receive_in_order(layer_factory: LayerF
     assert sorted(everything) == list(range(total)), "messages lost"
     for mine in got:
         assert mine == sorted(mine), "a consumer received an older message after a newer one"
+
+
+@async_test
+async def test_sync_threads_receiving_reply_channels_lose_nothing(
+    layer_factory: LayerFactory,
+) -> None:
+    """Four threads receive their reply channels, a new event loop per call: all, in order.
+
+    This is how sync code calls a layer (``async_to_sync`` in a view or a management
+    command). Each loop ends as soon as its call returns, cancelling its tasks; had its
+    reader been popping the shared inbox for another thread's consumer just then, a
+    networked store would drop what that pop took. Loops take turns popping a queue,
+    so a loop whose consumer was served has no pop in flight.
+    """
+    threads, total = 4, 50
+    async with layer_factory(capacity=threads * total) as layer:  # one inbox for all
+        channels = [await layer.new_channel() for _ in range(threads)]
+        got: list[list[int]] = [[] for _ in channels]
+
+        async def receive(channel: str) -> int:
+            async with asyncio.timeout(settings.wait):
+                return int((await layer.receive(channel))["i"])
+
+        def consume(k: int) -> None:
+            with contextlib.suppress(TimeoutError):  # what is missing fails below
+                for _ in range(total):
+                    got[k].append(asyncio.run(receive(channels[k])))
+
+        workers = [threading.Thread(target=consume, args=(k,), daemon=True) for k in range(threads)]
+        for worker in workers:
+            worker.start()
+        await _stream(layer, channels, total, burst=5, yielding=True)
+        for worker in workers:
+            await asyncio.to_thread(worker.join, settings.wait * 2)
+    for k, mine in enumerate(got):
+        missing = sorted(set(range(total)) - set(mine))
+        assert not missing, f"thread {k} never received {missing}"
+        assert mine == list(range(total)), f"thread {k} received them out of order"
 
 
 @requires(Capability.CROSS_PROCESS)

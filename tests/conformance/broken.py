@@ -1422,6 +1422,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "loops-pop-at-once": (
         "test_reply_order_holds_across_concurrent_event_loops",
         "test_competing_event_loops_each_receive_in_order",
+        "test_sync_threads_receiving_reply_channels_lose_nothing",
     ),
     "statistics-count-expired": ("test_statistics_never_count_expired_messages",),
     "statistics-off-by-one": ("test_statistics_count_pending_messages_and_their_age",),
