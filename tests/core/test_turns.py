@@ -136,6 +136,7 @@ async def test_a_turn_held_by_a_stopped_loop_is_taken_over(
     mine = await asyncio.wait_for(_take(turns, "q"), 5)
     third = turns.enter("q", asyncio.get_running_loop())
     turns.leave(stale)  # a late leave of the stale holder changes nothing
+    await asyncio.sleep(0.01)  # (a grant would be a callback in this loop)
     assert third.future is not None
     assert not third.future.done()
     turns.leave(mine)
