@@ -43,7 +43,15 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         asyncio.run(worker(sys.argv[2]))
         return
-    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "demo.db")
+    if len(sys.argv) > 1:
+        run(sys.argv[1])
+        return
+    with tempfile.TemporaryDirectory() as folder:  # removed, database and all, at the end
+        run(os.path.join(folder, "demo.db"))
+
+
+def run(path: str) -> None:
+    """Run the worker process and the client on the database file ``path``."""
     url = f"sqlite:///{os.path.abspath(path)}"  # an absolute path gives sqlite:////...
     child = subprocess.Popen(
         [sys.executable, __file__, "--worker", url], stdout=subprocess.PIPE, text=True

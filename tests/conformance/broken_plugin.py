@@ -8,6 +8,7 @@ store in a fresh temporary folder and give worker processes a URL.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -16,6 +17,11 @@ from broken import layer_url as entry_url
 from broken import make_factory
 
 _FOLDER = tempfile.mkdtemp(prefix="layers-broken-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the entry's temporary folder (its SQLite files) when the run ends."""
+    shutil.rmtree(_FOLDER, ignore_errors=True)
 
 
 @pytest.fixture
