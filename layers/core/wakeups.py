@@ -193,14 +193,20 @@ class EventSignal:
         self.event.clear()
 
     async def wait(self, timeout: float) -> bool:
-        """Wait for the event, up to ``timeout`` s."""
-        if self.event.is_set():
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self.event.wait()
-        except TimeoutError:
-            return False
+        """Wait for the event, up to ``timeout`` s; a wake-up it reports is consumed.
+
+        The event is cleared when it is reported, as a woken :class:`WaiterSignal`
+        registration is used up, so a wake-up the next claim answers does not stay
+        set for whoever looks at the event later (a new one sets it again).
+        """
+        event = self.event
+        if not event.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+            except TimeoutError:
+                return False
+        event.clear()
         return True
 
     def disarm(self) -> None:

@@ -147,6 +147,27 @@ def test_an_event_signal_counts_only_wake_ups_after_it_was_armed() -> None:
     asyncio.run(main())
 
 
+def test_an_event_signal_consumes_the_wake_up_it_reports() -> None:
+    """A wake-up answered by the claim after it does not stay set for later readers
+    of the event (PostgreSQL's next receive waits first only on a clear event)."""
+
+    async def main() -> None:
+        event = asyncio.Event()
+        store = Store()
+
+        async def notify() -> None:
+            await asyncio.sleep(0.02)
+            store.put(7)  # stored, then notified, as a NOTIFY follows its commit
+            event.set()
+
+        notifier = asyncio.create_task(notify())
+        assert await wait_then_claim(store.claim, EventSignal(event), timeout=5) == [7]
+        await notifier
+        assert not event.is_set()
+
+    asyncio.run(main())
+
+
 def test_discarding_a_waiter_twice_is_harmless() -> None:
     async def main() -> None:
         waiters = Waiters()

@@ -247,10 +247,6 @@ class PostgresBackend(Backend):
         async def claim() -> list[bytes]:
             nonlocal failures
             while True:
-                # Cleared before every claim, armed or not (the NOTIFY of a row comes
-                # after its commit, so this claim sees it): a wake-up this claim
-                # consumes must not make the next receive skip its wait-first.
-                event.clear()
                 if watch is not None:
                     watch.drained = False
                 try:
