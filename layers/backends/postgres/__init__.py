@@ -41,6 +41,8 @@ Options
     ``notify`` (true): send NOTIFY wake-ups (turn off when every process polls).
     ``pool_min_size`` (1), ``pool_max_size`` (10), ``pool_timeout`` (10 s): the pool.
     ``cleanup_interval`` (30 s), ``cleanup_batch`` (1000): expired-row cleanup.
+    ``vacuum_every`` (5000): ``VACUUM`` the messages table after this many rows deleted by
+    this backend (0: leave it to autovacuum).
 
 Capabilities
     ``groups``, ``flush``, ``cross_process``, ``cross_host``, ``persistent``.

@@ -29,6 +29,7 @@ from layers.backends.postgres._listener import (
 )
 from layers.backends.postgres._replies import InboxReader
 from layers.backends.postgres._tasks import stop
+from layers.backends.postgres._vacuum import Vacuum
 from layers.core.backend import (
     Backend,
     BackendStatistics,
@@ -77,7 +78,10 @@ class PostgresBackend(Backend):
         self._cleanup: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}
         self._batcher = Batcher(self._db.lease, self._db.query, self._sql)
-        self._inboxes = InboxReader(self._db, poll=self._poll)
+        self._vacuum = Vacuum(
+            self._db.lease, self._sql.may_vacuum, self._sql.vacuum, settings.vacuum_every
+        )
+        self._inboxes = InboxReader(self._db, poll=self._poll, deleted=self._vacuum.deleted)
 
     # -- configuration ----------------------------------------------------------------
 
@@ -128,6 +132,7 @@ class PostgresBackend(Backend):
         task, self._cleanup = self._cleanup, None
         await stop(task)
         await self._db.stop_checking()
+        await self._vacuum.aclose()
         await self._inboxes.aclose()
         await self._batcher.aclose()
         listener, self._listener = self._listener, None
@@ -251,7 +256,7 @@ class PostgresBackend(Backend):
                     watch.drained = False
                 try:
                     with self._db.translate():
-                        rows = await self._batcher.receive(queue, limit)
+                        rows, more = await self._batcher.receive(queue, limit)
                 except BackendUnavailable:
                     raise
                 except BackendError as exc:
@@ -262,7 +267,8 @@ class PostgresBackend(Backend):
                         raise
                     continue
                 if watch is not None:
-                    watch.drained = len(rows) < limit
+                    watch.drained = not more
+                self._vacuum.deleted(len(rows))
                 return [payload for _, payload in rows]
 
         # The caller's next receive drains first anyway, so a deadline ends it at once.

@@ -107,9 +107,14 @@ class Batcher:
         result: list[bool] = await self._submit(_Op(self._future(), rows=rows))
         return result
 
-    async def receive(self, queue: str, limit: int) -> list[tuple[int, bytes]]:
-        """Claim and delete up to ``limit`` rows of ``queue``: ``(id, payload)`` by id."""
-        result: list[tuple[int, bytes]] = await self._submit(
+    async def receive(self, queue: str, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
+        """Claim and delete up to ``limit`` rows of ``queue``.
+
+        Returns their ``(id, payload)`` by id, and whether the queue may hold more: False
+        means the claim saw no live row beyond those it took, so a row stored later is
+        announced by a NOTIFY sent after the claim started.
+        """
+        result: tuple[list[tuple[int, bytes]], bool] = await self._submit(
             _Op(self._future(), queue=queue, limit=limit)
         )
         return result
@@ -243,8 +248,9 @@ class Batcher:
         future = op.future
         try:
             if op.rows is None:
-                rows = await self._single(self._sql.receive, (op.queue, op.limit))
-                result: Any = sorted((int(r[0]), bytes(r[1])) for r in rows)
+                rows = await self._single(self._sql.receive, {"queue": op.queue, "lim": op.limit})
+                claimed = sorted((int(r[0]), bytes(r[1])) for r in rows if r[0] is not None)
+                result: Any = (claimed, len(claimed) < len(rows))
             elif len(op.rows) == 1:
                 queue, payload, expiry, cap, channel = op.rows[0]
                 params = {
@@ -339,10 +345,14 @@ class Batcher:
                 op.future.set_result(flags[start : start + count])
             start += count
         by_queue: dict[str, list[tuple[int, bytes]]] = {}
+        more: set[str] = set()
         for queue, ident, payload in taken:
-            by_queue.setdefault(queue, []).append((int(ident), bytes(payload)))
+            if ident is None:
+                more.add(queue)
+            else:
+                by_queue.setdefault(queue, []).append((int(ident), bytes(payload)))
         for op in receives:
             got = sorted(by_queue.get(op.queue, ()))
             if not op.future.done():
-                op.future.set_result(got)
+                op.future.set_result((got, op.queue in more))
             # A receive cancelled after its batch left: its rows are lost (at-most-once).

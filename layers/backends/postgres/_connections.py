@@ -276,12 +276,16 @@ class Connections:
         if key in _READY or self._pool is None:
             return
         with self.translate():
-            async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute(self.statements.lock)
-                await conn.execute(self.statements.create_schema)
-                await conn.execute(self.statements.create_meta)
-                row = await (await conn.execute(self.statements.read_version)).fetchone()
-                await self._migrate(conn, int(row[0]) if row else 0)
+            async with self._pool.connection() as conn:
+                # A current schema needs nothing more: a role allowed only to use the
+                # tables (not to create a schema in the database) can run the layer.
+                if await self._version(conn) != _sql.SCHEMA_VERSION:
+                    async with conn.transaction():
+                        await conn.execute(self.statements.lock)
+                        await conn.execute(self.statements.create_schema)
+                        await conn.execute(self.statements.create_meta)
+                        row = await (await conn.execute(self.statements.read_version)).fetchone()
+                        await self._migrate(conn, int(row[0]) if row else 0)
                 row = await (await conn.execute(self.statements.persistence)).fetchone()
         s = self.settings
         if row is not None and bool(row[0]) != s.unlogged:
@@ -295,6 +299,14 @@ class Connections:
             )
         with _READY_LOCK:
             _READY.add(key)
+
+    async def _version(self, conn: psycopg.AsyncConnection[Any]) -> int | None:
+        """The schema's recorded version, or None when it has no ``meta`` table yet."""
+        try:
+            row = await (await conn.execute(self.statements.read_version)).fetchone()
+        except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName):
+            return None  # autocommit: the failed statement left no transaction behind
+        return int(row[0]) if row else None
 
     async def _migrate(self, conn: psycopg.AsyncConnection[Any], version: int) -> None:
         """Migrate from ``version`` in the caller's transaction; refuse a newer schema."""

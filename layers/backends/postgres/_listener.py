@@ -92,8 +92,8 @@ class Watch:
         self.listening = asyncio.Event()
         self.users = 0
         self.last_used = time.monotonic()
-        #: The last claim on this queue, made after ``event`` was cleared, took fewer
-        #: rows than it asked for: until ``event`` is set, the queue holds nothing new.
+        #: The last claim on this queue, made after ``event`` was cleared, saw no live
+        #: row beyond those it took: until ``event`` is set, the queue holds nothing new.
         self.drained = False
         #: An owned inbox's notes, in arrival order (None: notifications are hints).
         self.notes: Notes | None = None

@@ -42,6 +42,7 @@ class Settings:
     pool_timeout: float = 10.0
     cleanup_interval: float = 30.0
     cleanup_batch: int = 1000
+    vacuum_every: int = 5000
 
     def effective_poll_interval(self) -> float:
         """``poll_interval``, or its default: 1 s with LISTEN, 0.25 s in poll-only mode."""
@@ -129,6 +130,7 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "pool_timeout": _number(float, 0.1),
     "cleanup_interval": _number(float, 0.1),
     "cleanup_batch": _number(int, 1),
+    "vacuum_every": _number(int, 0),
 }
 
 

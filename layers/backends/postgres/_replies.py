@@ -31,10 +31,13 @@ _DELETE_DELAY = 0.05
 class InboxReader:
     """The reply-inbox side of one backend instance (the owner of its notes, if any)."""
 
-    def __init__(self, db: Connections, *, poll: float) -> None:
+    def __init__(
+        self, db: Connections, *, poll: float, deleted: Callable[[int], None] = lambda n: None
+    ) -> None:
         self._db = db
         self._sql = db.statements
         self._poll = poll
+        self._deleted = deleted  # told how many rows each claim or batched delete removed
         # Reply inboxes whose notes this instance reads (see ``_inbox``).
         self._ledgers: dict[str, _inbox.InboxLedger] = {}
         self._to_delete: dict[str, list[int]] = {}
@@ -135,6 +138,7 @@ class InboxReader:
         finally:
             claimed = sorted((int(r[0]), bytes(r[1])) for r in rows or () if r[0] is not None)
             keep = led.end_claim(token, started, [ident for ident, _ in claimed] if rows else None)
+        self._deleted(len(claimed))
         if owner and len(claimed) < limit:
             watch.need_claim = False
             if listening and generation == watch.generation:
@@ -171,6 +175,7 @@ class InboxReader:
                 delay = min(2.0, 0.1 * 2**failures)
                 continue
             led.deleted(ids, {int(r[0]) for r in rows})
+            self._deleted(len(rows))
 
     async def flushed(self, listener: Listener, channel_of: Callable[[str], str]) -> None:
         """Drop the notes held for owned inboxes, and those sent before a new marker.

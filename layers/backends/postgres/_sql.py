@@ -133,6 +133,8 @@ class Statements:
     flush: bytes
     cleanup_messages: bytes
     cleanup_groups: bytes
+    may_vacuum: bytes
+    vacuum: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,22 @@ class _Schema:
     def q(self, template: str, **parts: sql.Composable) -> bytes:
         # Rendered once: psycopg then finds the query in its cache on every execute.
         return self.compose(template, **parts).as_bytes(None)
+
+    def more(
+        self, queue: sql.Composable, lim: sql.Composable, mine: sql.Composable
+    ) -> sql.Composed:
+        """A claim's "the queue may hold more": more live rows seen than the claim ``d`` took.
+
+        The data-modifying CTE ``d`` and this check share the statement's snapshot, so
+        the rows ``d`` deletes are still counted here; at most ``lim + 1`` are read.
+        """
+        return self.compose(
+            "(SELECT count(*) FROM (SELECT 1 FROM {s}.messages WHERE queue = {queue}"
+            " AND expires_at > now() LIMIT {lim} + 1) AS v) > (SELECT count(*) FROM d{mine})",
+            queue=queue,
+            lim=lim,
+            mine=mine,
+        )
 
     def bounded(
         self,
@@ -284,13 +302,19 @@ def _batch_statements(t: _Schema) -> dict[str, bytes]:
             ),
             note=note(sql.SQL("c.queue"), sql.SQL("ni.id"), sql.SQL("c.payload")),
         ),
-        # receive for many queues at once, each with its own limit.
+        # receive for many queues at once, each with its own limit; a row with a NULL
+        # id says that queue may hold more (see ``receive``).
         "receive_batch": t.q(
-            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
-            "SELECT m.ctid FROM unnest(%(queues)b::text[], %(limits)b::int[]) AS r(queue, lim),"
-            " LATERAL (SELECT ctid FROM {s}.messages WHERE queue = r.queue"
-            " AND expires_at > now() ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
-            " RETURNING queue, id, payload"
+            "WITH r AS (SELECT * FROM unnest(%(queues)b::text[], %(limits)b::int[])"
+            " AS r(queue, lim)),"
+            " d AS (DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT m.ctid FROM r, LATERAL (SELECT ctid FROM {s}.messages"
+            " WHERE queue = r.queue AND expires_at > now()"
+            " ORDER BY id LIMIT r.lim FOR UPDATE SKIP LOCKED) AS m))"
+            " RETURNING queue, id, payload)"
+            " SELECT queue, id, payload FROM d UNION ALL"
+            " SELECT r.queue, NULL, NULL FROM r WHERE {more}",
+            more=t.more(sql.SQL("r.queue"), sql.SQL("r.lim"), sql.SQL(" WHERE d.queue = r.queue")),
         ),
     }
 
@@ -300,10 +324,16 @@ def _receive_statements(t: _Schema) -> dict[str, bytes]:
     return {
         # Claim with SKIP LOCKED in an InitPlan (runs once: no extra rows locked),
         # delete by ctid. RETURNING order is unspecified: the caller sorts by id.
+        # A last row with a NULL id says the queue may hold more than was taken: the
+        # statement saw more live rows than it claimed (rows another reader holds
+        # count too). Without it the queue held nothing else at this statement's
+        # snapshot, so a row stored later is announced by a NOTIFY sent after it.
         "receive": t.q(
-            "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
-            "SELECT ctid FROM {s}.messages WHERE queue = %s AND expires_at > now()"
-            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING id, payload"
+            "WITH d AS (DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM {s}.messages WHERE queue = %(queue)s AND expires_at > now()"
+            " ORDER BY id LIMIT %(lim)s FOR UPDATE SKIP LOCKED)) RETURNING id, payload)"
+            " SELECT id, payload FROM d UNION ALL SELECT NULL, NULL WHERE {more}",
+            more=t.more(sql.SQL("%(queue)s"), sql.SQL("%(lim)s"), sql.SQL("")),
         ),
         # A reply inbox's claim: the same, plus a marker NOTIFY on the inbox's own
         # channel, delivered at this commit after the notes of every row it claimed
@@ -389,6 +419,14 @@ def _maintenance_statements(t: _Schema) -> dict[str, bytes]:
             " GROUP BY group_name"
         ),
         "flush": t.q("DELETE FROM {s}.messages; DELETE FROM {s}.group_members"),
+        # Whether this role may vacuum the table (its owner, or a member of the owner
+        # role): VACUUM only warns, and skips, when it may not (see ``_vacuum``).
+        "may_vacuum": t.q(
+            "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = {lit} AND c.relname = 'messages'"
+        ),
+        "vacuum": t.q("VACUUM (SKIP_LOCKED) {s}.messages"),
         "cleanup_messages": t.q(
             "DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM {s}.messages WHERE expires_at <= now()"

@@ -445,3 +445,131 @@ def test_a_drained_reader_is_woken_by_another_process_send(pg_url: str) -> None:
             assert time.monotonic() - started < 1
 
     asyncio.run(main())
+
+
+def test_a_claim_tells_whether_its_queue_may_hold_more(pg_url: str) -> None:
+    """A claim that took the last live row says so, alone and in a batch, per queue."""
+
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            await layer._state().ready()
+            for n in range(2):
+                await layer.send("more.a", {"n": n})
+            await layer.send("more.b", {"n": 0})
+            rows, more = await backend._batcher.receive("more.a", 1)
+            assert (len(rows), more) == (1, True)
+            rows, more = await backend._batcher.receive("more.a", 1)
+            assert (len(rows), more) == (1, False)
+            assert await backend._batcher.receive("more.a", 1) == ([], False)
+            # The batched statement: one flag per queue.
+            for n in range(3):
+                await layer.send("more.a", {"n": n})
+            got = await backend._db.query(
+                backend._sql.receive_batch,
+                {"queues": ["more.a", "more.b", "more.c"], "limits": [2, 1, 1]},
+            )
+            flagged = sorted(str(row[0]) for row in got if row[1] is None)
+            assert flagged == ["more.a"]
+            assert sorted(str(row[0]) for row in got if row[1] is not None) == [
+                "more.a",
+                "more.a",
+                "more.b",
+            ]
+
+    asyncio.run(main())
+
+
+def test_a_reader_that_took_the_last_row_waits_for_a_notify_before_claiming(
+    pg_url: str,
+) -> None:
+    """No claim after the last row: the next receive waits for a NOTIFY, and misses none."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)  # only a NOTIFY can wake it in time
+        async with layers.from_url(url) as reader, layers.from_url(url) as writer:
+            await reader.flush()
+            backend = backend_of(reader)
+            await reader._state().ready()
+            await writer.send("last.q", {"n": 1})
+            await asyncio.sleep(0.2)  # its NOTIFY has come and gone
+            assert len(await backend.receive("last.q", timeout=3, limit=1)) == 1
+            listener = backend._listener
+            assert listener is not None
+            watch = listener.peek(backend._channel("last.q"))
+            assert watch is not None
+            assert watch.drained  # known from the claim itself: no empty claim needed
+            # Sent by another process while no receive runs: the wake-up still counts.
+            await writer.send("last.q", {"n": 2})
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            assert len(await backend.receive("last.q", timeout=3, limit=1)) == 1
+            assert time.monotonic() - started < 1
+
+    asyncio.run(main())
+
+
+def test_the_messages_table_is_vacuumed_after_many_deletes(
+    pg_server: str, fresh_schema: str
+) -> None:
+    async def main() -> None:
+        url = with_params(pg_server, schema=fresh_schema, vacuum_every=20)
+        async with layers.from_url(url) as layer:
+            for n in range(50):
+                await layer.send("vac.q", {"n": n})
+            for n in range(50):
+                assert (await layer.receive("vac.q"))["n"] == n
+            backend = backend_of(layer)
+            for _ in range(100):
+                if backend._vacuum.runs >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert backend._vacuum.runs >= 2
+
+    asyncio.run(main())
+    # The server's own count of vacuums (n_dead_tup is no proof: deleting sessions
+    # report their deletes up to a second late, after the vacuum has removed them).
+    rows = sql(
+        pg_server,
+        "SELECT vacuum_count FROM pg_stat_user_tables"
+        " WHERE schemaname = %s AND relname = 'messages'",
+        fresh_schema,
+    )
+    (vacuums,) = rows[0]
+    assert isinstance(vacuums, int)
+    assert vacuums >= 2
+
+
+def test_a_role_that_does_not_own_the_table_does_not_vacuum_it(
+    pg_server: str, fresh_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    role = f"layers_novac_{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        async with layers.from_url(with_params(pg_server, schema=fresh_schema)) as owner:
+            await owner.send("novac.warm", {"n": 0})  # creates the schema as its owner
+        sql(pg_server, f"CREATE ROLE {role} LOGIN")
+        sql(pg_server, f"GRANT USAGE ON SCHEMA {fresh_schema} TO {role}")
+        sql(pg_server, f"GRANT ALL ON ALL TABLES IN SCHEMA {fresh_schema} TO {role}")
+        url = with_params(pg_server, schema=fresh_schema, vacuum_every=5, user=role)
+        async with layers.from_url(url) as layer:
+            for n in range(10):
+                await layer.send("novac.q", {"n": n})
+            for n in range(10):
+                assert (await layer.receive("novac.q"))["n"] == n
+            backend = backend_of(layer)
+            for _ in range(100):
+                if backend._vacuum._every == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert backend._vacuum.runs == 0
+            assert backend._vacuum._every == 0  # told once, then no more tries
+
+    try:
+        with caplog.at_level("INFO", logger="layers.postgres"):
+            asyncio.run(main())
+    finally:
+        sql(pg_server, f"DROP OWNED BY {role}")
+        sql(pg_server, f"DROP ROLE IF EXISTS {role}")
+    assert any("does not own it" in r.getMessage() for r in caplog.records)
