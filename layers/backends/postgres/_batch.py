@@ -260,7 +260,7 @@ class Batcher:
                     "cap": cap,
                     "channel": channel,
                 }
-                rows = await self._locked(self._sql.send, params, [queue])
+                rows = await self._single(self._sql.send_locked, params)
                 result = [bool(rows[0][1])]
             else:
                 rows = await self._locked(

@@ -58,7 +58,7 @@ def note(queue: sql.Composable, ident: sql.Composable, payload: sql.Composable) 
 
 
 #: The schema version this code writes and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Queue tables churn: every message leaves a dead tuple. Vacuum them early and often
 # so receive's index scan does not wade through dead entries.
@@ -102,7 +102,40 @@ def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composed]]:
                 " ON {s}.group_members (expires_at)"
             ).format(s=s),
         ],
+        2: [_send_function(s, sql.Literal(schema))],
     }
+
+
+def _send_function(s: sql.Identifier, lit: sql.Literal) -> sql.Composed:
+    """``{s}.send_one``: lock the queue, then count, insert and NOTIFY, as one call.
+
+    One statement instead of a pipelined lock and send, which costs the client about
+    half the CPU. Each statement in a PL/pgSQL function takes its own snapshot under
+    READ COMMITTED, so the count, made after the lock, sees every row of the senders
+    that held the lock before (what makes capacity exact across processes). The lock
+    key is ``lock_queues``'s.
+    """
+    body = _Schema(s, lit).compose(
+        "DECLARE notified boolean; BEGIN"
+        " PERFORM pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}"
+        " || ':' || send_queue, 0));"
+        " {send} INTO queued, stored, notified;"
+        " END",
+        send=_send_statement(
+            _Schema(s, lit),
+            queue=sql.SQL("send_queue"),
+            payload=sql.SQL("send_payload"),
+            expiry=sql.SQL("send_expiry"),
+            cap=sql.SQL("send_cap"),
+            channel=sql.SQL("send_channel"),
+        ),
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {s}.send_one(send_queue text, send_payload bytea,"
+        " send_expiry float8, send_cap bigint, send_channel text,"
+        " OUT queued bigint, OUT stored boolean)"
+        " LANGUAGE plpgsql VOLATILE AS {body}"
+    ).format(s=s, body=sql.Literal(body.as_string(None)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +149,7 @@ class Statements:
     read_version: bytes
     write_version: bytes
     persistence: bytes
-    send: bytes
+    send_locked: bytes
     send_batch: bytes
     receive: bytes
     receive_batch: bytes
@@ -236,9 +269,8 @@ def _schema_statements(t: _Schema) -> dict[str, bytes]:
 
 def _send_statements(t: _Schema) -> dict[str, bytes]:
     """Storing one message, and the lock that orders the sends to a queue."""
-    queue, cap = sql.Placeholder("queue"), sql.Placeholder("cap")
     return {
-        # Taken before a send's count-and-insert, in the same transaction (a pipeline):
+        # Taken before a batch's count-and-insert, in the same transaction (a pipeline):
         # concurrent senders to one queue then count each other's rows (READ COMMITTED
         # gives each statement a snapshot taken when it starts, after the lock).
         "lock_queues": t.q(
@@ -246,27 +278,51 @@ def _send_statements(t: _Schema) -> dict[str, bytes]:
             " || ':' || k, 0)) FROM (SELECT DISTINCT unnest(%(queues)b::text[]) AS k"
             " ORDER BY 1) AS t"
         ),
-        # One statement: count (bounded), insert if below capacity, NOTIFY if stored.
-        # Not only on the empty->non-empty edge: the count cannot see a reader's
-        # uncommitted DELETE, so an edge rule can miss a reader that just drained.
-        "send": t.q(
-            "WITH c AS (SELECT {count} AS n),"
-            " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
-            " SELECT %(queue)s, now() + make_interval(secs => %(expiry)s), %(payload)b"
-            " FROM c WHERE c.n < %(cap)s RETURNING id)"
-            " SELECT c.n, EXISTS (SELECT FROM ins),"
-            " CASE WHEN %(channel)s::text IS NOT NULL"
-            " AND EXISTS (SELECT FROM ins)"
-            " THEN pg_notify(%(channel)s::text, {note}) IS NULL END"
-            " FROM c",
-            count=t.bounded(queue, cap, sql.SQL("1"), cap),
-            note=note(
-                sql.SQL("%(queue)s::text"),
-                sql.SQL("(SELECT id FROM ins)"),
-                sql.SQL("%(payload)b::bytea"),
-            ),
+        # Lock the queue, count, insert and NOTIFY, in one call (see ``_send_function``).
+        "send_locked": t.q(
+            "SELECT queued, stored FROM {s}.send_one(%(queue)s::text, %(payload)b::bytea,"
+            " %(expiry)s::float8, %(cap)s::bigint, %(channel)s::text)"
         ),
     }
+
+
+def _send_statement(
+    t: _Schema,
+    *,
+    queue: sql.Composable,
+    payload: sql.Composable,
+    expiry: sql.Composable,
+    cap: sql.Composable,
+    channel: sql.Composable,
+) -> sql.Composed:
+    """Count (bounded), insert if below capacity, NOTIFY if stored: ``(n, stored, _)``.
+
+    The NOTIFY goes with every stored row, not only on the empty to non-empty edge: the
+    count cannot see a reader's uncommitted DELETE, so an edge rule can miss a reader
+    that just drained.
+    """
+    return t.compose(
+        "WITH c AS (SELECT {count} AS n),"
+        " ins AS (INSERT INTO {s}.messages (queue, expires_at, payload)"
+        " SELECT {queue}, now() + make_interval(secs => {expiry}), {payload}"
+        " FROM c WHERE c.n < {cap} RETURNING id)"
+        " SELECT c.n, EXISTS (SELECT FROM ins),"
+        " CASE WHEN {channel}::text IS NOT NULL"
+        " AND EXISTS (SELECT FROM ins)"
+        " THEN pg_notify({channel}::text, {note}) IS NULL END"
+        " FROM c",
+        queue=queue,
+        expiry=expiry,
+        payload=payload,
+        cap=cap,
+        channel=channel,
+        count=t.bounded(queue, cap, sql.SQL("1"), cap),
+        note=note(
+            sql.SQL("{}::text").format(queue),
+            sql.SQL("(SELECT id FROM ins)"),
+            sql.SQL("{}::bytea").format(payload),
+        ),
+    )
 
 
 def _batch_statements(t: _Schema) -> dict[str, bytes]:

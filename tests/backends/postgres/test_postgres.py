@@ -112,7 +112,7 @@ def test_schema_created_once_by_many_concurrent_starters(pg_server: str, fresh_s
 
     asyncio.run(main())
     rows = sql(pg_server, f"SELECT key, value FROM {fresh_schema}.meta")
-    assert rows == [("schema_version", "1")]
+    assert rows == [("schema_version", "2")]
     assert sql(pg_server, f"SELECT count(*) FROM {fresh_schema}.messages") == [(8,)]
 
 
@@ -573,3 +573,23 @@ def test_a_role_that_does_not_own_the_table_does_not_vacuum_it(
         sql(pg_server, f"DROP OWNED BY {role}")
         sql(pg_server, f"DROP ROLE IF EXISTS {role}")
     assert any("does not own it" in r.getMessage() for r in caplog.records)
+
+
+def test_a_version_1_schema_is_migrated_and_keeps_its_messages(
+    pg_server: str, fresh_schema: str
+) -> None:
+    """The previous release's schema (no send function) is brought up to date in place."""
+
+    async def main() -> None:
+        url = with_params(pg_server, schema=fresh_schema)
+        async with layers.from_url(url) as layer:
+            await layer.send("old.q", {"n": 1})
+        sql(pg_server, f"DROP FUNCTION {fresh_schema}.send_one")
+        sql(pg_server, f"UPDATE {fresh_schema}.meta SET value = '1' WHERE key = 'schema_version'")
+        # A new application_name makes this layer check the schema as a new process would.
+        async with layers.from_url(with_params(url, application_name="upgraded")) as layer:
+            await layer.send("old.q", {"n": 2})
+            assert [(await layer.receive("old.q"))["n"] for _ in range(2)] == [1, 2]
+
+    asyncio.run(main())
+    assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [("2",)]
