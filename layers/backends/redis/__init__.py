@@ -147,6 +147,11 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _element(now_ms: float, expiry_ms: int, payload: bytes) -> bytes:
+    """A queue element: the payload behind its expiry stamp (server time, ms)."""
+    return b"%013d" % int(now_ms + expiry_ms) + payload
+
+
 #: KEYS[1] = queue key; ARGV[1] = now (ms). Returns {live elements, first live stamp}.
 _QUEUE_STATISTICS = """
 local now = tonumber(ARGV[1])
@@ -260,18 +265,23 @@ class RedisBackend(Backend):
         is never re-sent). Raises :class:`~layers.BackendError` if the host fails.
         """
         key = self._queue_prefix + "{" + queue + "}"
-        reply = await self._eval(self._shard(queue), _SEND, key, _ms(expiry), capacity, payload)
+        shard, expiry_ms = self._shard(queue), _ms(expiry)
+        element = _element(await shard.server_ms(), expiry_ms, payload)
+        reply = await self._eval(shard, _SEND, key, expiry_ms, capacity, element)
         return bool(reply == 1)
 
     async def send_many(self, puts: Sequence[Put]) -> list[bool]:
         """One ``SEND`` script per put, one pipeline per host (see ``Backend.send_many``)."""
-        # Every command is queued before the first await, so they share pipelines;
-        # plain futures, no task per put.
+        # Every command is queued with no await between them, so they share pipelines;
+        # plain futures, no task per put. The clocks are read first.
+        shards = [self._shard(put.queue) for put in puts]
+        now = {id(shard): await shard.server_ms() for shard in shards}
         calls = []
-        for put in puts:
-            shard = self._shard(put.queue)
+        for put, shard in zip(puts, shards, strict=True):
             key = self._queue_prefix + "{" + put.queue + "}"
-            args = (key, _ms(put.expiry), put.capacity, put.payload)
+            expiry_ms = _ms(put.expiry)
+            element = _element(now[id(shard)], expiry_ms, put.payload)
+            args = (key, expiry_ms, put.capacity, element)
             calls.append((shard, args, shard.execute("EVALSHA", _SEND.sha, 1, *args)))
         results = []
         try:

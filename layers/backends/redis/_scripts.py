@@ -23,7 +23,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-#: KEYS[1] = queue key; ARGV = expiry ms, capacity, payload. Returns 1 if stored, 0 if full.
+#: KEYS[1] = queue key; ARGV = expiry ms, capacity, element (the payload behind its expiry
+#: stamp, written by the client from its estimate of the server clock: building it here
+#: copied the payload once more, 80 us of server time for 64 KB). Returns 1 if stored,
+#: 0 if full.
 #: When the list is at capacity it first drops expired heads, then (only if still
 #: full, which happens when senders use different expiries) counts and removes
 #: every expired element.
@@ -55,7 +58,7 @@ if n >= capacity then
     for item, _ in pairs(expired) do redis.call('LREM', key, 0, item) end
   end
 end
-redis.call('RPUSH', key, string.format('%013d', now + expiry) .. ARGV[3])
+redis.call('RPUSH', key, ARGV[3])
 if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
 return 1
 """

@@ -158,15 +158,28 @@ class Shard:
         return await self._pop_blocking(key, timeout, limit)
 
     async def server_ms(self) -> float:
-        """The server's clock now (ms), estimated; re-read with ``TIME`` when stale."""
+        """The server's clock now (ms), estimated; re-read with ``TIME`` when stale.
+
+        The estimate runs on the monotonic clock from the last ``TIME`` (to the round
+        trip's half), so a jump of this host's wall clock does not move it.
+        """
         if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
-            before = time.time()
+            before = time.monotonic()
             seconds, micros = await self.call("TIME")
-            after = time.time()
-            server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
-            self.clock_offset = server_ms - (before + after) * 500.0
-            self.clock_checked = time.monotonic()
-        return time.time() * 1000.0 + self.clock_offset
+            self._set_clock(seconds, micros, before)
+        return time.monotonic() * 1000.0 + self.clock_offset
+
+    def clock_estimate(self) -> float | None:
+        """The server's clock now (ms) from the last ``TIME``, however old; None before one."""
+        if self.clock_checked == -math.inf:
+            return None
+        return time.monotonic() * 1000.0 + self.clock_offset
+
+    def _set_clock(self, seconds: Any, micros: Any, before: float) -> None:
+        after = time.monotonic()
+        server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
+        self.clock_offset = server_ms - (before + after) * 500.0
+        self.clock_checked = after
 
     def _take_stash(self, key: str, stashed: list[bytes], limit: int) -> list[bytes]:
         taken, rest = stashed[:limit], stashed[limit:]
@@ -178,7 +191,7 @@ class Shard:
 
     def _live(self, items: Any) -> list[bytes]:
         """The unexpired payloads of popped elements; a malformed element is logged, skipped."""
-        now_ms = time.time() * 1000.0 + self.clock_offset
+        now_ms = time.monotonic() * 1000.0 + self.clock_offset
         live = []
         for item in items or ():
             stamp = item[:STAMP_WIDTH]
@@ -316,13 +329,10 @@ class Shard:
         return items
 
     async def _sync_clock(self, conn: Pipe) -> None:
-        """Estimate server time minus local wall time (ms), to the round trip's half."""
-        before = time.time()
+        """Estimate server time minus local monotonic time (ms), to the round trip's half."""
+        before = time.monotonic()
         seconds, micros = await self._command(conn, READ_MARGIN, "TIME")
-        after = time.time()
-        server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
-        self.clock_offset = server_ms - (before + after) * 500.0
-        self.clock_checked = time.monotonic()
+        self._set_clock(seconds, micros, before)
 
     # -- lifecycle --------------------------------------------------------------------
 

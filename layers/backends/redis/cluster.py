@@ -81,6 +81,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from layers.backends.redis import _GLOB_SPECIAL, _GROUP_ADD, _SEND, RedisBackend, RedisConfig
+from layers.backends.redis import _element as element
 from layers.backends.redis import _ms as ms
 from layers.backends.redis import _Script as Script
 from layers.backends.redis._cluster_config import (
@@ -95,14 +96,14 @@ from layers.backends.redis._cluster_config import (
 )
 from layers.backends.redis._config import HostSpec, parse_hosts
 from layers.backends.redis._errors import ClusterRedirect, NotSent, redirect_of, translate
-from layers.backends.redis._shard import Shard
+from layers.backends.redis._shard import CLOCK_REFRESH, Shard
 from layers.backends.redis._slot_map import RETRY_FOR, SlotMap
 from layers.core.backend import BackendStatistics, Put
-from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
+from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError, LayerError
 from layers.core.layer import ChannelLayer
 
 try:
-    from redis.exceptions import NoScriptError, ResponseError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     from layers.core.errors import MissingDriver
 
@@ -269,11 +270,36 @@ class RedisClusterBackend(RedisBackend):
             await self.aclose()
             raise
 
+    async def _server_ms(self, slots: Sequence[int]) -> float:
+        """The cluster's clock (ms) for expiry stamps, as one of its nodes estimates it.
+
+        The first of ``slots``' known owners, else any node, that has read ``TIME``
+        (the nodes' clocks agree to the precision of their time sync); failing that,
+        it is read now, and this host's clock stands in when no node answers, so a
+        send fails or fails over in ``_run``, not here.
+        """
+        nodes = [self._map.slots[slot] for slot in slots]
+        candidates = [n for n in nodes if n is not None] + list(self._map.nodes.values())
+        for node in candidates:
+            estimate = node.clock_estimate()
+            if estimate is not None and time.monotonic() < node.clock_checked + CLOCK_REFRESH:
+                return estimate
+        for node in candidates[:1]:
+            try:
+                return await node.server_ms()
+            except (LayerError, OSError, RedisError):
+                estimate = node.clock_estimate()
+                if estimate is not None:
+                    return estimate
+        return time.time() * 1000.0
+
     async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
         """The ``SEND`` script on the queue's primary (see the module docs for failover)."""
         key = self._queue_prefix + "{" + queue + "}"
-        args = (1, key, ms(expiry), capacity, payload)
-        reply = await self._run(key_slot(queue), *args, script=_SEND, wait=self._wait[0] > 0)
+        slot, expiry_ms = key_slot(queue), ms(expiry)
+        now = await self._server_ms([slot])
+        args = (1, key, expiry_ms, capacity, element(now, expiry_ms, payload))
+        reply = await self._run(slot, *args, script=_SEND, wait=self._wait[0] > 0)
         return bool(reply == 1)
 
     async def send_many(self, puts: Sequence[Put]) -> list[bool]:
@@ -282,10 +308,12 @@ class RedisClusterBackend(RedisBackend):
             raise BackendError("the redis+cluster backend is not open")
         calls: list[tuple[int, tuple[Any, ...], asyncio.Future[Any] | None]] = []
         used: dict[int, Shard] = {}
-        for put in puts:
-            slot = key_slot(put.queue)
+        slots = [key_slot(put.queue) for put in puts]
+        now = await self._server_ms(slots)
+        for put, slot in zip(puts, slots, strict=True):
             key = self._queue_prefix + "{" + put.queue + "}"
-            args = (1, key, ms(put.expiry), put.capacity, put.payload)
+            expiry_ms = ms(put.expiry)
+            args = (1, key, expiry_ms, put.capacity, element(now, expiry_ms, put.payload))
             shard = self._map.slots[slot]
             future = None if shard is None else shard.execute("EVALSHA", _SEND.sha, *args)
             calls.append((slot, args, future))

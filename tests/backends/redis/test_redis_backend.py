@@ -321,3 +321,26 @@ def test_a_malformed_inbox_element_costs_only_itself(shared_url: str) -> None:
             await layer.flush()
 
     asyncio.run(main())
+
+
+def test_an_element_is_stamped_with_the_server_clock_plus_its_expiry(shared_url: str) -> None:
+    """The client writes the stamp from its estimate of the server's TIME, not its own clock."""
+
+    async def main() -> None:
+        async with layers.from_url(shared_url, expiry=30) as layer:
+            await layer.send("stamp.q", {"n": 1})  # the first send reads TIME
+            await layer.group_add("stamp.g", "stamp.q")
+            await layer.group_send("stamp.g", {"n": 2})
+            prefix = layer._backend_options["config"].prefix
+            r = client(shared_url)
+            seconds, micros = r.time()
+            server_ms = seconds * 1000 + micros // 1000
+            elements = r.lrange(f"{prefix}:q:{{stamp.q}}", 0, -1)
+            assert len(elements) == 2
+            for element in elements:
+                stamp = int(element[:13])
+                # Sent a moment ago with a 30 s expiry, by the server's clock.
+                assert server_ms + 29_000 <= stamp <= server_ms + 30_500, (stamp, server_ms)
+            assert [(await layer.receive("stamp.q"))["n"] for _ in range(2)] == [1, 2]
+
+    asyncio.run(main())
