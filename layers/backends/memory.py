@@ -30,6 +30,7 @@ Use as a Django Channels ``BACKEND``::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -37,7 +38,6 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +50,7 @@ from layers.core.backend import (
 )
 from layers.core.errors import ConfigurationError
 from layers.core.layer import ChannelLayer
-from layers.core.wakeups import Waiter, Waiters, WaiterSignal, wait_then_claim, wake
+from layers.core.wakeups import Waiter, Waiters, wake
 
 __all__ = ["MemoryBackend", "MemoryChannelLayer", "MemoryStore", "named_store"]
 
@@ -77,6 +77,61 @@ _SWEEP_PER_WRITE = 2
 _SWEEP_EVERY = 32
 #: How often the idle sweeper visits stores that hold something (seconds).
 _IDLE_SWEEP_INTERVAL = 1.0
+
+#: What a receive's deadline resolves its waiter with (a wake-up resolves it with None).
+_EXPIRED = object()
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(_EXPIRED)
+
+
+class _Deadlines:
+    """The deadlines of one event loop's waiting receives, enforced by one timer.
+
+    A timer per wait (``call_later``, then ``cancel``) cost a tenth of a request/reply
+    round trip; here a wait costs a dict entry, and the one timer fires at the
+    earliest deadline (the waits of the core all have the same timeout, so a new
+    deadline is rarely earlier and rarely re-arms it).
+    """
+
+    __slots__ = ("_loop", "_timer", "_when", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = 0.0
+        self.waiting: dict[asyncio.Future[Any], float] = {}
+
+    def add(self, future: asyncio.Future[Any], deadline: float) -> None:
+        """Resolve ``future`` with the expired marker at ``deadline`` (monotonic s)."""
+        self.waiting[future] = deadline
+        if self._timer is None or deadline < self._when:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._when = deadline
+        self._timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        waiting = self.waiting
+        for future, deadline in list(waiting.items()):
+            if deadline <= now:
+                del waiting[future]
+                _expire(future)
+        if waiting:
+            self._arm(min(waiting.values()))
+
+    def close(self) -> None:
+        """Stop the timer (the loop's waits have ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class MemoryStore:
@@ -232,6 +287,7 @@ class MemoryBackend(Backend):
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
+        self._deadlines: _Deadlines | None = None
 
     @classmethod
     def url_option_names(cls) -> frozenset[str]:
@@ -310,17 +366,38 @@ class MemoryBackend(Backend):
 
         Cancellation loses nothing: a waiting call holds no message.
         """
-        # A hit returns at once: no suspension (``instant_receive``), no waiter made.
-        got = await self._take(queue, limit)
-        if got or timeout <= 0:
-            return got
-        signal = WaiterSignal(self._store.waiters, queue)
-        return await wait_then_claim(partial(self._take, queue, limit), signal, timeout=timeout)
-
-    async def _take(self, queue: str, limit: int) -> list[bytes]:
+        # A hit returns at once: no suspension (``instant_receive``), no waiter made. A
+        # miss registers its waiter in the same locked step, so a send landing after
+        # the look wakes it; a wake-up that finds the payload gone looks and waits again.
         store = self._store
-        with store.lock:
-            return store.take(queue, limit, time.monotonic())
+        deadline = 0.0
+        while True:
+            with store.lock:
+                now = time.monotonic()
+                got = store.take(queue, limit, now)
+                if got or timeout <= 0:
+                    return got
+                if not deadline:
+                    deadline = now + timeout
+                elif now >= deadline:
+                    return []
+                loop = asyncio.get_running_loop()
+                waiter = store.waiters.register(queue, loop)
+            future = waiter[1]
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = _Deadlines(loop)
+            deadlines.add(future, deadline)
+            try:
+                await future
+            finally:
+                deadlines.waiting.pop(future, None)
+                if not future.done() or future.cancelled() or future.result() is _EXPIRED:
+                    store.waiters.discard(queue, waiter)  # a wake-up would have removed it
+
+    def may_hold(self, queue: str) -> bool:
+        """Whether ``queue`` has a deque now (read without the lock: a hint)."""
+        return queue in self._store.queues
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads back at the head of ``queue``; see :meth:`Backend.restore`."""
@@ -399,7 +476,10 @@ class MemoryBackend(Backend):
             self._store.groups.clear()
 
     async def aclose(self) -> None:
-        """Nothing to release: the store lives as long as the layer."""
+        """Stop this loop's deadline timer; the store lives as long as the layer."""
+        deadlines, self._deadlines = self._deadlines, None
+        if deadlines is not None:
+            deadlines.close()
 
 
 class MemoryChannelLayer(ChannelLayer):

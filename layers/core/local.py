@@ -138,6 +138,10 @@ class LoopState:
 
     async def receive(self, channel: str, box: Mailbox) -> dict[str, Any]:
         """Wait for the next message of ``channel`` (mailbox ``box``); safe to cancel."""
+        if self.inline_receive and self.opened and not box.items and not box.waiters:
+            message = await self._take_inline(channel, box)
+            if message is not None:
+                return message
         got = self.hub.wait(channel, box, self)
         if not isinstance(got, Waiter):
             return got
@@ -164,6 +168,43 @@ class LoopState:
                 self.hub.withdraw(box, got)
             if driving:
                 self.stop_driving(queue)
+
+    async def _take_inline(self, channel: str, box: Mailbox) -> dict[str, Any] | None:
+        """On an instant backend, pop one payload for ``channel`` in this task, if one waits.
+
+        The fast path of a consumer that nobody is ahead of: no waiter, no hand-off.
+        Only when this loop may pop the queue at once (no reader or driver of its own,
+        the layer-wide turn free) and nothing is buffered or awaited locally, checked
+        once the turn is held. The pop cannot suspend, so no cancellation falls between
+        it and the return. A payload for another channel of the inbox is dispatched to
+        its mailbox, and None sends the caller the usual way.
+        """
+        queue = box.queue
+        if self.prefetch > 1 or not self.backend.may_hold(queue) or not self.can_drive(queue):
+            return None
+        turns = self.hub.turns
+        ticket = turns.enter(queue, self.loop)
+        try:
+            if ticket.future is not None or box.items or box.waiters:
+                return None
+            while True:
+                payloads = await self.backend.receive(queue, timeout=0, limit=1)
+                if not payloads:
+                    return None
+                try:
+                    targets, deadline, body = self.open_envelope(payloads[0])
+                    if deadline <= time.time():
+                        continue  # expired in the store's last moment: the next one
+                    if targets is not None and (len(targets) != 1 or queue + targets[0] != channel):
+                        self.dispatch(queue, payloads)  # delivered before any later pop's
+                        return None
+                    message: dict[str, Any] = self.serializer.loads(body)
+                except Exception:
+                    logger.exception("dropping a message on %r that could not be decoded", queue)
+                    continue
+                return message
+        finally:
+            turns.leave(ticket)
 
     def accept(self, waiter: Waiter, box: Mailbox, item: Item) -> None:
         """Complete a hand-off from another loop (runs in this loop)."""
@@ -358,6 +399,10 @@ class LoopState:
         if payloads and self.inline_receive:
             await asyncio.sleep(0)  # an instant receive never suspends by itself
 
+    def open_envelope(self, payload: bytes) -> tuple[list[str] | None, float, bytes]:
+        """A popped payload's local targets, sender's deadline (wall clock) and body."""
+        return unpack(payload)
+
     def dispatch(self, queue: str, payloads: list[bytes]) -> None:
         """Decode payloads popped from ``queue`` and deliver them to mailboxes."""
         hub = self.hub
@@ -368,7 +413,7 @@ class LoopState:
         loop = self.loop
         for payload in payloads:
             try:
-                targets, deadline, body = unpack(payload)
+                targets, deadline, body = self.open_envelope(payload)
                 # Buffered locally for what is left of its life, never longer.
                 expires_at = now + min(expiry, deadline - wall)
                 if expires_at <= now:

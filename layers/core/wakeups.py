@@ -88,6 +88,16 @@ class Waiters:
             self._by_queue.setdefault(queue, []).append(waiter)
         return waiter
 
+    def register(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
+        """Under ``lock``: :meth:`add`, for a store that looked at ``queue`` in the same step."""
+        waiter: Waiter = (loop, loop.create_future())
+        waiting = self._by_queue.get(queue)
+        if waiting is None:
+            self._by_queue[queue] = [waiter]
+        else:
+            waiting.append(waiter)
+        return waiter
+
     def discard(self, queue: str, waiter: Waiter) -> None:
         """Remove ``waiter`` if still registered (a wake-up already removed it). Idempotent."""
         with self.lock:

@@ -947,10 +947,9 @@ class BufferRestartsExpiry(ChannelLayer):
 
 
 class _NoDeadline(LoopState):
-    def dispatch(self, queue: str, payloads: list[bytes]) -> None:
-        super().dispatch(
-            queue, [local.pack(t, b, math.inf) for t, _, b in map(local.unpack, payloads)]
-        )
+    def open_envelope(self, payload: bytes) -> tuple[list[str] | None, float, bytes]:
+        targets, _, body = local.unpack(payload)
+        return targets, math.inf, body
 
 
 class DeliversExpired(ChannelLayer):

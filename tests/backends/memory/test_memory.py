@@ -100,3 +100,79 @@ def test_many_sync_calls_leave_no_loop_state_behind() -> None:
         assert async_to_sync(layer.receive)("sync.many") == {"i": i}
     # Each async_to_sync loop closed, and its per-loop state went with it.
     assert layer._states == {}
+
+
+@async_test
+async def test_waits_time_out_in_time_with_one_timer_for_all() -> None:
+    """Receives with different timeouts each end at theirs, whichever started first."""
+    backend = MemoryBackend(MemoryStore())
+    started = time.monotonic()
+
+    async def timed(timeout: float) -> float:
+        assert await backend.receive("t", timeout=timeout) == []
+        return time.monotonic() - started
+
+    # The later-started, shorter wait must re-arm the timer earlier.
+    long = asyncio.create_task(timed(0.6))
+    await asyncio.sleep(0.01)
+    short = asyncio.create_task(timed(0.1))
+    assert 0.09 <= await short < 0.4
+    assert 0.59 <= await long < 1.0
+    deadlines = backend._deadlines
+    assert deadlines is not None
+    assert deadlines.waiting == {}
+    assert not backend._store.waiters  # no waiter left registered
+
+
+@async_test
+async def test_a_cancelled_or_woken_wait_leaves_no_deadline_or_waiter() -> None:
+    backend = MemoryBackend(MemoryStore())
+    cancelled = asyncio.create_task(backend.receive("c", timeout=5))
+    woken = asyncio.create_task(backend.receive("w", timeout=5))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    assert await backend.send("w", b"x", expiry=10, capacity=10)
+    assert await woken == [b"x"]
+    assert (await asyncio.gather(cancelled, return_exceptions=True))[0].__class__ is (
+        asyncio.CancelledError
+    )
+    deadlines = backend._deadlines
+    assert deadlines is not None
+    assert deadlines.waiting == {}
+    assert not backend._store.waiters
+    await backend.aclose()
+    assert backend._deadlines is None
+
+
+@async_test
+async def test_may_hold_is_a_true_hint() -> None:
+    backend = MemoryBackend(MemoryStore())
+    assert not backend.may_hold("h")
+    assert await backend.send("h", b"x", expiry=10, capacity=10)
+    assert backend.may_hold("h")
+    assert await backend.receive("h", timeout=0) == [b"x"]
+    assert not backend.may_hold("h")
+
+
+@async_test
+async def test_a_consumer_with_nobody_ahead_pops_for_itself() -> None:
+    """The inline path: no waiter is made, and another inbox channel's message is kept."""
+    async with MemoryChannelLayer() as layer:
+        await layer.send("inline.q", {"n": 1})
+        waiters_made = 0
+        hub = layer._hub
+        original = hub.wait
+
+        def counting(*args: object, **kwargs: object) -> object:
+            nonlocal waiters_made
+            waiters_made += 1
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        hub.wait = counting  # type: ignore[method-assign]
+        assert await layer.receive("inline.q") == {"n": 1}
+        assert waiters_made == 0
+        a, b = await layer.new_channel(), await layer.new_channel()
+        await layer.send(b, {"to": "b"})
+        await layer.send(a, {"to": "a"})
+        assert await layer.receive(a) == {"to": "a"}  # b's message went to its mailbox
+        assert await layer.receive(b) == {"to": "b"}
