@@ -128,10 +128,13 @@ class _Deadlines:
             self._arm(min(waiting.values()))
 
     def close(self) -> None:
-        """Stop the timer (the loop's waits have ended)."""
+        """Stop the timer and end every wait now, as if its deadline had come."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        waiting, self.waiting = self.waiting, {}
+        for future in waiting:
+            _expire(future)
 
 
 class MemoryStore:
@@ -369,13 +372,15 @@ class MemoryBackend(Backend):
         # A hit returns at once: no suspension (``instant_receive``), no waiter made. A
         # miss registers its waiter in the same locked step, so a send landing after
         # the look wakes it; a wake-up that finds the payload gone looks and waits again.
+        # The deadline's timer (or the backend's close) ends the wait with one last look.
         store = self._store
         deadline = 0.0
+        expired = False
         while True:
             with store.lock:
                 now = time.monotonic()
                 got = store.take(queue, limit, now)
-                if got or timeout <= 0:
+                if got or timeout <= 0 or expired:
                     return got
                 if not deadline:
                     deadline = now + timeout
@@ -390,6 +395,7 @@ class MemoryBackend(Backend):
             deadlines.add(future, deadline)
             try:
                 await future
+                expired = future.result() is _EXPIRED
             finally:
                 deadlines.waiting.pop(future, None)
                 if not future.done() or future.cancelled() or future.result() is _EXPIRED:
@@ -476,7 +482,7 @@ class MemoryBackend(Backend):
             self._store.groups.clear()
 
     async def aclose(self) -> None:
-        """Stop this loop's deadline timer; the store lives as long as the layer."""
+        """End this loop's waiting receives (they return nothing); the store stays."""
         deadlines, self._deadlines = self._deadlines, None
         if deadlines is not None:
             deadlines.close()

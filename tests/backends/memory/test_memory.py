@@ -176,3 +176,16 @@ async def test_a_consumer_with_nobody_ahead_pops_for_itself() -> None:
         await layer.send(a, {"to": "a"})
         assert await layer.receive(a) == {"to": "a"}  # b's message went to its mailbox
         assert await layer.receive(b) == {"to": "b"}
+
+
+@async_test
+async def test_closing_the_backend_ends_its_waits_at_once() -> None:
+    """A closed backend's waits return nothing now, not at their deadline."""
+    backend = MemoryBackend(MemoryStore())
+    waiting = asyncio.create_task(backend.receive("closing", timeout=30))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await backend.aclose()
+    assert await asyncio.wait_for(waiting, 1) == []
+    assert time.monotonic() - started < 0.5
+    assert not backend._store.waiters

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -510,21 +511,31 @@ def test_a_reader_that_took_the_last_row_waits_for_a_notify_before_claiming(
     asyncio.run(main())
 
 
+async def _through(layer: layers.ChannelLayer, channel: str, count: int) -> None:
+    """Send ``count`` messages to ``channel``, then receive them, checking their order."""
+    for n in range(count):
+        await layer.send(channel, {"n": n})
+    for n in range(count):
+        assert (await layer.receive(channel))["n"] == n
+
+
+async def _until(done: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``done()`` (checked every 50 ms), or ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+
+
 def test_the_messages_table_is_vacuumed_after_many_deletes(
     pg_server: str, fresh_schema: str
 ) -> None:
     async def main() -> None:
         url = with_params(pg_server, schema=fresh_schema, vacuum_every=20)
         async with layers.from_url(url) as layer:
-            for n in range(50):
-                await layer.send("vac.q", {"n": n})
-            for n in range(50):
-                assert (await layer.receive("vac.q"))["n"] == n
+            await _through(layer, "vac.q", 50)
             backend = backend_of(layer)
-            for _ in range(100):
-                if backend._vacuum.runs >= 2:
-                    break
-                await asyncio.sleep(0.05)
+            await _until(lambda: backend._vacuum.runs >= 2)
             assert backend._vacuum.runs >= 2
 
     asyncio.run(main())
@@ -554,15 +565,9 @@ def test_a_role_that_does_not_own_the_table_does_not_vacuum_it(
         sql(pg_server, f"GRANT ALL ON ALL TABLES IN SCHEMA {fresh_schema} TO {role}")
         url = with_params(pg_server, schema=fresh_schema, vacuum_every=5, user=role)
         async with layers.from_url(url) as layer:
-            for n in range(10):
-                await layer.send("novac.q", {"n": n})
-            for n in range(10):
-                assert (await layer.receive("novac.q"))["n"] == n
+            await _through(layer, "novac.q", 10)
             backend = backend_of(layer)
-            for _ in range(100):
-                if backend._vacuum._every == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await _until(lambda: backend._vacuum._every == 0)
             assert backend._vacuum.runs == 0
             assert backend._vacuum._every == 0  # told once, then no more tries
 
