@@ -110,6 +110,10 @@ class _Deadlines:
         if self._timer is None or deadline < self._when:
             self._arm(deadline)
 
+    def discard(self, future: asyncio.Future[Any]) -> None:
+        """Forget ``future``'s deadline (its wait ended). Idempotent."""
+        self.waiting.pop(future, None)
+
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -397,7 +401,7 @@ class MemoryBackend(Backend):
                 await future
                 expired = future.result() is _EXPIRED
             finally:
-                deadlines.waiting.pop(future, None)
+                deadlines.discard(future)
                 if not future.done() or future.cancelled() or future.result() is _EXPIRED:
                     store.waiters.discard(queue, waiter)  # a wake-up would have removed it
 

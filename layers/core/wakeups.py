@@ -11,9 +11,11 @@ Two signals come with it:
 
 - :class:`WaiterSignal` over :class:`Waiters`, for a backend whose store lives in this
   process and is used from several event loops at once (``async_to_sync`` runs each
-  call in a new loop, often in another thread): the memory backend, the SQLite
-  backend's in-process notifications. A send pops the queue's waiters and resolves
-  them with :func:`wake`, each in its own loop, thread-safely.
+  call in a new loop, often in another thread): the SQLite backend's in-process
+  notifications. The memory backend uses :class:`Waiters` with a loop of its own
+  (its waiter is registered in the same locked step as its look at the queue, and
+  one timer per event loop enforces every wait's deadline). A send pops the queue's
+  waiters and resolves them with :func:`wake`, each in its own loop, thread-safely.
 - :class:`EventSignal` over one :class:`asyncio.Event`, for a backend whose wake-ups
   arrive in one event loop (a listener connection, a pub/sub subscription).
 """
@@ -83,10 +85,8 @@ class Waiters:
 
     def add(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
         """Register a new waiter on ``queue`` for ``loop`` and return it."""
-        waiter: Waiter = (loop, loop.create_future())
         with self.lock:
-            self._by_queue.setdefault(queue, []).append(waiter)
-        return waiter
+            return self.register(queue, loop)
 
     def register(self, queue: str, loop: asyncio.AbstractEventLoop) -> Waiter:
         """Under ``lock``: :meth:`add`, for a store that looked at ``queue`` in the same step."""
@@ -240,7 +240,7 @@ async def wait_then_claim(
     one claim, no wait). ``poll`` caps each wait, for stores whose wake-ups may be
     lost (the claim then runs again). A backend whose claim is cheap may claim once
     before calling this, so that a call finding a payload at once pays nothing for
-    listening (the memory backend does).
+    listening.
 
     Cancellation: ``signal`` is disarmed on every exit. A cancelled wait holds nothing;
     a cancelled ``claim`` is ``claim``'s own contract (it must lose or keep what it

@@ -115,14 +115,15 @@ def _send_function(s: sql.Identifier, lit: sql.Literal) -> sql.Composed:
     that held the lock before (what makes capacity exact across processes). The lock
     key is ``lock_queues``'s.
     """
-    body = _Schema(s, lit).compose(
+    t = _Schema(s, lit)
+    body = t.compose(
         "DECLARE notified boolean; BEGIN"
         " PERFORM pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}"
         " || ':' || send_queue, 0));"
         " {send} INTO queued, stored, notified;"
         " END",
         send=_send_statement(
-            _Schema(s, lit),
+            t,
             queue=sql.SQL("send_queue"),
             payload=sql.SQL("send_payload"),
             expiry=sql.SQL("send_expiry"),

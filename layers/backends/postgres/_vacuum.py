@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
+from layers.backends.postgres._batch import Lease
 from layers.backends.postgres._tasks import stop
 
 __all__ = ["Vacuum"]
 
 logger = logging.getLogger("layers.postgres")
-
-Lease = Callable[[Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]], Awaitable[Any]]
 
 
 class Vacuum:
