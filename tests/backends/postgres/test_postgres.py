@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -421,15 +421,26 @@ def test_group_send_is_one_statement_that_skips_full_members(pg_url: str, poll_o
     asyncio.run(main())
 
 
+@contextlib.asynccontextmanager
+async def _reader_and_writer(
+    pg_url: str,
+) -> AsyncIterator[tuple[PostgresBackend, layers.ChannelLayer]]:
+    """An opened reader's backend (its schema flushed) and a writer, in two layers.
+
+    The poll interval is 5 s, so only a NOTIFY can wake the reader in time.
+    """
+    url = with_params(pg_url, poll_interval=5)
+    async with layers.from_url(url) as reader, layers.from_url(url) as writer:
+        await reader.flush()
+        await reader._state().ready()
+        yield backend_of(reader), writer
+
+
 def test_a_drained_reader_is_woken_by_another_process_send(pg_url: str) -> None:
     """A reader that waits before claiming (its queue was drained) misses no wake-up."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)  # only a NOTIFY can wake it in time
-        async with layers.from_url(url) as reader, layers.from_url(url) as writer:
-            await reader.flush()
-            backend = backend_of(reader)
-            await reader._state().ready()
+        async with _reader_and_writer(pg_url) as (backend, writer):
             assert await backend.receive("wf.q", timeout=0.3, limit=1) == []  # drained
             # Sent while no receive runs: the wake-up must still count.
             await writer.send("wf.q", {"n": 1})
@@ -488,11 +499,7 @@ def test_a_reader_that_took_the_last_row_waits_for_a_notify_before_claiming(
     """No claim after the last row: the next receive waits for a NOTIFY, and misses none."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)  # only a NOTIFY can wake it in time
-        async with layers.from_url(url) as reader, layers.from_url(url) as writer:
-            await reader.flush()
-            backend = backend_of(reader)
-            await reader._state().ready()
+        async with _reader_and_writer(pg_url) as (backend, writer):
             await writer.send("last.q", {"n": 1})
             await asyncio.sleep(0.2)  # its NOTIFY has come and gone
             assert len(await backend.receive("last.q", timeout=3, limit=1)) == 1
