@@ -405,10 +405,6 @@ class MemoryBackend(Backend):
                 if not future.done() or future.cancelled() or future.result() is _EXPIRED:
                     store.waiters.discard(queue, waiter)  # a wake-up would have removed it
 
-    def may_hold(self, queue: str) -> bool:
-        """Whether ``queue`` has a deque now (read without the lock: a hint)."""
-        return queue in self._store.queues
-
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads back at the head of ``queue``; see :meth:`Backend.restore`."""
         store = self._store

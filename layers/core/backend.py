@@ -331,15 +331,6 @@ class Backend(abc.ABC):
         backoff.
         """
 
-    def may_hold(self, queue: str) -> bool:
-        """A hint, for instant backends: False when ``queue`` surely holds no payload now.
-
-        The core asks it before a consumer pops for itself (``instant_receive``), to
-        skip a pop that would find nothing; a wrong True costs that pop, a wrong
-        False only the faster path. No I/O, no lock needed. The default says True.
-        """
-        return True
-
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads this instance received back at the head of ``queue``.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 import weakref
@@ -41,7 +42,7 @@ from layers.core.errors import (
     MessageTooLarge,
 )
 from layers.core.local import LoopState
-from layers.core.mailboxes import Hub, Mailbox
+from layers.core.mailboxes import Hub
 from layers.core.names import (
     make_client_id,
     random_suffix,
@@ -57,6 +58,9 @@ from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStat
 __all__ = ["ChannelLayer", "SupportsChannelLayer"]
 
 logger = logging.getLogger("layers")
+
+#: How many channel names a layer remembers as validated, for sends and for receives.
+_TARGETS_KEPT = 4096
 
 
 class ChannelLayer(BaseChannelLayerAPI):
@@ -138,8 +142,12 @@ class ChannelLayer(BaseChannelLayerAPI):
         self.backend_class = settings.backend_class
         self.expiry: float = settings.expiry
         self.group_expiry: float = settings.group_expiry
-        self.capacity: int = settings.capacity
-        self.channel_capacity = settings.channel_capacity
+        #: Validated send targets by channel name (see :meth:`_target`).
+        self._targets: dict[str, tuple[str, list[str] | None, int]] = {}
+        #: Validated receive channels and their store queues (see :meth:`_check_receivable`).
+        self._receivable: dict[str, str] = {}
+        self._capacity: int = settings.capacity
+        self._channel_capacity = settings.channel_capacity
         self.max_message_size: int | None = settings.max_message_size
         self.prefetch: int = settings.prefetch
         self._serializer: Serializer = settings.serializer
@@ -172,6 +180,26 @@ class ChannelLayer(BaseChannelLayerAPI):
                 f"the {self.backend_class.name or self.backend_class.__name__} backend lacks "
                 f"{', '.join(missing)}",
             )
+
+    @property
+    def capacity(self) -> int:
+        """How many unexpired messages a channel holds unless a pattern says otherwise."""
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._capacity = value
+        self._targets.clear()
+
+    @property
+    def channel_capacity(self) -> list[tuple[re.Pattern[str], int]]:
+        """Per-channel capacities: compiled ``(pattern, capacity)`` pairs, first match wins."""
+        return self._channel_capacity
+
+    @channel_capacity.setter
+    def channel_capacity(self, value: list[tuple[re.Pattern[str], int]]) -> None:
+        self._channel_capacity = value
+        self._targets.clear()
 
     def get_capacity(self, channel: str) -> int:
         """Return the capacity of ``channel``: the first matching pattern, else ``capacity``."""
@@ -258,6 +286,21 @@ class ChannelLayer(BaseChannelLayerAPI):
 
         loop.close = close  # type: ignore[method-assign]
 
+    def _target(self, channel: str) -> tuple[str, list[str] | None, int]:
+        """Validate ``channel`` and remember its queue, local part and capacity for sends.
+
+        The memory is bounded: past :data:`_TARGETS_KEPT` names it starts afresh
+        (reply channels are often sent to once).
+        """
+        require_valid_channel_name(channel)
+        queue, local_part = split_channel(channel)
+        target = (queue, None if local_part is None else [local_part], self.get_capacity(channel))
+        targets = self._targets
+        if len(targets) >= _TARGETS_KEPT:
+            targets.clear()
+        targets[channel] = target
+        return target
+
     def _encode(self, message: dict[str, Any]) -> bytes:
         if self._by_reference is not None:
             return self._by_reference.dumps(message)  # validates and checks the size
@@ -290,14 +333,15 @@ class ChannelLayer(BaseChannelLayerAPI):
 
         Cancellation: the message is stored once or not at all, also while waiting.
         """
-        require_valid_channel_name(channel)
+        target = self._targets.get(channel) if type(channel) is str else None
+        if target is None:
+            target = self._target(channel)
+        queue, local, capacity = target
         if wait is not None:
             check_number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
         body = self._encode(message)
-        queue, local_part = split_channel(channel)
-        local = None if local_part is None else [local_part]
-        capacity = self.get_capacity(channel)
-        backend = await self._state().ready()
+        state = self._state()
+        backend = state.backend if state.opened else await state.ready()
         stored = await backend.send(
             queue,
             pack(local, body, time.time() + self.expiry),
@@ -334,18 +378,19 @@ class ChannelLayer(BaseChannelLayerAPI):
         or, for a normal channel nobody here waits on, back to the head of the store.
         """
         state = self._state()
-        box = self._hub.mailboxes.get(channel)
-        if box is None or not box.checked:
-            box = self._checked_mailbox(channel)
+        queue = self._receivable.get(channel) if type(channel) is str else None
+        if queue is None:
+            queue = self._check_receivable(channel)
         if state.closing:
             raise LayerClosed("the channel layer is closing")
-        return await state.receive(channel, box)
+        return await state.receive(channel, queue)
 
-    def _checked_mailbox(self, channel: str) -> Mailbox:
-        """Validate a receive on ``channel`` and return its mailbox, marked as checked.
+    def _check_receivable(self, channel: str) -> str:
+        """Validate a receive on ``channel`` and return its store queue.
 
-        Mailboxes stay until a sweep finds them idle, so a consumer receiving on one
-        channel in a loop pays for the name and ownership checks once.
+        The answer is remembered (up to :data:`_TARGETS_KEPT` names, then afresh), so
+        a consumer receiving on one channel in a loop pays for the name and ownership
+        checks once.
         """
         require_valid_channel_name(channel, receive=True)
         queue, local = split_channel(channel)
@@ -355,9 +400,11 @@ class ChannelLayer(BaseChannelLayerAPI):
                 "only the process that made a reply channel may receive on it"
             )
         self._hub.maybe_sweep()
-        box = self._hub.mailbox(channel, queue)
-        box.checked = True
-        return box
+        receivable = self._receivable
+        if len(receivable) >= _TARGETS_KEPT:
+            receivable.clear()
+        receivable[channel] = queue
+        return queue
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         """Return a new reply-channel name, ``prefix + client id + "!" + random``.
@@ -366,8 +413,13 @@ class ChannelLayer(BaseChannelLayerAPI):
         """
         if not isinstance(prefix, str) or "!" in prefix:
             raise TypeError(f"Invalid reply channel prefix {prefix!r}")
-        name = f"{prefix}{self.client_id}!{random_suffix(12)}"
-        return require_valid_channel_name(name)
+        inbox = f"{prefix}{self.client_id}!"
+        name = require_valid_channel_name(inbox + random_suffix(12))
+        receivable = self._receivable  # made here: nothing to check on its first receive
+        if len(receivable) >= _TARGETS_KEPT:
+            receivable.clear()
+        receivable[name] = inbox
+        return name
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` for ``group_expiry`` seconds. Idempotent.

@@ -136,16 +136,22 @@ class LoopState:
                     self.opened = True
         return self.backend
 
-    async def receive(self, channel: str, box: Mailbox) -> dict[str, Any]:
-        """Wait for the next message of ``channel`` (mailbox ``box``); safe to cancel."""
-        if self.inline_receive and self.opened and not box.items and not box.waiters:
-            message = await self._take_inline(channel, box)
+    async def receive(self, channel: str, queue: str) -> dict[str, Any]:
+        """Wait for the next message of ``channel`` (store queue ``queue``); safe to cancel."""
+        hub = self.hub
+        box = hub.mailboxes.get(channel)
+        if self.inline_receive and self.opened and (box is None or box.idle()):
+            message = await self._receive_inline(channel, queue)
             if message is not None:
                 return message
-        got = self.hub.wait(channel, box, self)
+            if self.closing:
+                raise LayerClosed("the channel layer was closed")
+            box = None
+        if box is None:
+            box = hub.mailbox(channel, queue)
+        got = hub.wait(channel, box, self)
         if not isinstance(got, Waiter):
             return got
-        queue = box.queue
         future = got.future
         # On an instant backend this task pops for itself (nothing can interrupt a
         # pop there), saving the hop through a reader task; otherwise, or when
@@ -169,42 +175,68 @@ class LoopState:
             if driving:
                 self.stop_driving(queue)
 
-    async def _take_inline(self, channel: str, box: Mailbox) -> dict[str, Any] | None:
-        """On an instant backend, pop one payload for ``channel`` in this task, if one waits.
+    async def _receive_inline(self, channel: str, queue: str) -> dict[str, Any] | None:
+        """On an instant backend, receive for ``channel`` in this task when nobody is ahead.
 
-        The fast path of a consumer that nobody is ahead of: no waiter, no hand-off.
-        Only when this loop may pop the queue at once (no reader or driver of its own,
-        the layer-wide turn free) and nothing is buffered or awaited locally, checked
-        once the turn is held. The pop cannot suspend, so no cancellation falls between
-        it and the return. A payload for another channel of the inbox is dispatched to
-        its mailbox, and None sends the caller the usual way.
+        The fast path of a lone consumer: no reader task, no mailbox waiter, no
+        hand-off. Only while this loop may pop the queue at once (no reader or driver of
+        its own, the layer-wide turn free) and nothing is buffered or awaited locally.
+        The task counts as the queue's driver, so a consumer that comes meanwhile waits
+        in the mailbox and is served by this task's dispatches, then by a reader. It
+        holds the turn while it waits in the backend, in rounds of at most
+        :data:`DRIVE_TIMEOUT`, and lets another loop's pop have the turn between rounds.
+        Payloads for other reply channels of the inbox go to their mailboxes. Nothing is
+        held while waiting, and an instant backend's receive returns what it took
+        without suspending, so a cancellation loses nothing. None sends the caller the
+        usual way (another loop wants the queue, or something waits in the mailbox).
         """
-        queue = box.queue
-        if self.prefetch > 1 or not self.backend.may_hold(queue) or not self.can_drive(queue):
+        if self.prefetch > 1 or not self.can_drive(queue):
             return None
-        turns = self.hub.turns
-        ticket = turns.enter(queue, self.loop)
+        hub = self.hub
+        turns = hub.turns
+        receive = self.backend.receive
+        self.driving.add(queue)
         try:
-            if ticket.future is not None or box.items or box.waiters:
-                return None
-            while True:
-                payloads = await self.backend.receive(queue, timeout=0, limit=1)
-                if not payloads:
-                    return None
+            while not self.closing:
+                ticket = turns.enter(queue, self.loop)
                 try:
-                    targets, deadline, body = self.open_envelope(payloads[0])
-                    if deadline <= time.time():
-                        continue  # expired in the store's last moment: the next one
-                    if targets is not None and (len(targets) != 1 or queue + targets[0] != channel):
-                        self.dispatch(queue, payloads)  # delivered before any later pop's
+                    box = hub.mailboxes.get(channel)
+                    if ticket.future is not None or (box is not None and not box.idle()):
                         return None
-                    message: dict[str, Any] = self.serializer.loads(body)
-                except Exception:
-                    logger.exception("dropping a message on %r that could not be decoded", queue)
-                    continue
-                return message
+                    deadline = 0.0
+                    timeout = DRIVE_TIMEOUT
+                    while not self.closing:
+                        payloads = await receive(queue, timeout=timeout, limit=1)
+                        if not payloads:
+                            break  # the round is over: let another loop have the turn
+                        try:
+                            targets, expires, body = self.open_envelope(payloads[0])
+                            if expires <= time.time():
+                                continue  # expired in the store's last moment: the next one
+                            if targets is None or (
+                                len(targets) == 1 and queue + targets[0] == channel
+                            ):
+                                message: dict[str, Any] = self.serializer.loads(body)
+                                return message
+                            self.dispatch(queue, payloads)  # another reply channel's
+                            box = hub.mailboxes.get(channel)
+                            if box is not None and box.items:
+                                return None  # one was this channel's: take it the usual way
+                        except Exception:
+                            logger.exception(
+                                "dropping a message on %r that could not be decoded", queue
+                            )
+                        now = time.monotonic()
+                        if not deadline:
+                            deadline = now + DRIVE_TIMEOUT
+                        timeout = deadline - now
+                        if timeout <= 0:
+                            break
+                finally:
+                    turns.leave(ticket)
         finally:
-            turns.leave(ticket)
+            self.stop_driving(queue)
+        return None
 
     def accept(self, waiter: Waiter, box: Mailbox, item: Item) -> None:
         """Complete a hand-off from another loop (runs in this loop)."""

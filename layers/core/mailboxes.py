@@ -70,13 +70,10 @@ class Mailbox:
     waits, so a new message never overtakes a buffered one.
     """
 
-    __slots__ = ("checked", "items", "queue", "waiters")
+    __slots__ = ("items", "queue", "waiters")
 
     def __init__(self, queue: str, bound: int) -> None:
         self.queue = queue
-        #: Set once ``receive`` has validated this channel's name and ownership, so
-        #: later receives on it skip those checks (a mailbox made by a dispatch is not).
-        self.checked = False
         self.items: deque[Item] = deque(maxlen=bound)
         self.waiters: deque[Waiter] = deque()
 

@@ -17,7 +17,6 @@ from layers.core.backend import BackendStatistics, QueueStatistics
 from layers.core.layer import ChannelLayer
 from layers.core.local import LoopState
 from layers.core.mailboxes import Hub, Mailbox, Waiter
-from layers.core.names import split_channel
 from layers.core.turns import Ticket, Turns
 
 
@@ -97,10 +96,10 @@ class HoardsPerLoop(ChannelLayer):
     _loop_state_class = _TakesEverything
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        self._checked_mailbox(channel)  # the name and ownership checks
+        queue = self._check_receivable(channel)  # the name and ownership checks
         state = self._state()
-        box = state.hub.mailbox(channel, split_channel(channel)[0])
-        return await state.receive(channel, box)
+        state.hub.mailbox(channel, queue)
+        return await state.receive(channel, queue)
 
 
 class StatisticsCountExpired(MemoryBackend):

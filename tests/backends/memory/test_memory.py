@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 
+import pytest
 from asgiref.sync import async_to_sync
 
 from layers.backends import memory
@@ -145,16 +146,6 @@ async def test_a_cancelled_or_woken_wait_leaves_no_deadline_or_waiter() -> None:
 
 
 @async_test
-async def test_may_hold_is_a_true_hint() -> None:
-    backend = MemoryBackend(MemoryStore())
-    assert not backend.may_hold("h")
-    assert await backend.send("h", b"x", expiry=10, capacity=10)
-    assert backend.may_hold("h")
-    assert await backend.receive("h", timeout=0) == [b"x"]
-    assert not backend.may_hold("h")
-
-
-@async_test
 async def test_a_consumer_with_nobody_ahead_pops_for_itself() -> None:
     """The inline path: no waiter is made, and another inbox channel's message is kept."""
     async with MemoryChannelLayer() as layer:
@@ -176,6 +167,73 @@ async def test_a_consumer_with_nobody_ahead_pops_for_itself() -> None:
         await layer.send(a, {"to": "a"})
         assert await layer.receive(a) == {"to": "a"}  # b's message went to its mailbox
         assert await layer.receive(b) == {"to": "b"}
+
+
+@async_test
+async def test_a_lone_waiting_consumer_waits_in_the_backend_itself() -> None:
+    """No mailbox waiter and no reader task for a consumer nobody is ahead of, even waiting."""
+    async with MemoryChannelLayer() as layer:
+        await layer.send("warm", {"n": 0})
+        assert await layer.receive("warm") == {"n": 0}
+        waiters_made = 0
+        hub = layer._hub
+        original = hub.wait
+
+        def counting(*args: object, **kwargs: object) -> object:
+            nonlocal waiters_made
+            waiters_made += 1
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        hub.wait = counting  # type: ignore[method-assign]
+        waiting = asyncio.create_task(layer.receive("lone.q"))
+        await asyncio.sleep(0.01)
+        state = layer._state()
+        assert not state.readers
+        assert "lone.q" in state.driving
+        await layer.send("lone.q", {"n": 1})
+        assert await asyncio.wait_for(waiting, 1) == {"n": 1}
+        assert waiters_made == 0
+        assert not state.driving
+
+
+@async_test
+async def test_consumers_behind_a_lone_waiter_are_served_in_turn() -> None:
+    """A second consumer of the channel, and one of another inbox channel, lose nothing."""
+    async with MemoryChannelLayer() as layer:
+        await layer.send("warm", {"n": 0})
+        await layer.receive("warm")
+        first = asyncio.create_task(layer.receive("turn.q"))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(layer.receive("turn.q"))
+        await asyncio.sleep(0.01)
+        await layer.send("turn.q", {"n": 1})
+        await layer.send("turn.q", {"n": 2})
+        assert await asyncio.wait_for(first, 1) == {"n": 1}
+        assert await asyncio.wait_for(second, 1) == {"n": 2}
+        a, b = await layer.new_channel(), await layer.new_channel()
+        on_a = asyncio.create_task(layer.receive(a))
+        await asyncio.sleep(0.01)
+        await layer.send(b, {"to": "b"})  # popped by a's wait, put in b's mailbox
+        await asyncio.sleep(0.01)
+        assert not on_a.done()
+        await layer.send(a, {"to": "a"})
+        assert await asyncio.wait_for(on_a, 1) == {"to": "a"}
+        assert await asyncio.wait_for(layer.receive(b), 1) == {"to": "b"}
+
+
+@async_test
+async def test_a_cancelled_lone_waiter_holds_nothing() -> None:
+    async with MemoryChannelLayer() as layer:
+        await layer.send("warm", {"n": 0})
+        await layer.receive("warm")
+        waiting = asyncio.create_task(layer.receive("gone.q"))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await layer.send("gone.q", {"n": 1})  # lands after the cancel, before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.wait_for(layer.receive("gone.q"), 1) == {"n": 1}
+        assert not layer._state().driving
 
 
 @async_test
