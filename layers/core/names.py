@@ -8,7 +8,6 @@ Invalid names raise :class:`TypeError`, as Django Channels does.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import secrets
@@ -41,6 +40,9 @@ INVALID_NAME_ERROR = (
 _CHANNEL_RE = re.compile(r"^[a-zA-Z0-9._-]+(?:![a-zA-Z0-9._-]*)?\Z", re.ASCII)
 _GROUP_RE = re.compile(r"^[a-zA-Z0-9._-]+\Z", re.ASCII)
 _ALPHABET = string.ascii_letters + string.digits
+#: Byte -> letter for the bytes below 248 (each letter four times); the rest are dropped.
+_TO_LETTER = bytes(ord(_ALPHABET[b % len(_ALPHABET)]) for b in range(248)) + bytes(8)
+_UNEVEN = bytes(range(248, 256))
 
 
 def valid_channel_name(name: object, *, receive: bool = False) -> bool:
@@ -56,9 +58,9 @@ def valid_channel_name(name: object, *, receive: bool = False) -> bool:
     return not (receive and name.endswith("!"))
 
 
-@functools.lru_cache(maxsize=4096)
 def _matches_channel(name: str) -> bool:
-    # Names repeat (a consumer receives on one name thousands of times): cache.
+    # Not cached here: a layer remembers the names it validated, and most names it
+    # has not seen are fresh reply channels, which a cache would only churn.
     return 0 < len(name) <= MAX_NAME_LENGTH and _CHANNEL_RE.match(name) is not None
 
 
@@ -116,18 +118,17 @@ def non_local_name(name: str) -> str:
 
 
 def random_suffix(length: int = 12) -> str:
-    """Return ``length`` random ASCII letters and digits from a CSPRNG.
+    """Return ``length`` random ASCII letters and digits from a CSPRNG, each equally likely.
 
-    One read of ``length`` random bytes, written in base 62 (a reply channel is made
-    per request, so this is on the request/reply path; one ``secrets.choice`` per
-    letter cost five times as much).
+    Random bytes below 248 (four times 62) map to letters through a table and the
+    rest are dropped, so every letter has the same chance; a reply channel is made per
+    request, so this is on the request/reply path (one ``secrets.choice`` per letter
+    cost five times as much).
     """
-    number = int.from_bytes(secrets.token_bytes(length), "big")
-    letters = []
-    for _ in range(length):
-        number, digit = divmod(number, 62)
-        letters.append(_ALPHABET[digit])
-    return "".join(letters)
+    letters = b""
+    while len(letters) < length:
+        letters += secrets.token_bytes(length + 4).translate(_TO_LETTER, _UNEVEN)
+    return letters[:length].decode("ascii")
 
 
 def make_client_id() -> str:

@@ -329,6 +329,8 @@ class EncryptingSerializer:
 
 
 _REFERENCE = struct.Struct("!IQ")  # table number, token
+_NUMBER = struct.Struct("!I")
+_TOKEN = struct.Struct("!Q")
 _BY_REFERENCE = b"\x00"
 _MSGPACK = b"\x01"
 
@@ -370,6 +372,7 @@ class InProcessSerializer:
                 found = cls._tables[self._keep] = (len(cls._by_number), OrderedDict())
                 cls._by_number.append(found[1])
         self._number, self._table = found
+        self._head = _BY_REFERENCE + _NUMBER.pack(self._number)
 
     def dumps(self, message: dict[str, Any]) -> bytes:
         """Validate and copy ``message``; return the reference to the copy."""
@@ -379,13 +382,14 @@ class InProcessSerializer:
                 f"the message holds {size} bytes of str and bytes; max_message_size is {self._max}"
             )
         now = time.monotonic()
-        cls = InProcessSerializer
-        with cls._lock:
-            token = next(cls._counter)
-            self._table[token] = (copy, now + self._keep)
-            if now >= cls._next_purge:
-                cls._purge(now)
-        return _BY_REFERENCE + _REFERENCE.pack(self._number, token)
+        # The count and the table are only read and written by single C calls, each
+        # atomic under the GIL, so no lock is needed here; purges take the lock.
+        token = next(InProcessSerializer._counter)
+        self._table[token] = (copy, now + self._keep)
+        if now >= InProcessSerializer._next_purge:
+            with InProcessSerializer._lock:
+                InProcessSerializer._purge(now)
+        return self._head + _TOKEN.pack(token)
 
     def dumps_shared(self, message: dict[str, Any]) -> bytes:
         """Serialize ``message`` for several receivers (msgpack); validates it first."""
@@ -413,9 +417,8 @@ class InProcessSerializer:
     @staticmethod
     def _take(data: bytes) -> tuple[dict[str, Any], float] | None:
         number, token = _REFERENCE.unpack_from(data, 1)
-        with InProcessSerializer._lock:
-            table = InProcessSerializer._by_number[cast(int, number)]
-            return table.pop(cast(int, token), None)
+        table: _Table = InProcessSerializer._by_number[number]
+        return table.pop(token, None)
 
     @classmethod
     def _purge(cls, now: float) -> None:
@@ -426,7 +429,7 @@ class InProcessSerializer:
                 token, (_, until) = next(iter(table.items()))
                 if until > now:
                     break
-                del table[token]
+                table.pop(token, None)  # a receive may have taken it meanwhile
 
 
 _REGISTRY: dict[str, Callable[[], Serializer]] = {

@@ -37,20 +37,17 @@ class Ticket:
         self.future: asyncio.Future[None] | None = None
 
 
-class _Turn:
-    __slots__ = ("holder", "waiting")
-
-    def __init__(self, holder: Ticket) -> None:
-        self.holder = holder
-        self.waiting: deque[Ticket] = deque()
-
-
 class Turns:
-    """Who pops each queue now, among the event loops of one layer (thread-safe)."""
+    """Who pops each queue now, among the event loops of one layer (thread-safe).
+
+    A free turn costs one ticket and one dict entry (``holders``); a line of waiting
+    tickets (``lines``) is made only when a ticket has to wait.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._turns: dict[str, _Turn] = {}
+        self._holders: dict[str, Ticket] = {}
+        self._lines: dict[str, deque[Ticket]] = {}
 
     def enter(self, queue: str, loop: asyncio.AbstractEventLoop) -> Ticket:
         """Take the turn of ``queue`` for ``loop`` if it is free, else queue up.
@@ -60,12 +57,12 @@ class Turns:
         """
         ticket = Ticket(queue, loop)
         with self._lock:
-            turn = self._turns.get(queue)
-            if turn is None:
-                self._turns[queue] = _Turn(ticket)
-            else:
+            if self._holders.setdefault(queue, ticket) is not ticket:
                 ticket.future = loop.create_future()
-                turn.waiting.append(ticket)
+                line = self._lines.get(queue)
+                if line is None:
+                    line = self._lines[queue] = deque()
+                line.append(ticket)
         return ticket
 
     async def wait(self, ticket: Ticket) -> None:
@@ -92,36 +89,42 @@ class Turns:
         A turn taken over from a stopped loop is no longer its ticket's, so that
         ticket's late ``leave`` changes nothing.
         """
+        queue = ticket.queue
         with self._lock:
-            turn = self._turns.get(ticket.queue)
-            if turn is None:
-                return
-            if turn.holder is ticket:
-                self._pass_on(ticket.queue, turn)
-            elif ticket in turn.waiting:
-                turn.waiting.remove(ticket)
+            if self._holders.get(queue) is ticket:
+                self._pass_on(queue)
+            else:
+                line = self._lines.get(queue)
+                if line is not None and ticket in line:
+                    line.remove(ticket)
+                    if not line:
+                        del self._lines[queue]
 
-    def _pass_on(self, queue: str, turn: _Turn) -> None:
-        while turn.waiting:
-            ticket = turn.waiting.popleft()
+    def _pass_on(self, queue: str) -> None:
+        line = self._lines.get(queue)
+        while line:
+            ticket = line.popleft()
             if ticket.future is None:  # only a ticket that had to wait is in line
                 continue
             try:
                 ticket.loop.call_soon_threadsafe(_grant, ticket.future)
             except RuntimeError:  # that loop is closed; its waiter is gone
                 continue
-            turn.holder = ticket
+            self._holders[queue] = ticket
+            if not line:
+                del self._lines[queue]
             return
-        del self._turns[queue]
+        if line is not None:
+            del self._lines[queue]
+        del self._holders[queue]
 
     def _take_over_from_stopped(self, queue: str) -> None:
         with self._lock:
-            turn = self._turns.get(queue)
-            if turn is None:
+            holder = self._holders.get(queue)
+            if holder is None:
                 return
-            holder = turn.holder.loop
-            if holder.is_closed() or not holder.is_running():
-                self._pass_on(queue, turn)
+            if holder.loop.is_closed() or not holder.loop.is_running():
+                self._pass_on(queue)
 
 
 def _grant(future: asyncio.Future[None]) -> None:
