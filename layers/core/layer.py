@@ -22,6 +22,7 @@ How receiving works (the part that makes ``receive`` safe to cancel)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import threading
@@ -189,6 +190,9 @@ class ChannelLayer(BaseChannelLayerAPI):
     @capacity.setter
     def capacity(self, value: int) -> None:
         self._capacity = value
+        self._settings = dataclasses.replace(
+            self._settings, capacity=value, capacity_origin="the layer's capacity attribute"
+        )
         self._targets.clear()
 
     @property
@@ -199,6 +203,11 @@ class ChannelLayer(BaseChannelLayerAPI):
     @channel_capacity.setter
     def channel_capacity(self, value: list[tuple[re.Pattern[str], int]]) -> None:
         self._channel_capacity = value
+        self._settings = dataclasses.replace(
+            self._settings,
+            channel_capacity=value,
+            capacity_labels=[repr(pattern.pattern) for pattern, _ in value],
+        )
         self._targets.clear()
 
     def get_capacity(self, channel: str) -> int:
