@@ -145,23 +145,28 @@ async def test_a_cancelled_or_woken_wait_leaves_no_deadline_or_waiter() -> None:
     assert backend._deadlines is None
 
 
+def _count_mailbox_waits(layer: MemoryChannelLayer) -> list[int]:
+    """Count the layer's mailbox waits from now on: the one-item list's value."""
+    waits = [0]
+    hub = layer._hub
+    original = hub.wait
+
+    def counting(*args: object, **kwargs: object) -> object:
+        waits[0] += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    hub.wait = counting  # type: ignore[method-assign]
+    return waits
+
+
 @async_test
 async def test_a_consumer_with_nobody_ahead_pops_for_itself() -> None:
     """The inline path: no waiter is made, and another inbox channel's message is kept."""
     async with MemoryChannelLayer() as layer:
         await layer.send("inline.q", {"n": 1})
-        waiters_made = 0
-        hub = layer._hub
-        original = hub.wait
-
-        def counting(*args: object, **kwargs: object) -> object:
-            nonlocal waiters_made
-            waiters_made += 1
-            return original(*args, **kwargs)  # type: ignore[arg-type]
-
-        hub.wait = counting  # type: ignore[method-assign]
+        waits = _count_mailbox_waits(layer)
         assert await layer.receive("inline.q") == {"n": 1}
-        assert waiters_made == 0
+        assert waits == [0]
         a, b = await layer.new_channel(), await layer.new_channel()
         await layer.send(b, {"to": "b"})
         await layer.send(a, {"to": "a"})
@@ -169,30 +174,30 @@ async def test_a_consumer_with_nobody_ahead_pops_for_itself() -> None:
         assert await layer.receive(b) == {"to": "b"}
 
 
+async def _waiting_receive(
+    layer: MemoryChannelLayer, channel: str
+) -> asyncio.Task[dict[str, object]]:
+    """A receive on ``channel`` started once the layer is open, and waiting by now."""
+    await layer.send("warm", {"n": 0})
+    assert await layer.receive("warm") == {"n": 0}
+    waiting = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    return waiting
+
+
 @async_test
 async def test_a_lone_waiting_consumer_waits_in_the_backend_itself() -> None:
     """No mailbox waiter and no reader task for a consumer nobody is ahead of, even waiting."""
     async with MemoryChannelLayer() as layer:
-        await layer.send("warm", {"n": 0})
-        assert await layer.receive("warm") == {"n": 0}
-        waiters_made = 0
-        hub = layer._hub
-        original = hub.wait
-
-        def counting(*args: object, **kwargs: object) -> object:
-            nonlocal waiters_made
-            waiters_made += 1
-            return original(*args, **kwargs)  # type: ignore[arg-type]
-
-        hub.wait = counting  # type: ignore[method-assign]
-        waiting = asyncio.create_task(layer.receive("lone.q"))
-        await asyncio.sleep(0.01)
+        waits = _count_mailbox_waits(layer)
+        waiting = await _waiting_receive(layer, "lone.q")
         state = layer._state()
         assert not state.readers
         assert "lone.q" in state.driving
         await layer.send("lone.q", {"n": 1})
         assert await asyncio.wait_for(waiting, 1) == {"n": 1}
-        assert waiters_made == 0
+        assert waits == [0]
         assert not state.driving
 
 
@@ -200,10 +205,7 @@ async def test_a_lone_waiting_consumer_waits_in_the_backend_itself() -> None:
 async def test_consumers_behind_a_lone_waiter_are_served_in_turn() -> None:
     """A second consumer of the channel, and one of another inbox channel, lose nothing."""
     async with MemoryChannelLayer() as layer:
-        await layer.send("warm", {"n": 0})
-        await layer.receive("warm")
-        first = asyncio.create_task(layer.receive("turn.q"))
-        await asyncio.sleep(0.01)
+        first = await _waiting_receive(layer, "turn.q")
         second = asyncio.create_task(layer.receive("turn.q"))
         await asyncio.sleep(0.01)
         await layer.send("turn.q", {"n": 1})
@@ -224,10 +226,7 @@ async def test_consumers_behind_a_lone_waiter_are_served_in_turn() -> None:
 @async_test
 async def test_a_cancelled_lone_waiter_holds_nothing() -> None:
     async with MemoryChannelLayer() as layer:
-        await layer.send("warm", {"n": 0})
-        await layer.receive("warm")
-        waiting = asyncio.create_task(layer.receive("gone.q"))
-        await asyncio.sleep(0.01)
+        waiting = await _waiting_receive(layer, "gone.q")
         waiting.cancel()
         await layer.send("gone.q", {"n": 1})  # lands after the cancel, before it runs
         with pytest.raises(asyncio.CancelledError):
