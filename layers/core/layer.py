@@ -30,7 +30,7 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from layers.core.backend import Backend, Capability
 from layers.core.compat import BaseChannelLayerAPI
@@ -62,6 +62,16 @@ logger = logging.getLogger("layers")
 
 #: How many channel names a layer remembers as validated, for sends and for receives.
 _TARGETS_KEPT = 4096
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(memory: dict[K, V], key: K, value: V) -> None:
+    """Remember ``key`` in ``memory``, which starts afresh past :data:`_TARGETS_KEPT` keys."""
+    if len(memory) >= _TARGETS_KEPT:
+        memory.clear()
+    memory[key] = value
 
 
 class ChannelLayer(BaseChannelLayerAPI):
@@ -304,10 +314,7 @@ class ChannelLayer(BaseChannelLayerAPI):
         require_valid_channel_name(channel)
         queue, local_part = split_channel(channel)
         target = (queue, None if local_part is None else [local_part], self.get_capacity(channel))
-        targets = self._targets
-        if len(targets) >= _TARGETS_KEPT:
-            targets.clear()
-        targets[channel] = target
+        _remember(self._targets, channel, target)
         return target
 
     def _encode(self, message: dict[str, Any]) -> bytes:
@@ -409,10 +416,7 @@ class ChannelLayer(BaseChannelLayerAPI):
                 "only the process that made a reply channel may receive on it"
             )
         self._hub.maybe_sweep()
-        receivable = self._receivable
-        if len(receivable) >= _TARGETS_KEPT:
-            receivable.clear()
-        receivable[channel] = queue
+        _remember(self._receivable, channel, queue)
         return queue
 
     async def new_channel(self, prefix: str = "specific.") -> str:
@@ -424,10 +428,7 @@ class ChannelLayer(BaseChannelLayerAPI):
             raise TypeError(f"Invalid reply channel prefix {prefix!r}")
         inbox = f"{prefix}{self.client_id}!"
         name = require_valid_channel_name(inbox + random_suffix(12))
-        receivable = self._receivable  # made here: nothing to check on its first receive
-        if len(receivable) >= _TARGETS_KEPT:
-            receivable.clear()
-        receivable[name] = inbox
+        _remember(self._receivable, name, inbox)  # made here: nothing to check on receive
         return name
 
     async def group_add(self, group: str, channel: str) -> None:
