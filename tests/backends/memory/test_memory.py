@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -31,13 +32,24 @@ async def test_dropping_an_empty_queue_never_strands_a_waiter() -> None:
 
 
 @async_test
-async def test_expired_queues_go_as_fast_as_writes_make_them() -> None:
+async def test_expired_queues_go_as_fast_as_writes_make_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The backend's clock stands still between the steps below, so a slow machine
+    # cannot let queues expire while they are being written; the store counts as
+    # watched, so the idle sweeper (a thread on a one-second timer) stays away.
+    clock = [1000.0]
+    monkeypatch.setattr(
+        memory, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep)
+    )
     store = MemoryStore()
+    store.watched = True
     backend = MemoryBackend(store)
     for i in range(1000):
         await backend.send(f"stale{i}", b"x", expiry=0.01, capacity=10)
-    await asyncio.sleep(0.02)
+    clock[0] += 1
     before = len(store.queues)
+    assert before == 1000
     for _ in range(memory._SWEEP_EVERY):
         await backend.send("fresh", b"y", expiry=10, capacity=10)
     # A batch of writes removes a bounded number of expired queues: the cost of a
