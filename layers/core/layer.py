@@ -51,7 +51,16 @@ from layers.core.names import (
     require_valid_group_name,
     split_channel,
 )
-from layers.core.options import MAX_EXPIRY, UNSET, Unset, check_number, layer_settings
+from layers.core.options import (
+    MAX_COUNT,
+    MAX_EXPIRY,
+    UNSET,
+    Capacities,
+    Unset,
+    capacity_patterns,
+    check_number,
+    layer_settings,
+)
 from layers.core.protocol import SupportsChannelLayer
 from layers.core.serializers import Serializer, validate_message
 from layers.core.statistics import ChannelStatistics, GroupStatistics, LayerStatistics
@@ -194,11 +203,17 @@ class ChannelLayer(BaseChannelLayerAPI):
 
     @property
     def capacity(self) -> int:
-        """How many unexpired messages a channel holds unless a pattern says otherwise."""
+        """How many unexpired messages a channel holds unless a pattern says otherwise.
+
+        Settable: the new value applies to the next ``send``, including to channels
+        already sent to; a value that is not an integer from 1 up raises
+        :class:`~layers.ConfigurationError` and changes nothing.
+        """
         return self._capacity
 
     @capacity.setter
     def capacity(self, value: int) -> None:
+        check_number("capacity", value, minimum=1, maximum=MAX_COUNT, integer=True)
         self._capacity = value
         self._settings = dataclasses.replace(
             self._settings, capacity=value, capacity_origin="the layer's capacity attribute"
@@ -207,16 +222,20 @@ class ChannelLayer(BaseChannelLayerAPI):
 
     @property
     def channel_capacity(self) -> list[tuple[re.Pattern[str], int]]:
-        """Per-channel capacities: compiled ``(pattern, capacity)`` pairs, first match wins."""
+        """Per-channel capacities: compiled ``(pattern, capacity)`` pairs, first match wins.
+
+        Settable with what the ``channel_capacity`` setting takes (a mapping or pairs
+        of glob strings or compiled regexes, or what ``compile_capacities`` returned);
+        bad input raises :class:`~layers.ConfigurationError` and changes nothing.
+        """
         return self._channel_capacity
 
     @channel_capacity.setter
-    def channel_capacity(self, value: list[tuple[re.Pattern[str], int]]) -> None:
-        self._channel_capacity = value
+    def channel_capacity(self, value: Capacities) -> None:
+        compiled, labels = capacity_patterns(value)
+        self._channel_capacity = compiled
         self._settings = dataclasses.replace(
-            self._settings,
-            channel_capacity=value,
-            capacity_labels=[repr(pattern.pattern) for pattern, _ in value],
+            self._settings, channel_capacity=compiled, capacity_labels=labels
         )
         self._targets.clear()
 

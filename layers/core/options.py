@@ -30,6 +30,7 @@ __all__ = [
     "UNSET",
     "LayerSettings",
     "Unset",
+    "capacity_patterns",
     "check_number",
     "check_options",
     "compile_capacities",
@@ -285,7 +286,7 @@ def layer_settings(
         "group_expiry", options["group_expiry"], minimum=0.001, maximum=MAX_EXPIRY
     )
     check_number("capacity", capacity, minimum=1, maximum=MAX_COUNT, integer=True)
-    compiled, labels = _capacities(channel_capacity)
+    compiled, labels = capacity_patterns(channel_capacity)
     size: Any = options["max_message_size"]
     if size is not None:
         check_number("max_message_size", size, minimum=1, maximum=MAX_COUNT, integer=True)
@@ -320,10 +321,13 @@ def _origin(capacity: int, keywords: Mapping[str, Any], in_url: Mapping[str, Any
     return f"the default capacity ({capacity!r})"
 
 
-def _capacities(
+def capacity_patterns(
     channel_capacity: Capacities | None,
 ) -> tuple[list[tuple[re.Pattern[str], int]], list[str]]:
-    """The compiled ``channel_capacity`` and how each pattern was written (for messages)."""
+    """The compiled ``channel_capacity`` and how each pattern was written (for messages).
+
+    Raises :class:`~layers.ConfigurationError` naming ``channel_capacity`` on a bad pair.
+    """
     if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
         channel_capacity = list(channel_capacity)  # read once, if an iterator
     return compile_capacities(channel_capacity), _labels(channel_capacity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -46,5 +47,37 @@ def test_changing_a_layers_capacity_applies_to_channels_already_sent_to() -> Non
             await layer.send("cap", {})
             with pytest.raises(layers.ChannelFull, match="channel_capacity pattern"):
                 await layer.send("cap", {})
+            # What the setting takes works here too: a mapping of globs, pairs.
+            layer.channel_capacity = {"ca*": 4}
+            await layer.send("cap", {})
+            with pytest.raises(layers.ChannelFull, match="'ca\\*'"):
+                await layer.send("cap", {})
+            layer.channel_capacity = [(re.compile("^c"), 5)]
+            await layer.send("cap", {})
+            with pytest.raises(layers.ChannelFull, match="channel_capacity pattern"):
+                await layer.send("cap", {})
+            assert layer.get_capacity("other") == 2
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "words"),
+    [
+        ("capacity", 0, "from 1"),
+        ("capacity", 2.5, "an integer"),
+        ("capacity", True, "an integer"),
+        ("capacity", "10", "an integer"),
+        ("channel_capacity", {"a*": 0}, "from 1"),
+        ("channel_capacity", {3: 1}, "glob strings or compiled regexes"),
+        ("channel_capacity", ["a*"], "expected (pattern, capacity)"),
+    ],
+)
+def test_a_bad_capacity_set_on_a_layer_is_refused_and_changes_nothing(
+    attribute: str, value: object, words: str
+) -> None:
+    layer = layers.from_url("memory://?capacity=7", channel_capacity={"x*": 3})
+    with pytest.raises(layers.ConfigurationError, match=re.escape(words)) as caught:
+        setattr(layer, attribute, value)
+    assert attribute in str(caught.value)
+    assert (layer.capacity, layer.get_capacity("xy"), layer.get_capacity("z")) == (7, 3, 7)
