@@ -1047,6 +1047,10 @@ class Broken:
     backend: type[Backend] = MemoryBackend
     layer: type[ChannelLayer] = ChannelLayer
     rules: tuple[str, ...] = ()
+    #: The defect is a race between threads that shows in most runs, not all: a rule
+    #: that misses it gets up to two more runs (``test_catalogue.py``), and the report
+    #: says how many it took.
+    racy: bool = False
 
 
 def _entry(kind: str, defect: str, cls: type, *rules: str) -> Broken:
@@ -1256,6 +1260,7 @@ CATALOGUE: dict[str, Broken] = {
         "event loops pop one queue at once: deliveries overtake each other",
         backend=SqliteLayerBackend,
         layer=LoopsPopAtOnce,
+        racy=True,
     ),
     # statistics
     "statistics-count-expired": _entry(

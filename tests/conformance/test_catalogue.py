@@ -5,7 +5,10 @@ of the suite on that entry, restricted to those rules, fails each of them.
 Backward: every rule of the shipped suite is named by at least one entry, so no rule
 stands untested by a fault it exists to catch. The control run of the whole suite on
 the unmodified memory backend must pass, so a catch is the suite's doing and not the
-harness's. Entries run in their own pytest processes, a few at a time.
+harness's. Entries run in their own pytest processes, a few at a time. A defect that
+is a race between threads (an entry marked ``racy``) shows in most runs of a rule, not
+in all: a rule that misses it runs again, up to :data:`RACY_RUNS` runs in all, and the
+report says how many runs it took.
 """
 
 from __future__ import annotations
@@ -48,15 +51,39 @@ def shipped_rules() -> set[str]:
     return rules
 
 
+#: Runs a rule gets, at most, against an entry whose defect is a race (``racy``).
+RACY_RUNS = 3
+
+
 @dataclass(frozen=True)
 class Run:
     name: str
     returncode: int
     failed: frozenset[str]
     output: str
+    runs: int = 1
 
 
-def _run(name: str) -> Run:
+def _run_entry(name: str) -> Run:
+    """Run the entry's rules; an entry whose defect is a race reruns the rules it missed."""
+    run = _run(name)
+    entry = CATALOGUE.get(name)
+    while entry is not None and entry.racy and run.runs < RACY_RUNS:
+        missed = tuple(sorted(set(entry.rules) - run.failed))
+        if not missed:
+            break
+        again = _run(name, missed)
+        run = Run(
+            name,
+            again.returncode if again.returncode != 0 else run.returncode,
+            run.failed | again.failed,
+            again.output,
+            run.runs + 1,
+        )
+    return run
+
+
+def _run(name: str, rules: tuple[str, ...] = ()) -> Run:
     env = {
         **os.environ,
         "LAYERS_BROKEN": name,
@@ -69,7 +96,7 @@ def _run(name: str) -> Run:
     ]  # fmt: skip
     if name != "correct":
         # Only the entry's rules (-k matches substrings, so a few more may run).
-        command += ["-k", " or ".join(CATALOGUE[name].rules)]
+        command += ["-k", " or ".join(rules or CATALOGUE[name].rules)]
     proc = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=600, cwd=HERE, check=False
     )
@@ -81,7 +108,7 @@ def _run(name: str) -> Run:
 def catalogue_runs() -> dict[str, Run]:
     names = ["correct", *CATALOGUE]
     with ThreadPoolExecutor(PARALLEL) as pool:
-        return {run.name: run for run in pool.map(_run, names)}
+        return {run.name: run for run in pool.map(_run_entry, names)}
 
 
 def test_control_passes(catalogue_runs: dict[str, Run]) -> None:
@@ -125,6 +152,7 @@ def test_catch_rate_is_complete(catalogue_runs: dict[str, Run]) -> None:
     lines = [
         f"  {CATALOGUE[n].kind:10} {n:32} "
         + ("caught by " + ", ".join(sorted(catalogue_runs[n].failed)) if n in caught else "MISSED")
+        + (f" ({catalogue_runs[n].runs} runs)" if catalogue_runs[n].runs > 1 else "")
         for n in CATALOGUE
     ]
     report = f"catch rate {len(caught)}/{len(CATALOGUE)}\n" + "\n".join(lines)
