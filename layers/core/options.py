@@ -182,10 +182,23 @@ def check_number(
     return value
 
 
+def _check_shape(channel_capacity: object) -> None:
+    """Refuse a ``channel_capacity`` that is neither a mapping nor an iterable of pairs."""
+    if isinstance(channel_capacity, str | bytes) or not isinstance(
+        channel_capacity, Mapping | Iterable
+    ):
+        raise ConfigurationError(
+            "channel_capacity",
+            "expected a mapping of patterns to capacities or (pattern, capacity) pairs, "
+            f"got {channel_capacity!r}",
+        )
+
+
 def compile_capacities(channel_capacity: Capacities | None) -> list[tuple[re.Pattern[str], int]]:
     """``{pattern: capacity}`` or pairs (glob strings or compiled regexes), compiled in order."""
     if channel_capacity is None:
         return []
+    _check_shape(channel_capacity)
     pairs = (
         list(channel_capacity.items())
         if isinstance(channel_capacity, Mapping)
@@ -329,6 +342,7 @@ def capacity_patterns(
     Raises :class:`~layers.ConfigurationError` naming ``channel_capacity`` on a bad pair.
     """
     if channel_capacity is not None and not isinstance(channel_capacity, Mapping):
+        _check_shape(channel_capacity)
         channel_capacity = list(channel_capacity)  # read once, if an iterator
     return compile_capacities(channel_capacity), _labels(channel_capacity)
 

@@ -42,6 +42,7 @@ def test_keyword_overrides_the_url_query() -> None:
         ({"channel_capacity": {"a.*": 0}}, "channel_capacity"),
         ({"channel_capacity": {42: 5}}, "channel_capacity"),
         ({"channel_capacity": [("a", 1, 2)]}, "channel_capacity"),
+        ({"channel_capacity": "a.*"}, "channel_capacity"),
         ({"serializer_format": "pickle"}, "serializer_format"),
         ({"symmetric_encryption_keys": "one-key-not-a-list"}, "symmetric_encryption_keys"),
         ({"max_message_size": 0}, "max_message_size"),

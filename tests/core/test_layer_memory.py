@@ -71,6 +71,8 @@ def test_changing_a_layers_capacity_applies_to_channels_already_sent_to() -> Non
         ("channel_capacity", {"a*": 0}, "from 1"),
         ("channel_capacity", {3: 1}, "glob strings or compiled regexes"),
         ("channel_capacity", ["a*"], "expected (pattern, capacity)"),
+        ("channel_capacity", "a*", "expected a mapping of patterns to capacities"),
+        ("channel_capacity", 5, "expected a mapping of patterns to capacities"),
     ],
 )
 def test_a_bad_capacity_set_on_a_layer_is_refused_and_changes_nothing(
