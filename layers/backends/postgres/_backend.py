@@ -362,14 +362,16 @@ class PostgresBackend(Backend):
     async def cleanup(self, *, max_batches: int = 20) -> int:
         """Delete expired messages and memberships, ``cleanup_batch`` rows at a time.
 
-        Returns how many message rows were deleted. Rows other sessions hold are
-        skipped. Cancellation: batches already committed stay deleted.
+        Returns how many message rows were deleted; they count toward
+        ``vacuum_every`` like delivered ones (each leaves a dead row). Rows other
+        sessions hold are skipped. Cancellation: batches already committed stay deleted.
         """
         batch = self._settings.cleanup_batch
         total = 0
         for _ in range(max_batches):
             deleted = await self._db.rowcount(self._sql.cleanup_messages, (batch,))
             total += deleted
+            self._vacuum.deleted(deleted)
             if deleted < batch:
                 break
         for _ in range(max_batches):

@@ -559,6 +559,24 @@ def test_the_messages_table_is_vacuumed_after_many_deletes(
     assert vacuums >= 2
 
 
+def test_expired_rows_deleted_by_the_cleanup_count_toward_a_vacuum(
+    pg_server: str, fresh_schema: str
+) -> None:
+    async def main() -> None:
+        url = with_params(pg_server, schema=fresh_schema, vacuum_every=20)
+        async with layers.from_url(url, expiry=0.05) as layer:
+            for n in range(30):
+                await layer.send("vac.expired", {"n": n})
+            await asyncio.sleep(0.1)
+            backend = backend_of(layer)
+            assert backend._vacuum.runs == 0  # nothing delivered, nothing deleted yet
+            assert await backend.cleanup() == 30
+            await _until(lambda: backend._vacuum.runs >= 1)
+            assert backend._vacuum.runs == 1
+
+    asyncio.run(main())
+
+
 def test_a_role_that_does_not_own_the_table_does_not_vacuum_it(
     pg_server: str, fresh_schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
