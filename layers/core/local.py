@@ -485,6 +485,13 @@ class LoopState:
             await asyncio.gather(*readers, return_exceptions=True)
         self.readers.clear()
         self.demand.clear()
+        # What a cancelled reader or a driving consumer (an instant backend's) popped
+        # for normal channels and nobody took goes back to the store now, before the
+        # backend closes (a reader that ended by itself already gave its share back).
+        if self.can_restore:
+            boxes = list(self.hub.mailboxes.items())
+            for queue in [name for name, box in boxes if box.items and "!" not in name]:
+                await self.give_back(queue, keep=0)
         async with self.open_lock:
             await self.backend.aclose()
             self.opened = False
