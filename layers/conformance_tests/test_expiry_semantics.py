@@ -30,6 +30,28 @@ async def test_expiry_is_per_message_on_a_busy_channel(layer_factory: LayerFacto
 
 
 @async_test
+async def test_an_expired_message_behind_a_live_one_frees_its_place(
+    layer_factory: LayerFactory,
+) -> None:
+    """Senders with different expiries share a channel: an expired message frees its place.
+
+    The short-lived message is queued behind a long-lived one. A store that drops
+    expired messages only from the head of a queue still counts it, and refuses a
+    send that the capacity allows.
+    """
+    channel = unique()
+    async with (
+        layer_factory(expiry=60, capacity=2) as lasting,
+        layer_factory(expiry=0.3, capacity=2) as brief,
+    ):
+        await lasting.send(channel, {"n": 0})
+        await brief.send(channel, {"n": 1})
+        await asyncio.sleep(0.6)
+        await lasting.send(channel, {"n": 2})  # one live message queued: room for this one
+        assert [m["n"] for m in await drain(lasting, channel)] == [0, 2]
+
+
+@async_test
 async def test_fractional_expiry_is_kept(layer_factory: LayerFactory) -> None:
     """An expiry of 1.5 s means 1.5 s: neither truncated to 1 s nor rounded up to 2 s."""
     kept, freed = unique(), unique()

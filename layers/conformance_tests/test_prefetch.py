@@ -69,19 +69,28 @@ async def test_prefetching_processes_receive_each_message_once_in_order(
 async def test_held_messages_go_back_in_order_when_a_prefetching_layer_closes(
     layer_factory: LayerFactory,
 ) -> None:
-    """A closes holding 1..5; 6 and 7 were sent meanwhile: B receives 1..7, in order."""
-    channel = unique("prefetch-close")
+    """A closes holding 1..5 of one channel (6 and 7 were sent meanwhile) and 1..2 of another.
+
+    B receives 1..7 of the first, in order, and 1..2 of the second, whose queue the
+    store held nothing else of.
+    """
+    channel, alone = unique("prefetch-close"), unique("prefetch-alone")
     async with layer_factory() as b:
         a = layer_factory(prefetch=PREFETCH)
         async with a:
             for i in range(6):
                 await b.send(channel, {"i": i})
+            for i in range(3):
+                await b.send(alone, {"i": i})
             assert (await receive_within(a, channel))["i"] == 0  # a now holds up to 1..5
+            assert (await receive_within(a, alone))["i"] == 0  # and 1..2: the store has none
             await b.send(channel, {"i": 6})
             await b.send(channel, {"i": 7})
         rest = [m["i"] for m in await drain(b, channel)]
+        rest_alone = [m["i"] for m in await drain(b, alone, quiet=0.3)]
     if restores(a):
         assert rest == list(range(1, 8)), "held messages did not go back to the head, in order"
+        assert rest_alone == [1, 2], "held messages of an emptied queue did not go back"
     else:  # held messages left with the closing process: lost, never out of order
         assert rest == sorted(rest), "given-back messages out of order"
         assert set(rest) <= set(range(1, 8)), "a message delivered twice"

@@ -970,6 +970,21 @@ class CloseKeepsHeld(ChannelLayer):
     _loop_state_class = _KeepsHeldOnClose
 
 
+class ExpiresOnlyAtHead(MemoryBackend):
+    """Capacity counts expired messages queued behind a live one (only the head is trimmed)."""
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        store = self._store
+        with store.lock:
+            items = store.queues.get(queue)
+            now = time.monotonic()
+            while items and items[0][0] <= now:
+                items.popleft()
+            if items is not None and len(items) >= capacity:
+                return False
+        return await super().send(queue, payload, expiry=expiry, capacity=capacity)
+
+
 class RestoreAtTail(MemoryBackend):
     """Gives messages back behind everything queued instead of at the head."""
 
@@ -1249,6 +1264,9 @@ CATALOGUE: dict[str, Broken] = {
     "unbounded-local-buffer": _entry(
         "scale", "local buffers of unread channels grow without bound", UnboundedLocalBuffer
     ),
+    "expires-only-at-head": _entry(
+        "expiry", "capacity counts expired messages behind a live one", ExpiresOnlyAtHead
+    ),
     "close-keeps-held": _entry(
         "delivery", "a closing layer keeps the messages it prefetched", CloseKeepsHeld
     ),
@@ -1441,6 +1459,7 @@ RULES: dict[str, tuple[str, ...]] = {
         "test_reply_channel_message_expires",
     ),
     "demand-leaks-on-cancel": ("test_timed_out_receive_leaves_no_demand",),
+    "expires-only-at-head": ("test_an_expired_message_behind_a_live_one_frees_its_place",),
     "close-keeps-held": (
         "test_held_messages_go_back_in_order_when_a_prefetching_layer_closes",
         "test_cancelled_receives_lose_no_held_message",
