@@ -163,11 +163,15 @@ class Shard:
         The estimate runs on the monotonic clock from the last ``TIME`` (to the round
         trip's half), so a jump of this host's wall clock does not move it.
         """
-        if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+        if self.clock_stale():
             before = time.monotonic()
             seconds, micros = await self.call("TIME")
             self._set_clock(seconds, micros, before)
         return time.monotonic() * 1000.0 + self.clock_offset
+
+    def clock_stale(self) -> bool:
+        """True when the last ``TIME`` is :data:`CLOCK_REFRESH` old, or there was none."""
+        return time.monotonic() >= self.clock_checked + CLOCK_REFRESH
 
     def clock_estimate(self) -> float | None:
         """The server's clock now (ms) from the last ``TIME``, however old; None before one."""
@@ -210,7 +214,7 @@ class Shard:
         With ``asking``, ``ASKING`` goes right before it on the same connection (a
         cluster slot being imported by this node).
         """
-        if time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+        if self.clock_stale():
             await self.server_ms()
         if asking:
             self.execute("ASKING").add_done_callback(_ignore)
@@ -261,7 +265,7 @@ class Shard:
                     except (RedisError, OSError) as exc:
                         raise NotSent(f"redis {self.spec.id}: {exc or type(exc).__name__}") from exc
                     await self._sync_clock(pipe)
-                elif time.monotonic() >= self.clock_checked + CLOCK_REFRESH:
+                elif self.clock_stale():
                     await self._sync_clock(pipe)
                 wait = max(0.0, deadline - time.monotonic())
                 items = await self._pop_once(pipe, key, wait, limit)

@@ -96,7 +96,7 @@ from layers.backends.redis._cluster_config import (
 )
 from layers.backends.redis._config import HostSpec, parse_hosts
 from layers.backends.redis._errors import ClusterRedirect, NotSent, redirect_of, translate
-from layers.backends.redis._shard import CLOCK_REFRESH, Shard
+from layers.backends.redis._shard import Shard
 from layers.backends.redis._slot_map import RETRY_FOR, SlotMap
 from layers.core.backend import BackendStatistics, Put
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError, LayerError
@@ -282,7 +282,7 @@ class RedisClusterBackend(RedisBackend):
         candidates = [n for n in nodes if n is not None] + list(self._map.nodes.values())
         for node in candidates:
             estimate = node.clock_estimate()
-            if estimate is not None and time.monotonic() < node.clock_checked + CLOCK_REFRESH:
+            if estimate is not None and not node.clock_stale():
                 return estimate
         for node in candidates[:1]:
             try:
