@@ -222,7 +222,12 @@ class MemoryStore:
             if not queues:
                 break
             name, items = next(iter(queues.items()))
-            if items and items[-1][0] > now:
+            # Senders may give one queue different expiries, so a message can outlive
+            # the one queued after it: drop expired messages from the head, and the
+            # queue only once none is left.
+            while items and items[0][0] <= now:
+                items.popleft()
+            if items:
                 break
             del queues[name]
         groups = self.groups

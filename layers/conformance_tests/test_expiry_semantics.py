@@ -37,16 +37,22 @@ async def test_an_expired_message_behind_a_live_one_frees_its_place(
 
     The short-lived message is queued behind a long-lived one. A store that drops
     expired messages only from the head of a queue still counts it, and refuses a
-    send that the capacity allows.
+    send that the capacity allows; a store that judges a queue expired by its last
+    message drops the live one with it.
     """
-    channel = unique()
+    channel, other = unique(), unique()
     async with (
         layer_factory(expiry=60, capacity=2) as lasting,
         layer_factory(expiry=0.3, capacity=2) as brief,
+        layer_factory(capacity=100) as busy,
     ):
         await lasting.send(channel, {"n": 0})
         await brief.send(channel, {"n": 1})
         await asyncio.sleep(0.6)
+        # Writes elsewhere, which make a store clean up expired queues: the channel's
+        # last message expired, its first did not, so the channel must stay.
+        for i in range(100):
+            await busy.send(other, {"n": i})
         await lasting.send(channel, {"n": 2})  # one live message queued: room for this one
         assert [m["n"] for m in await drain(lasting, channel)] == [0, 2]
 

@@ -152,7 +152,11 @@ async def test_reply_messages_survive_the_event_loop_that_took_them(
 async def test_normal_messages_survive_the_event_loop_that_took_them(
     layer_factory: LayerFactory,
 ) -> None:
-    """Successive loops receive a normal channel's messages one each, in order."""
+    """Successive loops receive a normal channel's messages one each, in order.
+
+    Then a loop that received one message stays open, idle: it holds none of the
+    others (``prefetch`` is 1), so this loop receives them at once.
+    """
     channel = unique("loops")
     async with layer_factory() as layer:
         for i in range(3):
@@ -164,6 +168,25 @@ async def test_normal_messages_survive_the_event_loop_that_took_them(
 
         got = [(await asyncio.to_thread(_in_new_loop, receive))["i"] for _ in range(3)]
         assert got == [0, 1, 2]
+
+        for i in range(3, 6):
+            await layer.send(channel, {"i": i})
+        received, finish = threading.Event(), threading.Event()
+
+        async def receive_and_stay() -> dict[str, Any]:
+            message = await receive()
+            received.set()
+            await asyncio.to_thread(finish.wait, settings.wait * 2)
+            return message
+
+        other = asyncio.create_task(asyncio.to_thread(_in_new_loop, receive_and_stay))
+        try:
+            assert await asyncio.to_thread(received.wait, settings.wait)
+            here = [(await receive_within(layer, channel, timeout=1.0))["i"] for _ in range(2)]
+        finally:
+            finish.set()
+            there = (await other)["i"]
+        assert [there, *here] == [3, 4, 5], "an idle event loop held messages of a normal channel"
 
 
 @async_test

@@ -985,6 +985,20 @@ class ExpiresOnlyAtHead(MemoryBackend):
         return await super().send(queue, payload, expiry=expiry, capacity=capacity)
 
 
+class SweepsByLastExpiry(MemoryBackend):
+    """After each write, drops the oldest-written queue once its last message expired."""
+
+    async def send(self, queue: str, payload: bytes, *, expiry: float, capacity: int) -> bool:
+        stored = await super().send(queue, payload, expiry=expiry, capacity=capacity)
+        store = self._store
+        with store.lock:
+            if store.queues:
+                name, items = next(iter(store.queues.items()))
+                if items and items[-1][0] <= time.monotonic():
+                    del store.queues[name]
+        return stored
+
+
 class RestoreAtTail(MemoryBackend):
     """Gives messages back behind everything queued instead of at the head."""
 
@@ -1267,6 +1281,9 @@ CATALOGUE: dict[str, Broken] = {
     "expires-only-at-head": _entry(
         "expiry", "capacity counts expired messages behind a live one", ExpiresOnlyAtHead
     ),
+    "sweeps-by-last-expiry": _entry(
+        "expiry", "a queue whose last message expired is dropped whole", SweepsByLastExpiry
+    ),
     "close-keeps-held": _entry(
         "delivery", "a closing layer keeps the messages it prefetched", CloseKeepsHeld
     ),
@@ -1460,6 +1477,7 @@ RULES: dict[str, tuple[str, ...]] = {
     ),
     "demand-leaks-on-cancel": ("test_timed_out_receive_leaves_no_demand",),
     "expires-only-at-head": ("test_an_expired_message_behind_a_live_one_frees_its_place",),
+    "sweeps-by-last-expiry": ("test_an_expired_message_behind_a_live_one_frees_its_place",),
     "close-keeps-held": (
         "test_held_messages_go_back_in_order_when_a_prefetching_layer_closes",
         "test_cancelled_receives_lose_no_held_message",

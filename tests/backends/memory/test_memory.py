@@ -61,6 +61,18 @@ async def test_expired_queues_go_as_fast_as_writes_make_them(
     assert len(store.queues) <= before + 1
 
 
+def test_a_sweep_keeps_a_queue_whose_last_message_expired_before_its_first() -> None:
+    """Senders with different expiries: the queue goes only when every message expired."""
+    store = MemoryStore()
+    assert store.put("q", b"lasting", 60, 10, now=0.0)
+    assert store.put("q", b"brief", 0.3, 10, now=0.0)
+    store.sweep(now=1.0, budget=10)
+    assert store.take("q", 10, now=1.0) == [b"lasting"]
+    assert store.put("q", b"brief", 0.3, 10, now=1.0)
+    store.sweep(now=2.0, budget=10)
+    assert "q" not in store.queues
+
+
 @async_test
 async def test_idle_time_reclaims_every_expired_queue() -> None:
     """A million sends to fresh names, then silence: the store ends empty (issue: it kept 880k)."""
