@@ -150,7 +150,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # Ordered by last write: the front is the first to expire entirely.
+        # Ordered by last write: the front is usually the first to expire entirely.
         self.queues: OrderedDict[str, deque[tuple[float, bytes]]] = OrderedDict()
         self.waiters = Waiters(self.lock)
         # group -> {channel: membership expiry}, ordered by last group_add.
@@ -213,9 +213,11 @@ class MemoryStore:
 
         Every write calls it, so expired entries go at the rate writes make new
         ones; the idle sweeper (:func:`_idle_sweeper`) reclaims the rest when no
-        write comes. The front of each last-written order is the first to expire,
-        so the work is proportional to what expired. Returns whether the store
-        still holds anything.
+        write comes. The front of each last-written order is usually the first to
+        expire, so the work is proportional to what expired; a front queue that
+        still holds a live message stops the sweep (a message may outlive one
+        queued after it: senders may give one queue different expiries). Returns
+        whether the store still holds anything.
         """
         queues = self.queues
         for _ in range(budget):
