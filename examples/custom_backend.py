@@ -23,8 +23,8 @@ class DictStore:
         # Event loops of one layer may run in different threads (async_to_sync):
         # every check-then-change of the queues happens under this lock.
         self.lock = threading.Lock()
-        # Ordered by last write (a written queue moves to the end): the front is the
-        # first to expire entirely, so a sweep looks at the front only.
+        # Ordered by last write (a written queue moves to the end): the front is
+        # usually the first to expire entirely, so a sweep looks at the front only.
         self.queues: dict[str, deque[tuple[float, bytes]]] = {}
         # The receives waiting on each queue, guarded by the same lock: a send pops
         # them in the step that stores the payload, then wakes them (any loop, any thread).
@@ -34,7 +34,14 @@ class DictStore:
         """Drop up to two queues whose messages all expired (called on every write)."""
         for _ in range(2):
             first = next(iter(self.queues), None)
-            if first is None or (self.queues[first] and self.queues[first][-1][0] > now):
+            if first is None:
+                return
+            items = self.queues[first]
+            # Senders may give one queue different expiries (a message can outlive the
+            # one queued after it): drop from the head, the queue once nothing is left.
+            while items and items[0][0] <= now:
+                items.popleft()
+            if items:
                 return
             del self.queues[first]
 
@@ -64,8 +71,12 @@ class DictBackend(layers.Backend):
         with self.store.lock:
             items = self.store.queues.pop(queue, None) or deque()
             self.store.queues[queue] = items  # now the most recently written
-            while items and items[0][0] <= now:  # one expiry per layer: oldest expire first
+            while items and items[0][0] <= now:
                 items.popleft()
+            if len(items) >= capacity:  # expired messages behind a live one free places too
+                live = [item for item in items if item[0] > now]
+                items.clear()
+                items.extend(live)
             stored = len(items) < capacity
             if stored:
                 items.append((now + expiry, payload))

@@ -48,7 +48,9 @@ class ExampleStore:
         if now < self.next_sweep:
             return
         self.next_sweep = now + _SWEEP_INTERVAL
-        for name in [n for n, items in self.queues.items() if not items or items[-1][0] <= now]:
+        # Senders may give one queue different expiries: a queue goes when all expired.
+        expired = [n for n, items in self.queues.items() if all(t <= now for t, _ in items)]
+        for name in expired:
             del self.queues[name]
         for name in [g for g, m in self.groups.items() if not m or max(m.values()) <= now]:
             del self.groups[name]
