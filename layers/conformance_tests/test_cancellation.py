@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 from layers.conformance_tests.helpers import drain, receive_within, unique
@@ -28,6 +29,51 @@ async def test_cancelled_receive_loses_nothing(layer_factory: LayerFactory) -> N
         await asyncio.gather(waiting, return_exceptions=True)
         await layer.send(channel, {"kept": True})
         assert await receive_within(layer, channel) == {"kept": True}
+
+
+async def _cancel_at_every_step(layer_factory: LayerFactory, reply: bool) -> None:
+    total = 60
+    async with layer_factory(capacity=total) as layer:
+        channel = await layer.new_channel() if reply else unique("steps")
+        for i in range(total):
+            await layer.send(channel, {"i": i})
+        got: list[int] = []
+        # Cancel after 0, 1, 2, ... event-loop turns, then after growing pauses: every step of
+        # the receive path (taking, decoding, handing over) is interrupted at least once.
+        for step in range(total // 2):
+            task: asyncio.Task[dict[str, object]] = asyncio.create_task(layer.receive(channel))
+            if step < 24:
+                for _ in range(step):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0.0005 * (step - 23))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                got.append((await task)["i"])  # type: ignore[arg-type]
+        got.extend(m["i"] for m in await drain(layer, channel))
+        assert len(got) == len(set(got)), "a message was delivered twice"
+        assert got == list(range(total)), (
+            f"lost {sorted(set(range(total)) - set(got))[:10]}" if len(got) < total else "reordered"
+        )
+
+
+@async_test
+async def test_receive_cancelled_at_every_step_loses_nothing(layer_factory: LayerFactory) -> None:
+    """With messages waiting, a receive cancelled at any step returns one or leaves it queued.
+
+    The step is the number of event-loop turns (then a short pause) before ``cancel()``; unlike
+    the random storms this visits each step on every run, so a backend that yields between
+    taking a message and returning it fails here every time.
+    """
+    await _cancel_at_every_step(layer_factory, reply=False)
+
+
+@async_test
+async def test_reply_receive_cancelled_at_every_step_loses_nothing(
+    layer_factory: LayerFactory,
+) -> None:
+    """The same steps on a reply channel, served through the process's shared inbox."""
+    await _cancel_at_every_step(layer_factory, reply=True)
 
 
 async def _storm(layer_factory: LayerFactory, channel_of: object, total: int, seed: int) -> None:

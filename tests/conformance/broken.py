@@ -1362,7 +1362,12 @@ RULES: dict[str, tuple[str, ...]] = {
         "test_group_send_keeps_order",
         "test_fifo_per_channel_when_interleaved",
     ),
-    "lose-on-cancel": ("test_cancellation_storm_plain_channel",),
+    # The storms catch it only when a random cancel lands in the one-turn window (a CI run
+    # missed it); the stepped rules visit that window on every run.
+    "lose-on-cancel": (
+        "test_receive_cancelled_at_every_step_loses_nothing",
+        "test_reply_receive_cancelled_at_every_step_loses_nothing",
+    ),
     "bytes-become-str": (
         "test_every_asgi_value_type_round_trips",
         "test_group_message_values_round_trip",
