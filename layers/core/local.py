@@ -136,12 +136,16 @@ class LoopState:
                     self.opened = True
         return self.backend
 
-    async def receive(self, channel: str, queue: str) -> dict[str, Any]:
-        """Wait for the next message of ``channel`` (store queue ``queue``); safe to cancel."""
+    async def receive(self, channel: str, queue: str, *, inline: bool = True) -> dict[str, Any]:
+        """Wait for the next message of ``channel`` (store queue ``queue``); safe to cancel.
+
+        ``inline=False`` skips the instant backend's fast path (:meth:`receive_inline`),
+        for a caller that has just tried it.
+        """
         hub = self.hub
         box = hub.mailboxes.get(channel)
-        if self.inline_receive and self.opened and (box is None or box.idle()):
-            message = await self._receive_inline(channel, queue)
+        if inline and self.inline_receive and self.opened and (box is None or box.idle()):
+            message = await self.receive_inline(channel, queue)
             if message is not None:
                 return message
             if self.closing:
@@ -175,7 +179,7 @@ class LoopState:
             if driving:
                 self.stop_driving(queue)
 
-    async def _receive_inline(self, channel: str, queue: str) -> dict[str, Any] | None:
+    async def receive_inline(self, channel: str, queue: str) -> dict[str, Any] | None:
         """On an instant backend, receive for ``channel`` in this task when nobody is ahead.
 
         The fast path of a lone consumer: no reader task, no mailbox waiter, no
