@@ -402,8 +402,9 @@ class InProcessSerializer:
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Take the copy a reference points to (once), or unpack a shared body."""
-        if data[:1] == _BY_REFERENCE:
-            entry = self._take(data)
+        if data[0] == 0:  # _BY_REFERENCE
+            number, token = _REFERENCE.unpack_from(data, 1)
+            entry = InProcessSerializer._by_number[number].pop(token, None)
             if entry is None:
                 raise ValueError("the message was already received or has expired")
             return entry[0]
