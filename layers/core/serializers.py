@@ -404,7 +404,8 @@ class InProcessSerializer:
         """Take the copy a reference points to (once), or unpack a shared body."""
         if data[0] == 0:  # _BY_REFERENCE
             number, token = _REFERENCE.unpack_from(data, 1)
-            entry = InProcessSerializer._by_number[number].pop(token, None)
+            table: _Table = InProcessSerializer._by_number[number]
+            entry = table.pop(token, None)
             if entry is None:
                 raise ValueError("the message was already received or has expired")
             return entry[0]
