@@ -91,6 +91,29 @@ def test_redis_url_typo_never_reaches_the_driver() -> None:
     assert caught.value.suggestion == "socket_timeout"
 
 
+def test_redis_url_refuses_driver_internals_and_lists_only_real_options() -> None:
+    # redis-py's connection classes take internals (callbacks, handler objects) that a
+    # URL's text cannot sensibly set; they are refused, and left out of the valid names.
+    for internal in ("redis_connect_func", "event_dispatcher", "socket_type", "encoding"):
+        with pytest.raises(layers.UnknownOption) as caught:
+            layers.from_url(f"redis://127.0.0.1:6379/0?{internal}=x")
+        listed = str(caught.value).split("Valid options: ")[1]
+        assert internal not in listed
+        assert "socket_connect_timeout" in listed
+        assert "ssl_ca_certs" in listed
+        assert len(listed.split(", ")) < 60, listed
+
+
+def test_redis_tls_option_on_a_plain_url_names_the_scheme() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "unix:///run/redis.sock", "redis+sentinel://s1/m"):
+        with pytest.raises(layers.ConfigurationError) as caught:
+            layers.from_url(f"{url}?ssl_password=s3cret")
+        assert caught.value.setting == "ssl_password"
+        assert "rediss://" in str(caught.value)
+        assert "s3cret" not in str(caught.value)
+    layers.from_url("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_password=s3cret")
+
+
 def test_valid_driver_options_in_urls_are_accepted(tmp_path: Path) -> None:
     layers.from_url("redis://127.0.0.1:6379/0?socket_timeout=1&prefix=p&health_check_interval=5")
     layers.from_url("postgresql://postgres@127.0.0.1/x?connect_timeout=3&schema=s&sslmode=disable")

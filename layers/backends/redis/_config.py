@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    ConnectionPool,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
+from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -84,30 +76,58 @@ class HostSpec:
         return Connector(options, self.id, sentinel, self.master_name)
 
 
+#: URL query options that take effect (see ``connect_options`` and ``tls_context``).
+URL_OPTIONS_IN_EFFECT = frozenset(
+    {
+        "db",
+        "username",
+        "password",
+        "client_name",
+        "lib_name",
+        "lib_version",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_ca_path",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_ciphers",
+        "ssl_exclude_verify_flags",
+        "ssl_include_verify_flags",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_password",
+    }
+)
+#: Options redis-py's own URL parser reads that have no effect here, accepted so that a
+#: URL written for redis-py or channels_redis keeps working (docs/backends/redis.md).
+URL_OPTIONS_WITHOUT_EFFECT = frozenset(
+    {
+        "socket_timeout",
+        "health_check_interval",
+        "max_connections",
+        "retry_on_timeout",
+        "protocol",
+        "socket_read_size",
+        "timeout",
+    }
+)
+
+
 @functools.cache
 def url_query_names() -> frozenset[str]:
-    """The names a Redis URL's query may hold: ``prefix`` and redis-py connection options.
+    """The names a Redis URL's query may hold: ``prefix`` and the connection options.
 
-    Read from the public signatures of redis-py's connection classes (a typo would
-    otherwise reach them as an unexpected keyword argument); ``sentinel_``-prefixed
-    forms configure the connections to the sentinels of a ``redis+sentinel://`` URL.
+    Those that take effect, and those redis-py's URL parser reads that are accepted
+    without effect; ``sentinel_``-prefixed forms configure the connections to the
+    sentinels of a ``redis+sentinel://`` URL. redis-py's other keyword arguments (its
+    internals among them) are refused in a URL, with the valid names; the dict form of
+    ``hosts`` passes keyword arguments to redis-py as they are.
     """
-    names: set[str] = {"prefix"}
-    for kind in (
-        AbstractConnection,
-        Connection,
-        SSLConnection,
-        UnixDomainSocketConnection,
-        ConnectionPool,
-    ):
-        for name, param in inspect.signature(kind.__init__).parameters.items():
-            if name != "self" and param.kind not in (
-                inspect.Parameter.VAR_POSITIONAL,
-                inspect.Parameter.VAR_KEYWORD,
-            ):
-                names.add(name)
-    names -= {"connection_class", "encoder_class", "parser_class", "retry", "credential_provider"}
-    return frozenset(names | {f"sentinel_{name}" for name in names if name != "prefix"})
+    names = URL_OPTIONS_IN_EFFECT | URL_OPTIONS_WITHOUT_EFFECT
+    return frozenset({"prefix"} | names | {f"sentinel_{name}" for name in names})
 
 
 def _with_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,6 +250,12 @@ def hosts_from_url(url: str) -> tuple[list[HostSpec], dict[str, str]]:
     if scheme not in _SCHEMES:
         raise ConfigurationError("url", f"not a Redis URL: {redact_url(url)!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
+    if scheme != "rediss":
+        for key, _ in query:
+            if key.startswith("ssl_"):
+                raise ConfigurationError(
+                    key, f"a TLS option, for rediss:// URLs only (this URL is {scheme}://)"
+                )
     options = {k: v for k, v in query if k == "prefix"}
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
     if scheme == "unix":
