@@ -106,9 +106,7 @@ def main(argv: list[str]) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise ConfigurationError(
-            "serve", "layers serve needs uvicorn: pip install 'channel-layers[serve]'"
-        ) from None
+        raise CommandError("needs uvicorn: pip install 'channel-layers[serve]'") from None
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # import the routing module as `python -m` would
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

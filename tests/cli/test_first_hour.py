@@ -148,6 +148,14 @@ def test_serve_on_memory_without_routing_refuses_at_once() -> None:
     assert "--routing" in line
 
 
+def test_serve_without_uvicorn_names_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "uvicorn.py").write_text("raise ImportError('No module named uvicorn')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = _layers("serve", "--url", "memory://", env={"PYTHONPATH": path}, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == "layers serve: needs uvicorn: pip install 'channel-layers[serve]'"
+
+
 def test_worker_on_memory_refuses_at_once() -> None:
     done = _layers("worker", "tests.cli.test_first_hour:nothing", "--url", "memory://")
     assert done.returncode == 2
