@@ -419,8 +419,8 @@ class ChannelLayer(BaseChannelLayerAPI):
         if state.closing:
             raise LayerClosed("the channel layer is closing")
         if state.inline_receive and state.opened:
-            # An instant backend's lone consumer pops in this task: the common case of
-            # the memory backend, so it skips a coroutine frame (see receive_inline).
+            # An instant backend's lone consumer pops in this task (see receive_inline);
+            # otherwise, or when it gives way, the consumer waits in the mailbox.
             box = self._hub.mailboxes.get(channel)
             if box is None or box.idle():
                 message = await state.receive_inline(channel, queue)
@@ -428,7 +428,6 @@ class ChannelLayer(BaseChannelLayerAPI):
                     return message
                 if state.closing:
                     raise LayerClosed("the channel layer was closed")
-            return await state.receive(channel, queue, inline=False)
         return await state.receive(channel, queue)
 
     def _check_receivable(self, channel: str) -> str:

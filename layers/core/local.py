@@ -136,23 +136,14 @@ class LoopState:
                     self.opened = True
         return self.backend
 
-    async def receive(self, channel: str, queue: str, *, inline: bool = True) -> dict[str, Any]:
-        """Wait for the next message of ``channel`` (store queue ``queue``); safe to cancel.
+    async def receive(self, channel: str, queue: str) -> dict[str, Any]:
+        """Wait in ``channel``'s mailbox for its next message (store queue ``queue``).
 
-        ``inline=False`` skips the instant backend's fast path (:meth:`receive_inline`),
-        for a caller that has just tried it.
+        Safe to cancel. The layer tries :meth:`receive_inline` first where it applies;
+        this is the way through the mailbox, for every backend.
         """
         hub = self.hub
-        box = hub.mailboxes.get(channel)
-        if inline and self.inline_receive and self.opened and (box is None or box.idle()):
-            message = await self.receive_inline(channel, queue)
-            if message is not None:
-                return message
-            if self.closing:
-                raise LayerClosed("the channel layer was closed")
-            box = None
-        if box is None:
-            box = hub.mailbox(channel, queue)
+        box = hub.mailbox(channel, queue)
         got = hub.wait(channel, box, self)
         if not isinstance(got, Waiter):
             return got

@@ -402,10 +402,8 @@ class InProcessSerializer:
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Take the copy a reference points to (once), or unpack a shared body."""
-        if data[0] == 0:  # _BY_REFERENCE
-            number, token = _REFERENCE.unpack_from(data, 1)
-            table: _Table = InProcessSerializer._by_number[number]
-            entry = table.pop(token, None)
+        if data[:1] == _BY_REFERENCE:
+            entry = self._take(data)
             if entry is None:
                 raise ValueError("the message was already received or has expired")
             return entry[0]
