@@ -191,10 +191,12 @@ class Backend(abc.ABC):
     instant_receive: ClassVar[bool] = False
 
     #: True only when payloads never leave this process (no server, no file): the
-    #: core may then pass messages by reference instead of serializing them (see
-    #: :class:`layers.core.serializers.InProcessSerializer`); the payloads it hands
-    #: the backend stay opaque ``bytes``. Leave False for any backend with a store
-    #: outside the process.
+    #: core may then skip serializing messages (see
+    #: :class:`layers.core.serializers.InProcessSerializer`) and hand the backend
+    #: payloads that are Python objects rather than ``bytes`` (in-process
+    #: envelopes, :func:`layers.core.envelope.pack_local`). Such a backend must store
+    #: each payload as it is and give the same object back, never looking inside.
+    #: Leave False for any backend with a store outside the process.
     in_process: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -10,15 +10,21 @@ The first byte is the kind *and* the format version: a later format takes new ki
 bytes, so a payload stored by another release is recognised, or refused with a clear
 error (:func:`unpack`), never misread. The PostgreSQL backend builds the same bytes in
 SQL for ``group_send`` (see :class:`~layers.GroupPayload`).
+
+A backend that declares ``in_process`` (its store never leaves the process) gets an
+*in-process envelope* for each ``send`` instead: the tuple ``(targets, deadline,
+body)`` with the message copy as ``body`` (:func:`pack_local`), which it stores as it
+is. Nothing is encoded or decoded on that path; :func:`unpack` reads both forms.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 from layers.core.backend import GroupPayload
 
-__all__ = ["VERSION", "group_payload", "pack", "unpack"]
+__all__ = ["VERSION", "group_payload", "pack", "pack_local", "unpack"]
 
 #: The envelope format this release writes and reads.
 VERSION = 1
@@ -47,6 +53,16 @@ def pack(targets: list[str] | None, body: bytes, deadline: float) -> bytes:
     return b"".join((_TARGETED, header, ",".join(targets).encode("ascii"), b"\n", body))
 
 
+def pack_local(targets: list[str] | None, body: bytes, deadline: float) -> bytes:
+    """The in-process envelope of a body: the tuple ``(targets, deadline, body)``.
+
+    Only for a backend that declares ``in_process``, which stores payloads as they
+    are; the tuple is typed as the payload bytes the backend API names. ``body`` is
+    what :class:`~layers.core.serializers.InProcessSerializer` made (the message copy).
+    """
+    return cast(bytes, (targets, deadline, body))
+
+
 def group_payload(body: bytes, deadline: float, expiry: float, capacity: int) -> GroupPayload:
     """The envelopes of one ``group_send``, as :class:`~layers.GroupPayload` describes them.
 
@@ -64,7 +80,13 @@ def group_payload(body: bytes, deadline: float, expiry: float, capacity: int) ->
 
 
 def unpack(payload: bytes) -> tuple[list[str] | None, float, bytes]:
-    """Inverse of :func:`pack`: ``(targets, deadline, body)``; ValueError if unknown."""
+    """Inverse of :func:`pack` and :func:`pack_local`: ``(targets, deadline, body)``.
+
+    Raises ValueError for an unknown format.
+    """
+    stored: object = payload  # an in-process envelope is a tuple
+    if type(stored) is tuple:
+        return cast(tuple[list[str] | None, float, bytes], stored)
     kind = payload[:1]
     (deadline,) = _DEADLINE.unpack_from(payload, 1)
     if kind == _PLAIN:

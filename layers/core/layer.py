@@ -34,7 +34,7 @@ from typing import Any, Self, TypeVar
 
 from layers.core.backend import Backend, Capability
 from layers.core.compat import BaseChannelLayerAPI
-from layers.core.envelope import group_payload, pack
+from layers.core.envelope import group_payload, pack, pack_local
 from layers.core.errors import (
     ChannelFull,
     ChannelNotOwned,
@@ -172,6 +172,9 @@ class ChannelLayer(BaseChannelLayerAPI):
         self.prefetch: int = settings.prefetch
         self._serializer: Serializer = settings.serializer
         self._by_reference = settings.by_reference
+        #: Wraps a body for the store: the in-process envelope when messages are not
+        #: serialized (an in-process backend), else the wire envelope.
+        self._pack = pack if self._by_reference is None else pack_local
         self._backend_options = settings.backend_options
         self.client_id = make_client_id()
         self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
@@ -379,7 +382,7 @@ class ChannelLayer(BaseChannelLayerAPI):
         backend = state.backend if state.opened else await state.ready()
         stored = await backend.send(
             queue,
-            pack(local, body, time.time() + self.expiry),
+            self._pack(local, body, time.time() + self.expiry),
             expiry=self.expiry,
             capacity=capacity,
         )
@@ -394,13 +397,11 @@ class ChannelLayer(BaseChannelLayerAPI):
                 delay = min(delay * 2, 0.05)
                 stored = await backend.send(
                     queue,
-                    pack(local, body, time.time() + self.expiry),
+                    self._pack(local, body, time.time() + self.expiry),
                     expiry=self.expiry,
                     capacity=capacity,
                 )
         if not stored:
-            if self._by_reference is not None:
-                self._by_reference.discard(body)
             raise ChannelFull(self._settings.full_message(channel, capacity, wait))
 
     async def receive(self, channel: str) -> dict[str, Any]:

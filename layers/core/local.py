@@ -35,10 +35,10 @@ from collections.abc import Callable
 from typing import Any
 
 from layers.core.backend import Backend
-from layers.core.envelope import pack, unpack
+from layers.core.envelope import pack, pack_local, unpack
 from layers.core.errors import BackendError, LayerClosed
 from layers.core.mailboxes import Hub, Item, Mailbox, Waiter
-from layers.core.serializers import Serializer
+from layers.core.serializers import InProcessSerializer, Serializer
 from layers.core.turns import Ticket
 
 __all__ = ["LoopState"]
@@ -87,6 +87,8 @@ class LoopState:
         self.backend = backend
         self.loop = loop
         self.serializer = serializer
+        #: Wraps a body given back to the store, as the layer's sends do.
+        self.pack = pack_local if isinstance(serializer, InProcessSerializer) else pack
         self.expiry = expiry
         self.prefetch = prefetch
         #: How many messages of a normal channel a reader keeps while nobody waits.
@@ -383,7 +385,7 @@ class LoopState:
         wall = time.time()
         dumps = self.serializer.dumps
         payloads = [
-            (pack(None, dumps(message), wall + (expires_at - now)), expires_at - now)
+            (self.pack(None, dumps(message), wall + (expires_at - now)), expires_at - now)
             for expires_at, message in items
         ]
         try:

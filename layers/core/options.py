@@ -307,7 +307,7 @@ def layer_settings(
         "prefetch", options["prefetch"], minimum=1, maximum=10_000, integer=True
     )
     serializer, by_reference = _serializer(
-        backend_class, options["serializer_format"], symmetric_encryption_keys, expiry, size
+        backend_class, options["serializer_format"], symmetric_encryption_keys, size
     )
     return LayerSettings(
         backend_class=backend_class,
@@ -400,16 +400,15 @@ def _serializer(
     backend_class: type[Backend],
     name: object,
     keys: Iterable[str | bytes] | None,
-    expiry: float,
     max_message_size: int | None,
 ) -> tuple[Serializer, InProcessSerializer | None]:
-    """The layer's serializer, and the in-process one when it passes messages by reference."""
+    """The layer's serializer, and the in-process one when messages are not serialized."""
     if not isinstance(name, str):
         raise ConfigurationError("serializer_format", "must be a serializer name (str)")
     serializer = get_serializer(name, symmetric_encryption_keys=keys)
     # In one process msgpack's round trip is only a deep copy: make the copy
     # directly, sharing immutable values (validated the same way).
     if backend_class.in_process and name == "msgpack" and keys is None:
-        by_reference = InProcessSerializer(expiry=expiry, max_message_size=max_message_size)
+        by_reference = InProcessSerializer(max_message_size=max_message_size)
         return by_reference, by_reference
     return serializer, None

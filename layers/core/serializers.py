@@ -12,7 +12,7 @@ Serializers are registered by name (``serializer_format``): ``"msgpack"`` (the
 default; keeps bytes and str apart) and ``"json"`` (boxes bytes as base64). A backend
 that declares ``in_process`` (the memory backend) gets :class:`InProcessSerializer`
 instead of msgpack: a validated copy of the message's containers that shares its
-immutable values, passed by reference, with the same result as a msgpack round trip. With
+immutable values, stored as it is, with the same result as a msgpack round trip. With
 ``symmetric_encryption_keys`` the serialized bytes are encrypted with
 :class:`cryptography.fernet.MultiFernet`: the first key encrypts, every key decrypts,
 which allows key rotation. Channel and group names stay in plain text.
@@ -22,15 +22,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import re
-import struct
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, Protocol, cast
 
 import msgpack
 
@@ -328,68 +323,35 @@ class EncryptingSerializer:
         return self._inner.loads(self._fernet.decrypt(data))
 
 
-_REFERENCE = struct.Struct("!IQ")  # table number, token
-_NUMBER = struct.Struct("!I")
-_TOKEN = struct.Struct("!Q")
-_BY_REFERENCE = b"\x00"
 _MSGPACK = b"\x01"
-
-_Table = OrderedDict[int, tuple[dict[str, Any], float]]
 
 
 class InProcessSerializer:
-    """Passes a validated copy of each message by reference: for in-process backends.
+    """Passes a validated copy of each message itself: for in-process backends.
 
-    :meth:`dumps` stores a :func:`copy_message` copy in a process-wide table and
-    returns a 13-byte reference to it; :meth:`loads` takes the copy out again, so
-    each reference is delivered once (a ``send`` has one receiver). A body meant
-    for several receivers (``group_send``) is made by :meth:`dumps_shared`, as
-    msgpack, so every receiver gets its own objects. Copies whose message was
-    never received (expired, flushed, refused as full) are dropped ``expiry``
-    seconds (plus a margin) after they were made, so memory stays bounded by what
-    the store itself may hold. Works across the layers of one process (the
-    memory backend's named stores), never across processes.
+    :meth:`dumps` returns a :func:`copy_message` copy of the message, not bytes: the
+    layer wraps it in an in-process envelope (:func:`layers.core.envelope.pack_local`)
+    that the backend stores as it is, and :meth:`loads` gives the copy back. Each
+    copy is stored once and popped once, so it reaches one receiver (a ``send`` has
+    one). A body meant for several receivers (``group_send``) is made by
+    :meth:`dumps_shared`, as msgpack bytes, so every receiver gets its own objects.
+    Nothing is kept outside the store: a copy nobody receives goes when the store
+    drops its message (expired, flushed, refused as full). Works across the layers of
+    one process (the memory backend's named stores), never across processes.
     """
 
-    #: Seconds a copy outlives its message's expiry before it is dropped.
-    MARGIN = 5.0
-
-    # One table per lifetime, so that each is ordered by its deadlines.
-    _tables: ClassVar[dict[float, tuple[int, _Table]]] = {}
-    _by_number: ClassVar[list[_Table]] = []
-    _lock = threading.Lock()
-    _counter = itertools.count(1)
-    _next_purge = 0.0
-
-    def __init__(self, *, expiry: float, max_message_size: int | None) -> None:
-        self._keep = expiry + self.MARGIN
+    def __init__(self, *, max_message_size: int | None) -> None:
         self._max = max_message_size
         self._packer = MsgpackSerializer()
-        cls = InProcessSerializer
-        with cls._lock:
-            found = cls._tables.get(self._keep)
-            if found is None:
-                found = cls._tables[self._keep] = (len(cls._by_number), OrderedDict())
-                cls._by_number.append(found[1])
-        self._number, self._table = found
-        self._head = _BY_REFERENCE + _NUMBER.pack(self._number)
 
     def dumps(self, message: dict[str, Any]) -> bytes:
-        """Validate and copy ``message``; return the reference to the copy."""
+        """Validate and copy ``message``; return the copy (typed as a body, it is a dict)."""
         copy, size = copy_message(message)
         if self._max is not None and size > self._max:
             raise MessageTooLarge(
                 f"the message holds {size} bytes of str and bytes; max_message_size is {self._max}"
             )
-        now = time.monotonic()
-        # The count and the table are only read and written by single C calls, each
-        # atomic under the GIL, so no lock is needed here; purges take the lock.
-        token = next(InProcessSerializer._counter)
-        self._table[token] = (copy, now + self._keep)
-        if now >= InProcessSerializer._next_purge:
-            with InProcessSerializer._lock:
-                InProcessSerializer._purge(now)
-        return self._head + _TOKEN.pack(token)
+        return cast(bytes, copy)
 
     def dumps_shared(self, message: dict[str, Any]) -> bytes:
         """Serialize ``message`` for several receivers (msgpack); validates it first."""
@@ -401,35 +363,13 @@ class InProcessSerializer:
         return _MSGPACK + body
 
     def loads(self, data: bytes) -> dict[str, Any]:
-        """Take the copy a reference points to (once), or unpack a shared body."""
-        if data[:1] == _BY_REFERENCE:
-            entry = self._take(data)
-            if entry is None:
-                raise ValueError("the message was already received or has expired")
-            return entry[0]
+        """Return the copy :meth:`dumps` made, or unpack a shared body anew."""
+        body: object = data  # the copy itself, or shared msgpack bytes
+        if type(body) is dict:
+            return cast(dict[str, Any], body)
+        if data[:1] != _MSGPACK:
+            raise ValueError("not a message body of the in-process serializer")
         return self._packer.loads(data[1:])
-
-    def discard(self, data: bytes) -> None:
-        """Drop the copy of a message that was not stored (its channel was full)."""
-        if data[:1] == _BY_REFERENCE:
-            self._take(data)
-
-    @staticmethod
-    def _take(data: bytes) -> tuple[dict[str, Any], float] | None:
-        number, token = _REFERENCE.unpack_from(data, 1)
-        table: _Table = InProcessSerializer._by_number[number]
-        return table.pop(token, None)
-
-    @classmethod
-    def _purge(cls, now: float) -> None:
-        """Drop copies past their time, oldest first (called under the lock)."""
-        cls._next_purge = now + 1.0
-        for table in cls._by_number:
-            while table:
-                token, (_, until) = next(iter(table.items()))
-                if until > now:
-                    break
-                table.pop(token, None)  # a receive may have taken it meanwhile
 
 
 _REGISTRY: dict[str, Callable[[], Serializer]] = {
