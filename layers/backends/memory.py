@@ -302,6 +302,13 @@ class MemoryBackend(Backend):
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self._deadlines: _Deadlines | None = None
+        # The layer makes one instance per event loop, inside it: knowing the loop saves
+        # looking it up per call (a getpid system call each time). Made outside a
+        # loop, the instance looks it up per call.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     @classmethod
     def url_option_names(cls) -> frozenset[str]:
@@ -352,7 +359,7 @@ class MemoryBackend(Backend):
         if watch:
             _watch(store)
         if waiters:
-            wake(waiters)
+            wake(waiters, self._loop)
         return stored
 
     async def send_many(self, puts: Sequence[Put]) -> list[bool]:
@@ -372,7 +379,7 @@ class MemoryBackend(Backend):
         if watch:
             _watch(store)
         if woken:
-            wake(woken)
+            wake(woken, self._loop)
         return results
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
@@ -397,7 +404,7 @@ class MemoryBackend(Backend):
                     deadline = now + timeout
                 elif now >= deadline:
                     return []
-                loop = asyncio.get_running_loop()
+                loop = self._loop or asyncio.get_running_loop()
                 waiter = store.waiters.register(queue, loop)
             future = waiter[1]
             deadlines = self._deadlines
@@ -426,7 +433,7 @@ class MemoryBackend(Backend):
         if watch:
             _watch(store)
         if waiters:
-            wake(waiters)
+            wake(waiters, self._loop)
         return True
 
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:

@@ -50,15 +50,18 @@ def _set_none(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def wake(waiters: list[Waiter]) -> None:
+def wake(waiters: list[Waiter], current: asyncio.AbstractEventLoop | None = None) -> None:
     """Resolve each waiter's future in its own loop; waiters of closed loops are skipped.
 
     Thread-safe and never blocks; call it after releasing the store's lock.
+    ``current`` is the running event loop when the caller knows it (an object made
+    for one loop); else it is looked up (a system call on Linux, for the pid check).
     """
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
+    if current is None:
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
     for loop, future in waiters:
         if loop is current:
             _set_none(future)
