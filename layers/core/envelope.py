@@ -20,7 +20,7 @@ is. Nothing is encoded or decoded on that path; :func:`unpack` reads both forms.
 from __future__ import annotations
 
 import struct
-from typing import cast
+from typing import Any
 
 from layers.core.backend import GroupPayload
 
@@ -60,7 +60,8 @@ def pack_local(targets: list[str] | None, body: bytes, deadline: float) -> bytes
     are; the tuple is typed as the payload bytes the backend API names. ``body`` is
     what :class:`~layers.core.serializers.InProcessSerializer` made (the message copy).
     """
-    return cast(bytes, (targets, deadline, body))
+    envelope: Any = (targets, deadline, body)
+    return envelope  # type: ignore[no-any-return]
 
 
 def group_payload(body: bytes, deadline: float, expiry: float, capacity: int) -> GroupPayload:
@@ -86,7 +87,7 @@ def unpack(payload: bytes) -> tuple[list[str] | None, float, bytes]:
     """
     stored: object = payload  # an in-process envelope is a tuple
     if type(stored) is tuple:
-        return cast(tuple[list[str] | None, float, bytes], stored)
+        return stored
     kind = payload[:1]
     (deadline,) = _DEADLINE.unpack_from(payload, 1)
     if kind == _PLAIN:

@@ -120,7 +120,10 @@ class Hub:
 
     def wait(self, channel: str, box: Mailbox, state: LoopState) -> dict[str, Any] | Waiter:
         """Take the oldest buffered message of ``channel``, else register a waiter."""
-        with self.lock:
+        # acquire/release rather than ``with`` on the per-message paths (wait, deliver):
+        # the context-manager protocol doubles the cost of an uncontended lock.
+        self.lock.acquire()
+        try:
             # A sweep may have dropped the (then idle) mailbox: put it back, or use
             # the one made since.
             box = self.mailboxes.setdefault(channel, box)
@@ -132,6 +135,8 @@ class Hub:
             box.waiters.append(waiter)
             state.count(box.queue, 1)
             return waiter
+        finally:
+            self.lock.release()
 
     def withdraw(self, box: Mailbox, waiter: Waiter) -> None:
         """``waiter`` stops waiting without a message (cancelled, timed out, failed)."""
@@ -154,7 +159,8 @@ class Hub:
 
         Returns True when a waiter took it. A full buffer drops its oldest message.
         """
-        with self.lock:
+        self.lock.acquire()
+        try:
             items = box.items
             if not items and box.waiters and not front:
                 # The common case: a consumer waits and nothing is buffered.
@@ -171,6 +177,8 @@ class Hub:
             else:
                 items.append(item)
             return self._serve_waiters(box, here) and not items
+        finally:
+            self.lock.release()
 
     def put_front(self, box: Mailbox, items: list[Item], here: asyncio.AbstractEventLoop) -> None:
         """Return ``items`` (oldest first) to the front of ``box``, serving waiters."""

@@ -55,6 +55,13 @@ _FLAT = frozenset({str, bytes, float, bool, type(None)})
 
 _ROOT = object()
 
+# The types the per-message casts name, made once: ``cast(dict[str, Any], x)`` builds
+# the generic alias on every call (about 0.3 µs, on every send and receive).
+_Message = dict[str, Any]
+_AnyDict = dict[Any, Any]
+_ObjectDict = dict[object, object]
+_Objects = Iterable[object]
+
 
 def _where(parent: str, key: object) -> str:
     """The path of an item, built only when needed (an error, a nested container)."""
@@ -75,7 +82,7 @@ def _check_value(value: object, parent: str, key: object = _ROOT, depth: int = 1
         )
     if kind is dict:
         path = _where(parent, key)
-        for name, item in cast(dict[object, object], value).items():
+        for name, item in cast(_ObjectDict, value).items():
             if type(name) is not str:
                 raise InvalidMessage(
                     f"message keys must be str; {path} has key {name!r} ({type(name).__name__})"
@@ -84,7 +91,7 @@ def _check_value(value: object, parent: str, key: object = _ROOT, depth: int = 1
                 _check_value(item, path, name, depth + 1)
     elif kind is list or kind is tuple:
         path = _where(parent, key)
-        for index, item in enumerate(cast(Iterable[object], value)):
+        for index, item in enumerate(cast(_Objects, value)):
             if type(item) not in _FLAT:
                 _check_value(item, path, index, depth + 1)
     elif not isinstance(value, _SCALARS):
@@ -98,7 +105,7 @@ def validate_message(message: object) -> dict[str, Any]:
     """Return ``message`` if it is a valid ASGI message, else raise InvalidMessage."""
     if type(message) is not dict:
         raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
-    msg = cast(dict[str, Any], message)
+    msg = cast(_Message, message)
     if "__asgi_channel__" in msg or "__asgi_group__" in msg:
         raise InvalidMessage("message keys '__asgi_channel__'/'__asgi_group__' are reserved")
     _check_value(msg, "message")
@@ -196,7 +203,7 @@ def copy_message(message: object) -> tuple[dict[str, Any], int]:
         validate_message(message)
     size = [0]
     try:
-        return _copy_dict(cast(dict[Any, Any], message), size, 1), size[0]
+        return _copy_dict(cast(_AnyDict, message), size, 1), size[0]
     except _Refused:
         validate_message(message)
         raise InvalidMessage("message cannot be copied") from None  # pragma: no cover
@@ -234,7 +241,7 @@ class MsgpackSerializer:
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Deserialize msgpack bytes (str keys only)."""
-        return cast(dict[str, Any], msgpack.unpackb(data, raw=False, strict_map_key=True))
+        return cast(_Message, msgpack.unpackb(data, raw=False, strict_map_key=True))
 
 
 _BYTES_MARK = "__bytes__"
@@ -285,7 +292,7 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Deserialize JSON, unboxing bytes."""
-        return cast(dict[str, Any], json.loads(data, object_hook=_unbox))
+        return cast(_Message, json.loads(data, object_hook=_unbox))
 
 
 class EncryptingSerializer:
@@ -366,7 +373,7 @@ class InProcessSerializer:
         """Return the copy :meth:`dumps` made, or unpack a shared body anew."""
         body: object = data  # the copy itself, or shared msgpack bytes
         if type(body) is dict:
-            return cast(dict[str, Any], body)
+            return body
         if data[:1] != _MSGPACK:
             raise ValueError("not a message body of the in-process serializer")
         return self._packer.loads(data[1:])
