@@ -45,6 +45,10 @@ environment, where the peers are installed from PyPI.)
 - A peer that fails a scenario shows the error (or timeout) in its cell; `n/a` means
   the layer does not offer what the scenario needs (a baseline has no groups and no
   reply channels; an in-process layer has no cross-process variant).
+- Under each table, the geometric mean of each layer's ratios to the reference;
+  when the reference failed or answered wrongly in some scenario, a second mean
+  leaves those scenarios out, since a ratio to a run that lost messages compares
+  nothing.
 
 ## Scenarios
 

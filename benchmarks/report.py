@@ -155,17 +155,51 @@ def family_table(
 
 
 def summary(cells: list[dict[str, Any]], labels: list[str], reference: str) -> str:
-    """One sentence: each spec's geometric mean of its ratios to the reference.
+    """Each spec's geometric mean of its ratios to the reference, in a sentence or two.
 
     MB/s rows are left out (they repeat the msg/s ratio); only metrics both specs
-    measured count, and a spec with wrong answers is marked as such.
+    measured count, and a spec with wrong answers is marked as such. When the
+    reference failed a run or answered wrongly somewhere, a second sentence gives
+    the means over the metrics where it answered correctly in every run: a ratio to
+    a run that lost messages (or timed out) compares nothing.
     """
+    sound = {
+        m.scenario for m in METRICS if _answered_correctly(_cells_for(cells, reference, m.scenario))
+    }
+    parts = _means(cells, labels, reference, None)
+    if not parts:
+        return ""
+    text = f"Geometric mean of the ratios to `{reference}`: " + "; ".join(parts) + "."
+    if any(_flags(_cells_for(cells, reference, m.scenario)) for m in METRICS):
+        text += f" `{reference}` itself gave wrong answers in this run."
+    if any(m.scenario not in sound for m in METRICS if median_value(cells, reference, m)):
+        clean = _means(cells, labels, reference, sound)
+        if clean:
+            text += (
+                f" Over the metrics where `{reference}` answered correctly in every run: "
+                + "; ".join(clean)
+                + "."
+            )
+    return text
+
+
+def _answered_correctly(runs: list[dict[str, Any]]) -> bool:
+    """Every run of a cell ended ``ok`` with nothing lost, duplicated or reordered."""
+    return bool(runs) and all(c["status"] == "ok" for c in runs) and not _flags(runs)
+
+
+def _means(
+    cells: list[dict[str, Any]], labels: list[str], reference: str, only: set[str] | None
+) -> list[str]:
+    """Each non-reference spec's mean and metric count (only scenarios in ``only``)."""
     parts = []
     for label in labels:
         if label == reference:
             continue
         ratios = []
         for metric in METRICS:
+            if only is not None and metric.scenario not in only:
+                continue
             value = median_value(cells, label, metric)
             ref = median_value(cells, reference, metric)
             if metric.key.endswith("mb") or not value or not ref:
@@ -176,12 +210,7 @@ def summary(cells: list[dict[str, Any]], labels: list[str], reference: str) -> s
             mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
             note = f"`{label}` {TIMES}{mean:.2f} over {len(ratios)} metrics"
             parts.append(note + (" (with wrong answers)" if wrong else ""))
-    if not parts:
-        return ""
-    text = f"Geometric mean of the ratios to `{reference}`: " + "; ".join(parts) + "."
-    if any(_flags(_cells_for(cells, reference, m.scenario)) for m in METRICS):
-        text += f" `{reference}` itself gave wrong answers in this run."
-    return text
+    return parts
 
 
 def markdown(
