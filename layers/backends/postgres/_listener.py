@@ -190,7 +190,9 @@ class Listener:
             psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **self._connect_kwargs)
         )
         try:
-            return await asyncio.shield(attempt)
+            conn = await asyncio.shield(attempt)
+            conn.add_notify_handler(self._on_driver_notify)
+            return conn
         except asyncio.CancelledError:
             with contextlib.suppress(BaseException):
                 conn = await attempt
@@ -249,24 +251,69 @@ class Listener:
                     w.notes.clear()
                 w.listening.set()
 
+    def _on_notify(self, channel: str, payload: str) -> None:
+        """One notification: queue an owned inbox's note, and wake the channel's readers."""
+        w = self._watches.get(channel)
+        if w is not None:
+            notes = w.notes
+            if notes is not None:
+                if len(notes) >= MAX_NOTES:
+                    # Nobody reads them: drop them, the rows are durable.
+                    notes.clear()
+                    w.gap = True
+                notes.append(parse_note(payload))
+            w.event.set()
+
+    def _on_driver_notify(self, note: psycopg.Notify) -> None:
+        """A notification the driver read while a statement ran on the connection."""
+        self._on_notify(note.channel, note.payload)
+
     async def _consume(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Wake readers until cancelled; check the connection when quiet."""
-        watches = self._watches
+        """Wake readers until cancelled; check the connection when quiet.
+
+        The socket is watched with the loop's ``add_reader``, and each readable event
+        drains libpq's notifications in one callback: about a third of the CPU of the
+        driver's ``notifies()`` generator, which makes a future and re-registers the
+        socket per batch. No statement runs on the connection meanwhile (the driver
+        would take the socket over); notifications read by a statement (LISTEN, the
+        health check) reach :meth:`_on_driver_notify` instead.
+        """
         while True:
-            got = False
-            async for note in conn.notifies(timeout=_HEALTH_INTERVAL):
-                got = True
-                w = watches.get(note.channel)
-                if w is not None:
-                    notes = w.notes
-                    if notes is not None:
-                        if len(notes) >= MAX_NOTES:
-                            # Nobody reads them: drop them, the rows are durable.
-                            notes.clear()
-                            w.gap = True
-                        notes.append(parse_note(note.payload))
-                    w.event.set()
-            if not got:
+            if not await self._read_notifications(conn):
                 await conn.execute("SELECT 1")
-                if any(w.users <= 0 for w in watches.values()):
+                if any(w.users <= 0 for w in self._watches.values()):
                     self._changed.set()  # let _serve UNLISTEN idle channels
+
+    async def _read_notifications(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Dispatch notifications for one health interval; whether any came.
+
+        Raises the connection's error when it fails. Cancellation stops the watch.
+        """
+        loop = asyncio.get_running_loop()
+        pgconn = conn.pgconn
+        fd = conn.fileno()
+        on_notify = self._on_notify
+        got = False
+        lost: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            nonlocal got
+            try:
+                pgconn.consume_input()
+                while (note := pgconn.notifies()) is not None:
+                    got = True
+                    on_notify(note.relname.decode(), note.extra.decode())
+            except Exception as exc:  # the connection failed: reconnect
+                loop.remove_reader(fd)
+                if not lost.done():
+                    lost.set_exception(exc)
+
+        loop.add_reader(fd, readable)
+        try:
+            readable()  # what libpq may already hold
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_HEALTH_INTERVAL):
+                    await lost
+        finally:
+            loop.remove_reader(fd)
+        return got

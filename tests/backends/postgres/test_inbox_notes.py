@@ -383,3 +383,55 @@ def test_restore_puts_payloads_before_the_oldest_row(url: str) -> None:
             assert await backend.receive(empty, timeout=1, limit=10) == [b"a", b"b"]
 
     asyncio.run(main())
+
+
+# -- the listener ------------------------------------------------------------------------
+
+
+def test_notifications_read_while_the_listener_runs_a_statement_are_not_lost(
+    pg_server: str,
+) -> None:
+    """The driver reads notifications that arrive during LISTEN: they must reach the notes.
+
+    Each new channel makes the listener run a LISTEN statement on its connection while
+    another connection NOTIFYs a watched channel in a tight loop; every notification
+    sent must be queued as a note, whichever way it was read.
+    """
+    from layers.backends.postgres._listener import Listener, notify_channel
+
+    sent = 1500  # below MAX_NOTES, so nothing is dropped for want of a reader
+
+    def notify_many(channel: str) -> None:
+        import psycopg
+
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            for _ in range(sent):
+                conn.execute("SELECT pg_notify(%s, '')", (channel,))
+
+    async def main() -> None:
+        listener = Listener(pg_server, {})
+        try:
+            channel = notify_channel(SCHEMA, f"watched-{uuid.uuid4().hex}")
+            watch = listener.watch(channel)
+            watch.notes = _inbox.Notes()
+            async with asyncio.timeout(10):
+                await watch.listening.wait()
+            sender = asyncio.create_task(asyncio.to_thread(notify_many, channel))
+            others = 0
+            while not sender.done():  # a LISTEN statement per new channel, meanwhile
+                other = listener.watch(notify_channel(SCHEMA, f"other-{others}"))
+                others += 1
+                async with asyncio.timeout(10):
+                    await other.listening.wait()
+            await sender
+            for _ in range(100):  # up to 10 s for the last ones to arrive
+                if len(watch.notes) >= sent:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
+            assert len(watch.notes) == sent
+            assert others > 10  # the statements really overlapped the notifications
+        finally:
+            await listener.aclose()
+
+    asyncio.run(main())
