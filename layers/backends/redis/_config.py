@@ -50,7 +50,7 @@ class HostSpec:
         """redis-py's pool for these options (no I/O); the Sentinel manager when there is one."""
         kwargs = _with_defaults(self.kwargs)
         if self.sentinels:
-            manager = Sentinel(  # type: ignore[no-untyped-call]
+            manager = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                 list(self.sentinels), sentinel_kwargs=dict(self.sentinel_kwargs)
             )
             pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
