@@ -171,10 +171,10 @@ class ChannelLayer(BaseChannelLayerAPI):
         self.max_message_size: int | None = settings.max_message_size
         self.prefetch: int = settings.prefetch
         self._serializer: Serializer = settings.serializer
-        self._by_reference = settings.by_reference
+        self._in_process = settings.in_process
         #: Wraps a body for the store: the in-process envelope when messages are not
         #: serialized (an in-process backend), else the wire envelope.
-        self._pack = pack if self._by_reference is None else pack_local
+        self._pack = pack if self._in_process is None else pack_local
         self._backend_options = settings.backend_options
         self.client_id = make_client_id()
         self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
@@ -340,8 +340,8 @@ class ChannelLayer(BaseChannelLayerAPI):
         return target
 
     def _encode(self, message: dict[str, Any]) -> bytes:
-        if self._by_reference is not None:
-            return self._by_reference.dumps(message)  # validates and checks the size
+        if self._in_process is not None:
+            return self._in_process.dumps(message)  # validates and checks the size
         body = self._serializer.dumps(validate_message(message))
         if self.max_message_size is not None and len(body) > self.max_message_size:
             raise MessageTooLarge(
@@ -489,8 +489,8 @@ class ChannelLayer(BaseChannelLayerAPI):
         message once or not at all.
         """
         require_valid_group_name(group)
-        if self._by_reference is not None:
-            body = self._by_reference.dumps_shared(message)  # one body, many receivers
+        if self._in_process is not None:
+            body = self._in_process.dumps_shared(message)  # one body, many receivers
         else:
             body = self._encode(message)
         self.require(Capability.GROUPS)

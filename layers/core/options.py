@@ -241,8 +241,8 @@ class LayerSettings:
     max_message_size: int | None
     prefetch: int
     serializer: Serializer
-    #: The in-process serializer when messages pass by reference (also ``serializer``).
-    by_reference: InProcessSerializer | None
+    #: The in-process serializer when messages are copied, not serialized (also ``serializer``).
+    in_process: InProcessSerializer | None
     #: How each ``channel_capacity`` pattern was written, for error messages.
     capacity_labels: list[str]
     #: Where ``capacity`` came from, for :class:`~layers.ChannelFull` messages.
@@ -306,7 +306,7 @@ def layer_settings(
     prefetch = check_number(
         "prefetch", options["prefetch"], minimum=1, maximum=10_000, integer=True
     )
-    serializer, by_reference = _serializer(
+    serializer, in_process = _serializer(
         backend_class, options["serializer_format"], symmetric_encryption_keys, size
     )
     return LayerSettings(
@@ -319,7 +319,7 @@ def layer_settings(
         max_message_size=size,
         prefetch=prefetch,
         serializer=serializer,
-        by_reference=by_reference,
+        in_process=in_process,
         capacity_labels=labels,
         capacity_origin=_origin(capacity, keywords, url_layer_options),
     )
@@ -409,6 +409,6 @@ def _serializer(
     # In one process msgpack's round trip is only a deep copy: make the copy
     # directly, sharing immutable values (validated the same way).
     if backend_class.in_process and name == "msgpack" and keys is None:
-        by_reference = InProcessSerializer(max_message_size=max_message_size)
-        return by_reference, by_reference
+        in_process = InProcessSerializer(max_message_size=max_message_size)
+        return in_process, in_process
     return serializer, None

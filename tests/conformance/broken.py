@@ -1536,8 +1536,9 @@ def make_factory(name: str, folder: str) -> Any:
 
     backend = entry.backend
     if name != "correct" and getattr(backend, "in_process", False):
-        # Serialize as every out-of-process store does: passed by reference, a payload
-        # a broken backend duplicates could not be decoded twice, hiding the defect.
+        # Serialize as every out-of-process store does, so each defect acts on byte
+        # payloads as a plugin's would (an in-process payload is the message copy
+        # itself, which a broken backend could hand to two receivers at once).
         backend = type(backend.__name__, (backend,), {"in_process": False})
 
     def factory(**options: Any) -> ChannelLayer:

@@ -1,4 +1,4 @@
-"""The memory backend passes messages by reference: validated copies, shared immutables.
+"""The memory backend copies messages instead of serializing them, sharing immutables.
 
 An in-process backend gets :class:`~layers.core.serializers.InProcessSerializer`
 instead of msgpack, and the store holds each message copy itself. These tests pin
@@ -28,7 +28,7 @@ from layers.core.serializers import (
 )
 
 
-def test_only_an_in_process_backend_with_the_default_format_passes_by_reference() -> None:
+def test_only_an_in_process_backend_with_the_default_format_copies_instead_of_serializing() -> None:
     assert isinstance(MemoryChannelLayer()._serializer, InProcessSerializer)
     assert not isinstance(
         MemoryChannelLayer(serializer_format="json")._serializer, InProcessSerializer
