@@ -300,13 +300,16 @@ class Listener:
             nonlocal got
             try:
                 pgconn.consume_input()
-                while (note := pgconn.notifies()) is not None:
-                    got = True
-                    on_notify(note.relname.decode(), note.extra.decode())
-            except Exception as exc:  # the connection failed: reconnect
+            except psycopg.Error as exc:  # the connection failed: reconnect
                 loop.remove_reader(fd)
                 if not lost.done():
                     lost.set_exception(exc)
+                return
+            while (note := pgconn.notifies()) is not None:
+                got = True
+                # Our channels and payloads are ASCII; a stranger's bytes must not raise.
+                channel = note.relname.decode(errors="replace")
+                on_notify(channel, note.extra.decode(errors="replace"))
 
         loop.add_reader(fd, readable)
         try:
