@@ -259,7 +259,9 @@ def hosts_from_url(url: str) -> tuple[list[HostSpec], dict[str, str]]:
     options = {k: v for k, v in query if k == "prefix"}
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
     if scheme == "unix":
-        clean = parts._replace(query=rest).geturl()
+        # Spelled out: urlunsplit drops the "//" of an empty host, and recent redis-py
+        # accepts only "unix://".
+        clean = f"unix://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
         return [HostSpec(id=_url_id(clean), url=clean)], options
     userinfo, hostlist = _split_netloc(parts.netloc)
     auth = f"{userinfo}@" if userinfo else ""

@@ -55,6 +55,15 @@ def test_multi_host_url_shares_auth_db_and_options() -> None:
     assert specs[1].url == "redis://u:pw@h2/3?socket_timeout=5"
 
 
+def test_a_unix_socket_url_keeps_its_double_slash_for_redis_py() -> None:
+    # Recent redis-py accepts only "unix://"; urlunsplit would write "unix:/tmp/r.sock".
+    (spec,), options = hosts_from_url("unix://user@/tmp/r.sock?db=2&prefix=app")
+    assert options == {"prefix": "app"}
+    assert spec.url == "unix://user@/tmp/r.sock?db=2"
+    (spec,), _ = hosts_from_url("unix:///tmp/r.sock")
+    assert spec.url == "unix:///tmp/r.sock"
+
+
 def test_sentinel_url() -> None:
     (spec,), _ = hosts_from_url(
         "redis+sentinel://:secret@s1:26379,s2/mymaster/2?sentinel_password=sp"
