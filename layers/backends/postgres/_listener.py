@@ -319,4 +319,8 @@ class Listener:
                     await lost
         finally:
             loop.remove_reader(fd)
+            if lost.done() and not lost.cancelled():
+                # Cancelled after the failure was noted: _serve's next statement on the
+                # connection meets the same error, so only mark this one as seen.
+                lost.exception()
         return got

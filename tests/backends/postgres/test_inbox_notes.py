@@ -435,3 +435,28 @@ def test_notifications_read_while_the_listener_runs_a_statement_are_not_lost(
             await listener.aclose()
 
     asyncio.run(main())
+
+
+def test_a_quiet_listener_checks_its_connection(
+    pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no notification for a health interval, the listener runs ``SELECT 1``."""
+    from layers.backends.postgres import _listener
+
+    monkeypatch.setattr(_listener, "_HEALTH_INTERVAL", 0.2)
+    app = f"quiet-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        listener = _listener.Listener(pg_server, {"application_name": app})
+        try:
+            watch = listener.watch(_listener.notify_channel(SCHEMA, "quiet"))
+            async with asyncio.timeout(10):
+                await watch.listening.wait()
+            await asyncio.sleep(1.0)  # several quiet intervals
+            query = "SELECT query FROM pg_stat_activity WHERE application_name = %s"
+            rows = await asyncio.to_thread(sql, pg_server, query, app)
+            assert rows == [("SELECT 1",)]
+        finally:
+            await listener.aclose()
+
+    asyncio.run(main())
