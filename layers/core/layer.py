@@ -162,8 +162,8 @@ class ChannelLayer(BaseChannelLayerAPI):
         self.backend_class = settings.backend_class
         self.expiry: float = settings.expiry
         self.group_expiry: float = settings.group_expiry
-        #: Validated send targets by channel name (see :meth:`_target`).
-        self._targets: dict[str, tuple[str, list[str] | None, int]] = {}
+        #: The capacity of each validated send target, by channel name (see :meth:`_target`).
+        self._targets: dict[str, int] = {}
         #: Validated receive channels and their store queues (see :meth:`_check_receivable`).
         self._receivable: dict[str, str] = {}
         self._capacity: int = settings.capacity
@@ -327,17 +327,19 @@ class ChannelLayer(BaseChannelLayerAPI):
 
         loop.close = close  # type: ignore[method-assign]
 
-    def _target(self, channel: str) -> tuple[str, list[str] | None, int]:
-        """Validate ``channel`` and remember its queue, local part and capacity for sends.
+    def _target(self, channel: str) -> int:
+        """Validate ``channel``, remember it for sends and return its capacity.
 
         The memory is bounded: past :data:`_TARGETS_KEPT` names it starts afresh
-        (reply channels are often sent to once).
+        (reply channels are often sent to once). It holds only strings and integers,
+        which the garbage collector does not track: a fresh reply channel per request
+        leaves nothing behind that would make the collector run (and pause a round
+        trip) more often.
         """
         require_valid_channel_name(channel)
-        queue, local_part = split_channel(channel)
-        target = (queue, None if local_part is None else [local_part], self.get_capacity(channel))
-        _remember(self._targets, channel, target)
-        return target
+        capacity = self.get_capacity(channel)
+        _remember(self._targets, channel, capacity)
+        return capacity
 
     def _encode(self, message: dict[str, Any]) -> bytes:
         if self._in_process is not None:
@@ -371,10 +373,16 @@ class ChannelLayer(BaseChannelLayerAPI):
 
         Cancellation: the message is stored once or not at all, also while waiting.
         """
-        target = self._targets.get(channel) if type(channel) is str else None
-        if target is None:
-            target = self._target(channel)
-        queue, local, capacity = target
+        capacity = self._targets.get(channel) if type(channel) is str else None
+        if capacity is None:
+            capacity = self._target(channel)
+        bang = channel.find("!")
+        if bang < 0:
+            queue: str = channel
+            local: list[str] | None = None
+        else:  # a reply channel: its process's inbox queue, and its name there
+            queue = channel[: bang + 1]
+            local = [channel[bang + 1 :]]
         if wait is not None:
             check_number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
         body = self._encode(message)

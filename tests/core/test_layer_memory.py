@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import pytest
@@ -83,3 +84,41 @@ def test_a_bad_capacity_set_on_a_layer_is_refused_and_changes_nothing(
         setattr(layer, attribute, value)
     assert attribute in str(caught.value)
     assert (layer.capacity, layer.get_capacity("xy"), layer.get_capacity("z")) == (7, 3, 7)
+
+
+def test_round_trips_on_fresh_reply_channels_leave_nothing_for_the_garbage_collector() -> None:
+    """A request/reply loop leaves no tracked objects behind, so it never wakes the collector.
+
+    Each container object that outlives a call counts towards the next collection,
+    which pauses the loop for tens of microseconds (hundreds for an older
+    generation): a remembered ``(queue, [local], capacity)`` per reply channel made
+    the request/reply p99 of the memory backend a fifth worse than Channels' own.
+    """
+
+    async def serve(layer: layers.ChannelLayer) -> None:
+        while True:
+            request = await layer.receive("rpc")
+            await layer.send(request["reply"], {"i": request["i"]})
+
+    async def round_trips(layer: layers.ChannelLayer, count: int) -> None:
+        for i in range(count):
+            reply = await layer.new_channel()
+            await layer.send("rpc", {"i": i, "reply": reply})
+            assert (await layer.receive(reply))["i"] == i
+
+    async def main() -> int:
+        async with layers.from_url("memory://") as layer:
+            server = asyncio.create_task(serve(layer))
+            await round_trips(layer, 200)  # warm: timers, mailboxes, caches
+            gc.collect()
+            gc.disable()
+            try:
+                before = len(gc.get_objects())
+                await round_trips(layer, 1000)
+                grown = len(gc.get_objects()) - before
+            finally:
+                gc.enable()
+                server.cancel()
+            return grown
+
+    assert asyncio.run(main()) < 100  # was about 2,000: a tuple and a list per round trip
