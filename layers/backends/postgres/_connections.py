@@ -20,7 +20,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from layers.backends.postgres import _options, _sql
+from layers.backends.postgres import _direct, _options, _sql
 from layers.backends.postgres._tasks import stop
 from layers.core.errors import BackendError, BackendUnavailable, ConfigurationError
 
@@ -53,6 +53,11 @@ class Connections:
         self._checking: asyncio.Task[None] | None = None
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._waiting = 0  # tasks blocked in pool.getconn()
+        #: The hot statements run on libpq directly, by their psycopg text (none for a
+        #: transaction pooler, which keeps no prepared statement between transactions).
+        self._direct: dict[bytes, _direct.Direct] = (
+            {} if settings.poll_only else {d.query: d for d in _sql.direct_statements(statements)}
+        )
 
     @property
     def is_open(self) -> bool:
@@ -213,8 +218,11 @@ class Connections:
 
     async def _run(self, query: bytes, params: Params, rows: bool) -> list[tuple[Any, ...]] | int:
         """Execute on a leased connection: rows if ``rows``, else the row count."""
+        fast = self._direct.get(query) if rows and isinstance(params, Mapping) else None
 
         async def execute(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]] | int:
+            if fast is not None and _direct.usable(conn):
+                return await _direct.execute(conn, fast, params)  # type: ignore[arg-type]
             cur = await conn.execute(query, params, binary=params is not None)
             return await cur.fetchall() if rows else int(cur.rowcount)
 

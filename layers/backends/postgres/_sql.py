@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from layers.backends.postgres import _direct
 from layers.backends.postgres._inbox import MAX_NOTE_PAYLOAD
 
 __all__ = [
@@ -495,3 +496,27 @@ def _maintenance_statements(t: _Schema) -> dict[str, bytes]:
             " LIMIT %s FOR UPDATE SKIP LOCKED))"
         ),
     }
+
+
+def direct_statements(st: Statements) -> list[_direct.Direct]:
+    """The statements run on libpq directly (see ``_direct``), with their types."""
+    text, bytea, int8, float8, boolean = (
+        _direct.TEXT,
+        _direct.BYTEA,
+        _direct.INT8,
+        _direct.FLOAT8,
+        _direct.BOOL,
+    )
+    return [
+        _direct.direct(st.receive, {"queue": text, "lim": int8}, [int8, bytea]),
+        _direct.direct(
+            st.send_locked,
+            {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
+            [int8, boolean],
+        ),
+        _direct.direct(
+            st.claim_inbox,
+            {"queue": text, "lim": int8, "channel": text, "marker": text},
+            [int8, bytea, boolean],
+        ),
+    ]

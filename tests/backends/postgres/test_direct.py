@@ -1,0 +1,158 @@
+"""The hot statements run on libpq directly: same results and errors as through psycopg."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+import layers
+from layers.backends.postgres import _direct, _sql
+
+from .servers import SCHEMA
+
+pytestmark = pytest.mark.postgres
+
+
+async def _schema_ready(pg_url: str) -> None:
+    async with layers.from_url(pg_url) as layer:
+        await layer.flush()
+
+
+def _statements() -> dict[str, _direct.Direct]:
+    statements = _sql.statements(SCHEMA)
+    by_query = {d.query: d for d in _sql.direct_statements(statements)}
+    return {"send": by_query[statements.send_locked], "receive": by_query[statements.receive]}
+
+
+def _send(queue: str, payload: bytes, **changes: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "queue": queue,
+        "payload": payload,
+        "expiry": 60.0,
+        "cap": 100,
+        "channel": None,
+    }
+    params.update(changes)
+    return params
+
+
+def test_a_statement_deallocated_by_the_driver_is_prepared_again(
+    pg_server: str, pg_url: str
+) -> None:
+    """psycopg runs ``DEALLOCATE ALL`` after a ROLLBACK or DROP: the next execution still works."""
+    direct = _statements()
+
+    async def main() -> None:
+        await _schema_ready(pg_url)
+        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+            assert await _direct.execute(conn, direct["send"], _send("direct.re", b"one")) == [
+                (0, True)
+            ]
+            await conn.execute("DEALLOCATE ALL")
+            assert _direct.usable(conn)
+            assert await _direct.execute(conn, direct["send"], _send("direct.re", b"two")) == [
+                (1, True)
+            ]
+            rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.re", "lim": 5})
+            assert [bytes(payload) for _, payload in rows] == [b"one", b"two"]
+
+    asyncio.run(main())
+
+
+def test_a_failed_statement_raises_its_sqlstate_class_and_leaves_the_connection_idle(
+    pg_server: str, pg_url: str
+) -> None:
+    direct = _statements()
+
+    async def main() -> None:
+        await _schema_ready(pg_url)
+        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.DatetimeFieldOverflow, match="interval"):
+                await _direct.execute(conn, direct["send"], _send("direct.err", b"x", expiry=1e300))
+            assert _direct.usable(conn)
+            await _direct.execute(conn, direct["send"], _send("direct.err", b"y"))
+            rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.err", "lim": 5})
+            assert [bytes(payload) for _, payload in rows] == [b"y"]
+
+    asyncio.run(main())
+
+
+def test_a_statement_larger_than_the_socket_buffer_is_sent_whole(
+    pg_server: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payload libpq cannot write at once waits for the socket to take the rest."""
+    direct = _statements()
+    waits = 0
+    writable = _direct._writable
+
+    async def counting(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        nonlocal waits
+        waits += 1
+        await writable(loop, fd)
+
+    monkeypatch.setattr(_direct, "_writable", counting)
+    blob = bytes(range(256)) * (64 * 1024)  # 16 MiB
+
+    async def main() -> None:
+        await _schema_ready(pg_url)
+        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+            await _direct.execute(conn, direct["send"], _send("direct.big", blob))
+            rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.big", "lim": 1})
+            assert bytes(rows[0][1]) == blob
+
+    asyncio.run(main())
+    assert waits > 0
+
+
+def test_a_lost_connection_raises_operational_error(pg_server: str, pg_url: str) -> None:
+    direct = _statements()
+
+    async def main() -> None:
+        await _schema_ready(pg_url)
+        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+            await _direct.execute(conn, direct["receive"], {"queue": "direct.lost", "lim": 1})
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as other:
+                await other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            with pytest.raises(psycopg.OperationalError):
+                await _direct.execute(conn, direct["receive"], {"queue": "direct.lost", "lim": 1})
+            assert not _direct.usable(conn)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_statement_leaves_its_connection_out_of_the_layers_reuse(pg_url: str) -> None:
+    """The layer gives a connection cancelled mid-statement back to the pool, never reuses it."""
+
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            await layer.flush()
+            await layer.send("direct.cancel", {"i": 0})
+            backend = layer._state().backend
+            for _ in range(20):
+                task = asyncio.ensure_future(backend.receive("direct.cancel", timeout=1))
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            # Every connection the layer keeps is idle: the next statements work.
+            for i in range(1, 4):
+                await layer.send("direct.cancel", {"i": i})
+            got = [(await layer.receive("direct.cancel"))["i"] for _ in range(3)]
+            assert got in ([1, 2, 3], [0, 1, 2])  # 0 may have been claimed and lost
+
+    asyncio.run(main())
+
+
+def test_the_direct_statements_and_their_types_match_the_sql() -> None:
+    """Each direct statement names every placeholder of its psycopg text, in ``$n`` order."""
+    statements = _sql.statements(SCHEMA)
+    for direct in _sql.direct_statements(statements):
+        assert b"%(" not in direct.text
+        for n, name in enumerate(direct.params, start=1):
+            assert f"%({name})".encode() in direct.query
+            assert b"$%d" % n in direct.text
+        assert len(direct.types) == len(direct.params)
