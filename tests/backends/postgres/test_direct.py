@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -16,9 +18,20 @@ from .servers import SCHEMA
 pytestmark = pytest.mark.postgres
 
 
-async def _schema_ready(pg_url: str) -> None:
+@contextlib.asynccontextmanager
+async def _connection(pg_server: str, pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A fresh autocommit connection, once the layer's schema exists and is empty."""
     async with layers.from_url(pg_url) as layer:
         await layer.flush()
+    async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+        yield conn
+
+
+async def _payloads(
+    conn: psycopg.AsyncConnection[Any], receive: _direct.Direct, queue: str
+) -> list[bytes]:
+    rows = await _direct.execute(conn, receive, {"queue": queue, "lim": 5})
+    return [bytes(payload) for _, payload in rows]
 
 
 def _statements() -> dict[str, _direct.Direct]:
@@ -46,8 +59,7 @@ def test_a_statement_deallocated_by_the_driver_is_prepared_again(
     direct = _statements()
 
     async def main() -> None:
-        await _schema_ready(pg_url)
-        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+        async with _connection(pg_server, pg_url) as conn:
             assert await _direct.execute(conn, direct["send"], _send("direct.re", b"one")) == [
                 (0, True)
             ]
@@ -56,8 +68,7 @@ def test_a_statement_deallocated_by_the_driver_is_prepared_again(
             assert await _direct.execute(conn, direct["send"], _send("direct.re", b"two")) == [
                 (1, True)
             ]
-            rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.re", "lim": 5})
-            assert [bytes(payload) for _, payload in rows] == [b"one", b"two"]
+            assert await _payloads(conn, direct["receive"], "direct.re") == [b"one", b"two"]
 
     asyncio.run(main())
 
@@ -68,14 +79,12 @@ def test_a_failed_statement_raises_its_sqlstate_class_and_leaves_the_connection_
     direct = _statements()
 
     async def main() -> None:
-        await _schema_ready(pg_url)
-        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+        async with _connection(pg_server, pg_url) as conn:
             with pytest.raises(psycopg.errors.DatetimeFieldOverflow, match="interval"):
                 await _direct.execute(conn, direct["send"], _send("direct.err", b"x", expiry=1e300))
             assert _direct.usable(conn)
             await _direct.execute(conn, direct["send"], _send("direct.err", b"y"))
-            rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.err", "lim": 5})
-            assert [bytes(payload) for _, payload in rows] == [b"y"]
+            assert await _payloads(conn, direct["receive"], "direct.err") == [b"y"]
 
     asyncio.run(main())
 
@@ -97,8 +106,7 @@ def test_a_statement_larger_than_the_socket_buffer_is_sent_whole(
     blob = bytes(range(256)) * (64 * 1024)  # 16 MiB
 
     async def main() -> None:
-        await _schema_ready(pg_url)
-        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+        async with _connection(pg_server, pg_url) as conn:
             await _direct.execute(conn, direct["send"], _send("direct.big", blob))
             rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.big", "lim": 1})
             assert bytes(rows[0][1]) == blob
@@ -111,8 +119,7 @@ def test_a_lost_connection_raises_operational_error(pg_server: str, pg_url: str)
     direct = _statements()
 
     async def main() -> None:
-        await _schema_ready(pg_url)
-        async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+        async with _connection(pg_server, pg_url) as conn:
             await _direct.execute(conn, direct["receive"], {"queue": "direct.lost", "lim": 1})
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as other:
                 await other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
