@@ -218,11 +218,12 @@ class Connections:
 
     async def _run(self, query: bytes, params: Params, rows: bool) -> list[tuple[Any, ...]] | int:
         """Execute on a leased connection: rows if ``rows``, else the row count."""
-        fast = self._direct.get(query) if rows and isinstance(params, Mapping) else None
+        named = params if rows and isinstance(params, Mapping) else None
+        fast = self._direct.get(query) if named is not None else None
 
         async def execute(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]] | int:
-            if fast is not None and _direct.usable(conn):
-                return await _direct.execute(conn, fast, params)  # type: ignore[arg-type]
+            if fast is not None and named is not None and _direct.usable(conn):
+                return await _direct.execute(conn, fast, named)
             cur = await conn.execute(query, params, binary=params is not None)
             return await cur.fetchall() if rows else int(cur.rowcount)
 
