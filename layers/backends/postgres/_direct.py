@@ -20,9 +20,12 @@ What it relies on, and what happens otherwise:
 * a lost connection raises :class:`psycopg.OperationalError` from libpq, a failed
   statement the :mod:`psycopg.errors` class of its SQLSTATE, so error handling is the
   same as through psycopg;
-* a cancelled caller leaves the connection busy: ``Connections.lease`` then gives it
-  back to the pool, which discards it (the server rolls the statement back, or it
-  had committed).
+* a caller cancelled while its statement runs waits for the statement to finish
+  (up to :data:`DRAIN_TIMEOUT`, as psycopg does), then raises ``CancelledError``: the
+  connection stays idle and reusable, and a send either happened or did not. A
+  connection still busy after that goes back to the pool, which discards it. A
+  caller cancelled after its prepare finished leaves that statement unrecorded, so
+  "already exists" (SQLSTATE 42P05) on a later prepare counts as prepared.
 """
 
 from __future__ import annotations
@@ -53,9 +56,14 @@ _FATAL = pq.ExecStatus.FATAL_ERROR
 _PIPELINE_OFF = pq.PipelineStatus.OFF
 _CONNECTION_OK = pq.ConnStatus.OK
 _IDLE = pq.TransactionStatus.IDLE
+_ACTIVE = pq.TransactionStatus.ACTIVE
+
+#: How long a cancelled caller waits for its statement to finish (seconds).
+DRAIN_TIMEOUT = 5.0
 _SQLSTATE = pq.DiagnosticField.SQLSTATE
-#: "prepared statement does not exist"
+#: "prepared statement does not exist", "prepared statement already exists"
 _NO_STATEMENT = b"26000"
+_ALREADY_PREPARED = b"42P05"
 
 
 def _text(value: Any) -> bytes | None:
@@ -190,7 +198,13 @@ async def execute(
             names = _prepared[pgconn] = set()
         if statement.name not in names:
             pgconn.send_prepare(statement.name, statement.text, param_types=statement.types)
-            _raise_failure(await _results(pgconn))
+            prepared = await _complete(pgconn)
+            failed = _failure(prepared)
+            # Already there: a caller cancelled just after its prepare completed left
+            # the connection idle (so back in use) with the statement unrecorded. The
+            # name is a hash of the text, so the statement there is this one.
+            if failed is not None and failed.error_field(_SQLSTATE) != _ALREADY_PREPARED:
+                _raise_failure(prepared)
             names.add(statement.name)
         pgconn.send_query_prepared(
             statement.name,
@@ -198,7 +212,7 @@ async def execute(
             param_formats=[1] * len(values),
             result_format=1,
         )
-        results = await _results(pgconn)
+        results = await _complete(pgconn)
         failed = _failure(results)
         if failed is None:
             return statement.rows(results[0]) if results else []
@@ -229,6 +243,20 @@ def _raise_failure(results: list[pq.abc.PGresult]) -> None:
         with contextlib.suppress(KeyError):
             error = psycopg.errors.lookup(sqlstate.decode())
     raise error(message)
+
+
+async def _complete(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
+    """The results of the statement sent; a cancelled caller lets it finish first."""
+    try:
+        return await _results(pgconn)
+    except asyncio.CancelledError:
+        if pgconn.transaction_status == _ACTIVE:
+            # Read the statement's results to the end so the connection stays idle
+            # (psycopg cancels the query on the server, then does the same).
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await _results(pgconn)
+        raise
 
 
 async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:

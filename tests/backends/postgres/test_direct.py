@@ -73,6 +73,27 @@ def test_a_statement_deallocated_by_the_driver_is_prepared_again(
     asyncio.run(main())
 
 
+def test_a_statement_prepared_but_not_recorded_is_used_as_it_is(
+    pg_server: str, pg_url: str
+) -> None:
+    """A caller cancelled just after its prepare finished leaves the statement unrecorded.
+
+    The connection is idle, so the pool keeps it; the next prepare of that statement
+    on it gets "already exists" (42P05), which must count as prepared. The
+    conformance rule ``test_cancelled_send_happened_or_not`` met this at random.
+    """
+    direct = _statements()
+
+    async def main() -> None:
+        async with _connection(pg_server, pg_url) as conn:
+            await _direct.execute(conn, direct["send"], _send("direct.unrec", b"one"))
+            _direct._prepared[conn.pgconn].clear()  # what the cancelled caller never did
+            await _direct.execute(conn, direct["send"], _send("direct.unrec", b"two"))
+            assert await _payloads(conn, direct["receive"], "direct.unrec") == [b"one", b"two"]
+
+    asyncio.run(main())
+
+
 def test_a_failed_statement_raises_its_sqlstate_class_and_leaves_the_connection_idle(
     pg_server: str, pg_url: str
 ) -> None:
@@ -130,9 +151,30 @@ def test_a_lost_connection_raises_operational_error(pg_server: str, pg_url: str)
     asyncio.run(main())
 
 
-def test_a_cancelled_statement_leaves_its_connection_out_of_the_layers_reuse(pg_url: str) -> None:
-    """The layer gives a connection cancelled mid-statement back to the pool, never reuses it."""
+def test_a_statement_cancelled_while_it_runs_leaves_its_connection_idle(
+    pg_server: str, pg_url: str
+) -> None:
+    """The caller waits for the statement to finish, so the pool never discards the connection."""
+    slow = _direct.direct(
+        b"SELECT 7::bigint FROM pg_sleep(%(seconds)s)", {"seconds": _direct.FLOAT8}, [_direct.INT8]
+    )
 
+    async def main() -> None:
+        async with _connection(pg_server, pg_url) as conn:
+            assert await _direct.execute(conn, slow, {"seconds": 0}) == [(7,)]
+            task = asyncio.ensure_future(_direct.execute(conn, slow, {"seconds": 0.3}))
+            await asyncio.sleep(0.05)  # the statement is on the server now
+            assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _direct.usable(conn)
+            assert await _direct.execute(conn, slow, {"seconds": 0}) == [(7,)]
+
+    asyncio.run(main())
+
+
+def test_receives_cancelled_mid_statement_leave_the_layer_working(pg_url: str) -> None:
     async def main() -> None:
         async with layers.from_url(pg_url) as layer:
             await layer.flush()
@@ -145,7 +187,6 @@ def test_a_cancelled_statement_leaves_its_connection_out_of_the_layers_reuse(pg_
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-            # Every connection the layer keeps is idle: the next statements work.
             for i in range(1, 4):
                 await layer.send("direct.cancel", {"i": i})
             got = [(await layer.receive("direct.cancel"))["i"] for _ in range(3)]
