@@ -376,13 +376,8 @@ class ChannelLayer(BaseChannelLayerAPI):
         capacity = self._targets.get(channel) if type(channel) is str else None
         if capacity is None:
             capacity = self._target(channel)
-        bang = channel.find("!")
-        if bang < 0:
-            queue: str = channel
-            local: list[str] | None = None
-        else:  # a reply channel: its process's inbox queue, and its name there
-            queue = channel[: bang + 1]
-            local = [channel[bang + 1 :]]
+        queue, local_part = split_channel(channel)
+        local = None if local_part is None else [local_part]
         if wait is not None:
             check_number("wait", wait, minimum=0, maximum=MAX_EXPIRY)
         body = self._encode(message)

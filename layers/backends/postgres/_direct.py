@@ -38,7 +38,7 @@ import struct
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import pq
@@ -204,7 +204,7 @@ async def execute(
             # the connection idle (so back in use) with the statement unrecorded. The
             # name is a hash of the text, so the statement there is this one.
             if failed is not None and failed.error_field(_SQLSTATE) != _ALREADY_PREPARED:
-                _raise_failure(prepared)
+                _raise(failed)
             names.add(statement.name)
         pgconn.send_query_prepared(
             statement.name,
@@ -219,7 +219,7 @@ async def execute(
         if attempt == 0 and failed.error_field(_SQLSTATE) == _NO_STATEMENT:
             names.discard(statement.name)  # deallocated (DEALLOCATE ALL): prepare again
             continue
-        _raise_failure(results)
+        _raise(failed)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -230,10 +230,8 @@ def _failure(results: list[pq.abc.PGresult]) -> pq.abc.PGresult | None:
     return None
 
 
-def _raise_failure(results: list[pq.abc.PGresult]) -> None:
-    failed = _failure(results)
-    if failed is None:
-        return
+def _raise(failed: pq.abc.PGresult) -> NoReturn:
+    """Raise what psycopg would for ``failed``: the class of its SQLSTATE."""
     message = failed.error_message.decode(errors="replace").strip() or "statement failed"
     if failed.status != _FATAL:
         raise psycopg.DatabaseError(message)
