@@ -29,8 +29,10 @@ queue starts, so deliveries keep the store's order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,10 @@ from layers.core.serializers import InProcessSerializer, Serializer
 from layers.core.turns import Ticket
 
 __all__ = ["LoopState"]
+
+#: The pending guard tasks (see ``LoopState``): an event loop keeps only weak
+#: references to its tasks.
+_GUARDS: set[asyncio.Task[None]] = set()
 
 logger = logging.getLogger("layers")
 
@@ -107,17 +113,13 @@ class LoopState:
         # asyncio.run() (and so async_to_sync) ends by cancelling every task and
         # waiting for them; a driver task that swallows that cancellation (a pool
         # worker busy connecting) would hang it. This guard is cancelled with the
-        # others and closes the backend, which stops such tasks properly.
-        self.guard = loop.create_task(self._close_on_cancel(), name="layers-loop-guard")
-
-    async def _close_on_cancel(self) -> None:
-        try:
-            await self.loop.create_future()
-        except asyncio.CancelledError:
-            self.on_cancel(self)
-            if not self.closing:
-                await self.aclose()
-            raise
+        # others and closes the backend, which stops such tasks properly. It holds
+        # this state weakly: a layer dropped unclosed is collected, and its guard
+        # then ends instead of being destroyed pending.
+        self.guard = loop.create_task(_guard(weakref.ref(self)), name="layers-loop-guard")
+        _GUARDS.add(self.guard)
+        self.guard.add_done_callback(_GUARDS.discard)
+        weakref.finalize(self, _stop_guard, loop, self.guard)
 
     def count(self, queue: str, delta: int) -> None:
         """Change ``queue``'s demand by ``delta`` (only :class:`Hub` calls this)."""
@@ -492,3 +494,27 @@ class LoopState:
         async with self.open_lock:
             await self.backend.aclose()
             self.opened = False
+
+
+async def _guard(ref: weakref.ref[LoopState]) -> None:
+    """Close the state ``ref`` names when its loop's tasks are cancelled.
+
+    Ends quietly when the state was collected first (its layer dropped unclosed).
+    """
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        state = ref()
+        if state is None:
+            return
+        state.on_cancel(state)
+        if not state.closing:
+            await state.aclose()
+        raise
+
+
+def _stop_guard(loop: asyncio.AbstractEventLoop, guard: asyncio.Task[None]) -> None:
+    """End a collected state's guard, from whichever thread collected the state."""
+    if not guard.done():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to end
+            loop.call_soon_threadsafe(guard.cancel)

@@ -122,3 +122,30 @@ def test_round_trips_on_fresh_reply_channels_leave_nothing_for_the_garbage_colle
             return grown
 
     assert asyncio.run(main()) < 100  # was about 2,000: a tuple and a list per round trip
+
+
+def test_a_layer_dropped_without_closing_leaves_no_pending_task_behind() -> None:
+    """A layer used in a loop, then dropped unclosed, is collected without an asyncio error.
+
+    Each loop a layer runs in has a guard task that closes the layer when ``asyncio.run``
+    cancels the loop's tasks. It must not keep a dropped layer alive, nor be destroyed
+    pending ("Task was destroyed but it is pending!") when the layer is collected.
+    """
+    reported: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        for _ in range(3):
+            layer = layers.from_url("memory://")
+            await layer.send("work", {"n": 1})
+            assert (await layer.receive("work")) == {"n": 1}
+            del layer
+            gc.collect()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        guards = [t for t in asyncio.all_tasks() if t.get_name() == "layers-loop-guard"]
+        assert guards == []
+
+    asyncio.run(main())
+    gc.collect()
+    assert [ctx.get("message") for ctx in reported] == []
