@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, help="repetitions (quick: 1, full: 3)")
     parser.add_argument("--messages", type=int, help="messages per scenario")
     parser.add_argument("--concurrency", type=int, help="N for the concurrent scenario (32)")
+    parser.add_argument(
+        "--backlog", type=int, help="messages queued by the start-up and restart scenarios"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="directory for the JSON, Markdown and charts")  # fmt: skip
     parser.add_argument("--docs", action="store_true",
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         params = replace(params, messages=args.messages)
     if args.concurrency:
         params = replace(params, concurrency=args.concurrency)
+    if args.backlog:
+        params = replace(params, backlog=args.backlog)
     mode = replace(mode, params=params, repeat=args.repeat or mode.repeat)
     tmp = tempfile.mkdtemp(prefix="layers-bench-")
     try:

@@ -67,7 +67,8 @@ environment, where the peers are installed from PyPI.)
 Each scenario sends up to {messages} messages (a tenth as many round trips; 100
 deliveries per `group_send`) or stops sending after {budget:g} s, whichever comes
 first, then waits for the consumers; the rate is what was delivered divided by the
-time from the first send to the last delivery.
+time from the first send to the last delivery. The start-up and restart scenarios
+queue a backlog of {backlog} messages before their consumers start.
 
 "CPU s per 1,000 msg" is the client processes' CPU time (user + system, all
 threads, the producer process included in the cross-process scenario) over every
@@ -180,6 +181,7 @@ def write_docs(
         concurrency=params["concurrency"],
         group_size=params["group_size"],
         budget=params["budget"],
+        backlog=params.get("backlog", 500),
         commit=meta.get("commit") or "unknown",
     )
     page = root / "docs" / "performance.md"

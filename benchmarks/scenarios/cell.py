@@ -28,6 +28,8 @@ class Params:
     idle_timeout: float = 2.0
     cell_timeout: float = 20.0
     payload: int = 16
+    backlog: int = 500
+    """Messages the start-up and restart scenarios queue before their consumers start."""
 
 
 @dataclass

@@ -93,7 +93,7 @@ async def cross_process_startup(
     receive to its last delivery.
     """
     cell = Cell(layer, params)
-    per = max(params.messages // 10 // STARTUP_CHANNELS, 5)
+    per = max(params.backlog // STARTUP_CHANNELS, 5)
     base = channel_name("start")
     channels = [f"{base}.{k}" for k in range(STARTUP_CHANNELS)]
     body = "x" * params.payload
@@ -113,7 +113,7 @@ async def cross_process_restart(
     A message the second process gets again is a re-delivery (counted duplicated).
     """
     cell = Cell(layer, params)
-    count = max(params.messages // 10, 20)
+    count = max(params.backlog, 20)
     channel = channel_name("restart")
     await produce(layer, channel, 0, count, "x" * params.payload, float("inf"))
     cell.tally.expected = count
