@@ -119,7 +119,7 @@ class LoopState:
         self.guard = loop.create_task(_guard(weakref.ref(self)), name="layers-loop-guard")
         _GUARDS.add(self.guard)
         self.guard.add_done_callback(_GUARDS.discard)
-        weakref.finalize(self, _stop_guard, loop, self.guard)
+        weakref.finalize(self, _stop_guard, weakref.ref(self.guard))
 
     def count(self, queue: str, delta: int) -> None:
         """Change ``queue``'s demand by ``delta`` (only :class:`Hub` calls this)."""
@@ -507,14 +507,23 @@ async def _guard(ref: weakref.ref[LoopState]) -> None:
         state = ref()
         if state is None:
             return
-        state.on_cancel(state)
-        if not state.closing:
-            await state.aclose()
+        try:
+            state.on_cancel(state)
+            if not state.closing:
+                await state.aclose()
+        finally:
+            # The CancelledError raised below keeps this frame in its traceback, and
+            # the task keeps the error: the frame must not keep the state (and its loop).
+            del state
         raise
 
 
-def _stop_guard(loop: asyncio.AbstractEventLoop, guard: asyncio.Task[None]) -> None:
-    """End a collected state's guard, from whichever thread collected the state."""
-    if not guard.done():
+def _stop_guard(guard_ref: weakref.ref[asyncio.Task[None]]) -> None:
+    """End a collected state's guard, from whichever thread collected the state.
+
+    Holds the guard weakly: a finalizer's arguments live as long as the state does.
+    """
+    guard = guard_ref()
+    if guard is not None and not guard.done():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to end
-            loop.call_soon_threadsafe(guard.cancel)
+            guard.get_loop().call_soon_threadsafe(guard.cancel)
