@@ -45,10 +45,6 @@ from layers.core.turns import Ticket
 
 __all__ = ["LoopState"]
 
-#: The pending guard tasks (see ``LoopState``): an event loop keeps only weak
-#: references to its tasks.
-_GUARDS: set[asyncio.Task[None]] = set()
-
 logger = logging.getLogger("layers")
 
 #: How long a reader waits in one backend call before re-checking demand.
@@ -114,12 +110,11 @@ class LoopState:
         # waiting for them; a driver task that swallows that cancellation (a pool
         # worker busy connecting) would hang it. This guard is cancelled with the
         # others and closes the backend, which stops such tasks properly. It holds
-        # this state weakly: a layer dropped unclosed is collected, and its guard
-        # then ends instead of being destroyed pending.
+        # this state weakly: a layer dropped unclosed is collected, and a finalizer
+        # (which keeps the guard until then) ends the guard instead of leaving it to
+        # be destroyed pending.
         self.guard = loop.create_task(_guard(weakref.ref(self)), name="layers-loop-guard")
-        _GUARDS.add(self.guard)
-        self.guard.add_done_callback(_GUARDS.discard)
-        weakref.finalize(self, _stop_guard, weakref.ref(self.guard))
+        weakref.finalize(self, _stop_guard, self.guard)
 
     def count(self, queue: str, delta: int) -> None:
         """Change ``queue``'s demand by ``delta`` (only :class:`Hub` calls this)."""
@@ -518,12 +513,8 @@ async def _guard(ref: weakref.ref[LoopState]) -> None:
         raise
 
 
-def _stop_guard(guard_ref: weakref.ref[asyncio.Task[None]]) -> None:
-    """End a collected state's guard, from whichever thread collected the state.
-
-    Holds the guard weakly: a finalizer's arguments live as long as the state does.
-    """
-    guard = guard_ref()
-    if guard is not None and not guard.done():
+def _stop_guard(guard: asyncio.Task[None]) -> None:
+    """End a collected state's guard, from whichever thread collected the state."""
+    if not guard.done():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to end
             guard.get_loop().call_soon_threadsafe(guard.cancel)

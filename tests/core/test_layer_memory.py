@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import weakref
 
 import pytest
 
@@ -149,3 +150,25 @@ def test_a_layer_dropped_without_closing_leaves_no_pending_task_behind() -> None
     asyncio.run(main())
     gc.collect()
     assert [ctx.get("message") for ctx in reported] == []
+
+
+def test_loops_closed_by_hand_are_released_with_their_guards() -> None:
+    """``run_until_complete`` then ``loop.close()``, as older sync wrappers do, frees the loop.
+
+    Closing the loop closes the layer's state for it; nothing of the layer's (its guard
+    task included) may keep the closed loop alive afterwards.
+    """
+    layer = layers.from_url("memory://")
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    reported: list[dict[str, object]] = []
+    for i in range(5):
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(lambda _, ctx: reported.append(ctx))
+        loop.run_until_complete(layer.send("work", {"i": i}))
+        assert loop.run_until_complete(layer.receive("work")) == {"i": i}
+        loop.close()
+        loops.append(weakref.ref(loop))
+        del loop
+    gc.collect()
+    assert [ref for ref in loops if ref() is not None] == []
+    assert reported == []
