@@ -47,6 +47,10 @@ __all__ = ["LoopState"]
 
 logger = logging.getLogger("layers")
 
+#: The guard tasks still running (see ``LoopState``). An event loop holds its tasks
+#: only weakly; each guard leaves this set when it ends or its state closes.
+_GUARDS: set[asyncio.Task[None]] = set()
+
 #: How long a reader waits in one backend call before re-checking demand.
 POLL_TIMEOUT = 1.0
 #: How long a driving consumer waits in one instant-backend call before re-checking.
@@ -111,10 +115,12 @@ class LoopState:
         # worker busy connecting) would hang it. This guard is cancelled with the
         # others and closes the backend, which stops such tasks properly. It holds
         # this state weakly: a layer dropped unclosed is collected, and a finalizer
-        # (which keeps the guard until then) ends the guard instead of leaving it to
-        # be destroyed pending.
+        # then ends the guard instead of leaving it to be destroyed pending. Nothing
+        # that outlives the state may hold the guard once it has ended: its error's
+        # traceback can reach this state's frames, and through them the loop.
         self.guard = loop.create_task(_guard(weakref.ref(self)), name="layers-loop-guard")
-        weakref.finalize(self, _stop_guard, self.guard)
+        _GUARDS.add(self.guard)
+        weakref.finalize(self, _stop_guard, weakref.ref(self.guard))
 
     def count(self, queue: str, delta: int) -> None:
         """Change ``queue``'s demand by ``delta`` (only :class:`Hub` calls this)."""
@@ -465,6 +471,7 @@ class LoopState:
         self.closing = True
         if self.guard is not asyncio.current_task():
             self.guard.cancel()
+        _GUARDS.discard(self.guard)
         for idle in self.idle_readers.values():
             if not idle.done():
                 idle.set_result(None)
@@ -511,10 +518,15 @@ async def _guard(ref: weakref.ref[LoopState]) -> None:
             # the task keeps the error: the frame must not keep the state (and its loop).
             del state
         raise
+    finally:
+        task = asyncio.current_task()
+        if task is not None:
+            _GUARDS.discard(task)
 
 
-def _stop_guard(guard: asyncio.Task[None]) -> None:
+def _stop_guard(guard_ref: weakref.ref[asyncio.Task[None]]) -> None:
     """End a collected state's guard, from whichever thread collected the state."""
-    if not guard.done():
+    guard = guard_ref()
+    if guard is not None and not guard.done():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to end
             guard.get_loop().call_soon_threadsafe(guard.cancel)
