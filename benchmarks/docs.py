@@ -181,7 +181,7 @@ def write_docs(
         concurrency=params["concurrency"],
         group_size=params["group_size"],
         budget=params["budget"],
-        backlog=params.get("backlog", 500),
+        backlog=params["backlog"],
         commit=meta.get("commit") or "unknown",
     )
     page = root / "docs" / "performance.md"
