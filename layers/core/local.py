@@ -515,7 +515,8 @@ async def _guard(ref: weakref.ref[LoopState]) -> None:
                 await state.aclose()
         finally:
             # The CancelledError raised below keeps this frame in its traceback, and
-            # the task keeps the error: the frame must not keep the state (and its loop).
+            # the task (which the state holds) keeps the error: without this, the state
+            # would wait for a cycle collection instead of going when it is forgotten.
             del state
         raise
     finally:
