@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from layers.cli_common import CommandParser, build_layer, check_layer
@@ -184,10 +186,11 @@ async def _broadcasts(
 ) -> None:
     joined = [asyncio.Event() for _ in range(listeners)]
     tasks = [asyncio.create_task(_listener(layer, names, count, report, ev)) for ev in joined]
-    await asyncio.gather(*(ev.wait() for ev in joined))
-    report.broadcasts_expected = listeners * count
-    for seq in range(count):
-        await Group(names.news, layer=layer).send({"type": "demo.news", "seq": seq})
+    async with _cancel_on_error(tasks):
+        await asyncio.gather(*(ev.wait() for ev in joined))
+        report.broadcasts_expected = listeners * count
+        for seq in range(count):
+            await Group(names.news, layer=layer).send({"type": "demo.news", "seq": seq})
     await asyncio.gather(*tasks)
 
 
@@ -198,14 +201,26 @@ async def _fifo(layer: ChannelLayer, names: Names, count: int, report: Report) -
             report.fifo_count += 1
 
     consumer = asyncio.create_task(consume())
-    for i in range(count):
-        while True:
-            try:
-                await layer.send(names.fifo, {"type": "demo.fifo", "i": i})
-                break
-            except ChannelFull:  # back-pressure: let the consumer catch up
-                await asyncio.sleep(0.001)
+    async with _cancel_on_error([consumer]):
+        for i in range(count):
+            while True:
+                try:
+                    await layer.send(names.fifo, {"type": "demo.fifo", "i": i})
+                    break
+                except ChannelFull:  # back-pressure: let the consumer catch up
+                    await asyncio.sleep(0.001)
     await consumer
+
+
+@contextlib.asynccontextmanager
+async def _cancel_on_error(tasks: list[asyncio.Task[None]]) -> AsyncIterator[None]:
+    """Cancel ``tasks`` when the block fails, so the failure is reported once, not per task."""
+    try:
+        yield
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 async def run_demo(
