@@ -25,7 +25,8 @@ Options
         Seconds between two ``data_version`` polls while a receiver waits: the
         added latency for messages from another process, about half of it on average.
     ``busy_timeout`` (default 5.0)
-        Seconds a statement waits for another process's write lock before failing.
+        Seconds a statement waits for another process's write lock, or keeps running
+        again after SQLite answered busy at once, before it fails.
     ``cleanup_interval`` (default 5.0)
         Seconds between two rounds of expired-row deletion and WAL checkpoint.
 

@@ -15,10 +15,19 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDriver("sqlite", "sqlite", "aiosqlite") from exc
 
-__all__ = ["JOURNAL_SIZE_LIMIT", "aiosqlite", "connect", "translate"]
+__all__ = ["JOURNAL_SIZE_LIMIT", "aiosqlite", "connect", "is_busy", "translate"]
 
 #: The WAL file is truncated to this size when SQLite resets it after a checkpoint.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+
+def is_busy(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is SQLite's SQLITE_BUSY, in any of its extended forms.
+
+    A statement that fails with it changed nothing, so it may simply run again.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 @contextlib.contextmanager

@@ -3,9 +3,10 @@
 Every statement that changes data is a single statement run in autocommit mode, or
 part of an explicit ``BEGIN IMMEDIATE`` transaction. A single writing statement in
 autocommit takes the write lock when it starts (before it reads anything) and waits
-for it through ``busy_timeout``, exactly like ``BEGIN IMMEDIATE``; it can therefore
-never fail with the immediate ``SQLITE_BUSY`` a deferred read-then-write transaction
-gets.
+for it through ``busy_timeout``, exactly like ``BEGIN IMMEDIATE``, so no deferred
+read-then-write transaction is ever left to fail. SQLite still answers SQLITE_BUSY at
+once now and then between processes; the backend runs such a statement again, up to
+``busy_timeout`` (a statement refused as busy changed nothing).
 
 Order comes from ``id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``: ids only grow and are
 never reused, even after the newest row is deleted). ``expires_at`` is a Unix time in

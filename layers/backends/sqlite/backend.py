@@ -9,8 +9,8 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from layers.backends.sqlite import _connect, _hub, _options, _sql
 from layers.backends.sqlite._connect import aiosqlite, translate
@@ -28,6 +28,11 @@ HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _SEND_MANY_CHUNK = 200
 #: Expired rows deleted per statement by the periodic cleanup.
 _CLEANUP_BATCH = 500
+#: The first and the longest pause before a statement SQLite refused as busy runs again.
+_BUSY_FIRST_PAUSE = 0.001
+_BUSY_LAST_PAUSE = 0.05
+
+_T = TypeVar("_T")
 
 _Row = tuple[float, bytes]  # (expires_at, payload)
 
@@ -132,9 +137,12 @@ class SqliteBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def _transaction(self, conn: aiosqlite.Connection) -> AsyncIterator[None]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-        with translate(self.path):
-            await conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+
+        The caller holds ``self._lock``. A ``BEGIN`` refused as busy is retried like a
+        single statement (see :meth:`_retry`).
+        """
+        await self._retry(functools.partial(conn.execute, "BEGIN IMMEDIATE"), in_lock=True)
         try:
             yield
         except BaseException:
@@ -190,19 +198,39 @@ class SqliteBackend(Backend):
     async def _run(
         self, conn: aiosqlite.Connection, sql: str, params: Sequence[Any]
     ) -> aiosqlite.Cursor:
-        """Execute one statement outside any transaction of this instance."""
-        if self._lock.locked():
-            await self._after_transaction()
-        # No await between the check and the call, which queues the statement.
-        with translate(self.path):
-            return await conn.execute(sql, params)
+        """Execute one statement outside any transaction of this instance (see :meth:`_retry`)."""
+        return await self._retry(functools.partial(conn.execute, sql, params))
 
     async def _rows(self, conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
         """Like :meth:`_run`, returning every row."""
-        if self._lock.locked():
-            await self._after_transaction()
-        with translate(self.path):
-            return list(await conn.execute_fetchall(sql, params))
+        return list(await self._retry(functools.partial(conn.execute_fetchall, sql, params)))
+
+    async def _retry(self, call: Callable[[], Awaitable[_T]], *, in_lock: bool = False) -> _T:
+        """Run one autocommit statement; while SQLite says busy, again, up to ``busy_timeout``.
+
+        SQLite waits out a lock held by another connection through its busy handler,
+        but answers SQLITE_BUSY at once in some cases (a snapshot that another process
+        outdated, among others), and it did between processes in ordinary use. A
+        statement refused as busy changed nothing, so running it again neither
+        duplicates nor loses anything; after ``busy_timeout`` the error is raised.
+        ``in_lock``: the caller holds ``self._lock`` (a ``BEGIN IMMEDIATE``).
+        Cancellation: while waiting, nothing has run.
+        """
+        deadline = time.monotonic() + self.busy_timeout  # SQLite's own waiting counts
+        delay = _BUSY_FIRST_PAUSE
+        while True:
+            if not in_lock and self._lock.locked():
+                await self._after_transaction()
+            # No await between the check and the call, which queues the statement.
+            try:
+                with translate(self.path):
+                    return await call()
+            except BackendError as exc:
+                now = time.monotonic()
+                if not _connect.is_busy(exc.__cause__) or now >= deadline:
+                    raise
+            await asyncio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _BUSY_LAST_PAUSE)
 
     # -- sending --------------------------------------------------------------------
 

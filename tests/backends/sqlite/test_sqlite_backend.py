@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from asgiref.sync import async_to_sync
 
-from layers.backends.sqlite import SqliteChannelLayer, _connect, _hub, _sql
+from layers.backends.sqlite import SqliteBackend, SqliteChannelLayer, _connect, _hub, _sql
 from layers.backends.sqlite import backend as backend_module
 from layers.core.backend import Put
-from layers.core.errors import ConfigurationError
+from layers.core.errors import BackendError, ConfigurationError
 
 from .conftest import BackendFactory, arun
 
@@ -306,6 +307,65 @@ async def test_watcher_wakes_for_a_commit_by_another_connection(
         await asyncio.to_thread(_insert_raw, db_path, "far", b"from afar")
         assert await waiting == [b"from afar"]
         assert await backend.receive("other", timeout=0) == [b"not for us"]
+    finally:
+        await backend.aclose()
+
+
+async def _stale_read(backend: SqliteBackend, db_path: Path) -> aiosqlite.Cursor:
+    """Leave ``backend``'s connection in a read transaction another process then outdates.
+
+    SQLite answers a write on such a connection with SQLITE_BUSY at once, without its
+    busy handler; the same immediate answer has been seen between processes in
+    ordinary use (a send of ``layers demo --processes 2`` failed with it).
+    """
+    for i in range(2):
+        await backend.send("held", b"%d" % i, expiry=60, capacity=10)
+    conn = backend._conn  # this project's own state, to stand in for SQLite's reasons
+    assert conn is not None
+    cursor = await conn.execute("SELECT payload FROM layers_messages WHERE queue = 'held'")
+    assert await cursor.fetchone() is not None  # the statement stays open: a read snapshot
+    await asyncio.to_thread(_insert_raw, db_path, "elsewhere", b"newer")
+    return cursor
+
+
+@arun
+async def test_an_immediate_busy_is_waited_out_like_a_busy_lock(
+    make_backend: BackendFactory, db_path: Path
+) -> None:
+    """A write SQLite refuses at once as busy is retried until ``busy_timeout``."""
+    backend = make_backend(busy_timeout=5.0)
+    await backend.open()
+    try:
+        cursor = await _stale_read(backend, db_path)
+        release = asyncio.get_running_loop().call_later(
+            0.2, lambda: asyncio.ensure_future(cursor.close())
+        )
+        try:
+            assert await backend.send("q", b"kept", expiry=60, capacity=10)
+        finally:
+            release.cancel()
+        assert await backend.receive("q", timeout=0) == [b"kept"]
+    finally:
+        await backend.aclose()
+
+
+@arun
+async def test_a_busy_that_outlasts_busy_timeout_fails_and_loses_nothing(
+    make_backend: BackendFactory, db_path: Path
+) -> None:
+    backend = make_backend(busy_timeout=0.3)
+    await backend.open()
+    try:
+        cursor = await _stale_read(backend, db_path)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="locked"):
+            await backend.send("q", b"refused", expiry=60, capacity=10)
+        with pytest.raises(BackendError, match="locked"):
+            await backend.receive("held", timeout=0)
+        assert time.monotonic() - started >= 0.5  # each waited about busy_timeout
+        await cursor.close()
+        assert await backend.receive("q", timeout=0) == []
+        assert await backend.receive("held", timeout=0, limit=10) == [b"0", b"1"]
     finally:
         await backend.aclose()
 
