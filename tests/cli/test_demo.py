@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from layers.backends.memory import MemoryChannelLayer
 from layers.cli import main
 from layers.conformance_tests.plugin import async_test
+from layers.core.errors import BackendError
 from layers.demo import run_demo
 
 
@@ -21,6 +25,21 @@ async def test_demo_scenario_delivers_everything_once() -> None:
     assert sum(report.answered_by.values()) == 60
     assert report.broadcasts_delivered == report.broadcasts_expected == 20
     assert report.fifo_count == 100
+
+
+def test_a_send_that_fails_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The error reaches the caller; the demo's reading tasks do not log it again."""
+
+    class Failing(MemoryChannelLayer):
+        async def send(self, channel: str, message: dict[str, Any]) -> None:
+            if message.get("type") == "demo.fifo" and message["i"] == 50:
+                raise BackendError("the store went away")
+            await super().send(channel, message)
+
+    with pytest.raises(BackendError, match="went away"):
+        asyncio.run(run_demo(Failing(), requests=20, listeners=2, broadcasts=3, fifo=100))
+    gc.collect()  # a task that failed unseen logs when it is collected
+    assert "never retrieved" not in caplog.text
 
 
 def test_layers_demo_command_runs() -> None:
