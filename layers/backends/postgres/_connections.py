@@ -76,7 +76,9 @@ class Connections:
         kwargs: dict[str, Any] = {"autocommit": True}
         if s.poll_only:
             kwargs["prepare_threshold"] = None  # transaction poolers: no named statements
-        configure = None if s.poll_only or s.synchronous_commit is None else self._configure
+        # A transaction pooler keeps no session setting: its statements are planned
+        # at each run (unnamed), and send_one sets the plan guard itself.
+        configure = None if s.poll_only else self._configure
         if (self.conninfo, s.schema) not in _READY:
             # The first open in this process connects once by itself, so a wrong
             # database, bad credentials or a refused connection fail at once with
@@ -121,8 +123,20 @@ class Connections:
         await conn.close()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Set up a new pooled connection: the plan guard, and ``synchronous_commit``.
+
+        The plan guard is ``enable_seqscan = off``. This session plans its statements
+        once and keeps the plans (prepared statements, send_one's PL/pgSQL). A plan
+        made while the messages table is empty (as right after a vacuum) scans the
+        whole table. It is kept when the table fills up again, and then reads every
+        row of every queue: 12 ms per send behind a 50,000-row backlog, instead of
+        0.25 ms. Every statement of this session has an index to use.
+        """
+        commands: list[sql.Composable] = [sql.SQL("SET enable_seqscan = off")]
         value = self.settings.synchronous_commit
-        await conn.execute(sql.SQL("SET synchronous_commit TO {}").format(sql.Literal(value)))
+        if value is not None:
+            commands.append(sql.SQL("SET synchronous_commit TO {}").format(sql.Literal(value)))
+        await conn.execute(sql.SQL("; ").join(commands))
 
     async def stop_checking(self) -> None:
         """Cancel a background pool check, if one runs. Never raises."""

@@ -9,11 +9,14 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import psycopg
 import pytest
 
 import layers
 from layers.backends.postgres import PostgresBackend, PostgresChannelLayer, notify_channel
+from layers.backends.postgres._sql import SCHEMA_VERSION
 from layers.core.errors import ConfigurationError
 
 from .servers import sql, with_params
@@ -113,7 +116,7 @@ def test_schema_created_once_by_many_concurrent_starters(pg_server: str, fresh_s
 
     asyncio.run(main())
     rows = sql(pg_server, f"SELECT key, value FROM {fresh_schema}.meta")
-    assert rows == [("schema_version", "2")]
+    assert rows == [("schema_version", str(SCHEMA_VERSION))]
     assert sql(pg_server, f"SELECT count(*) FROM {fresh_schema}.messages") == [(8,)]
 
 
@@ -622,4 +625,49 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_messages(
             assert [(await layer.receive("old.q"))["n"] for _ in range(2)] == [1, 2]
 
     asyncio.run(main())
-    assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [("2",)]
+    assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
+
+
+@pytest.mark.parametrize("poll_only", [False, True], ids=["pooled", "poll_only"])
+def test_plans_made_on_an_empty_table_keep_using_the_index(
+    pg_server: str, fresh_schema: str, poll_only: bool
+) -> None:
+    """A backlog that arrives after a vacuum emptied the table is not scanned whole.
+
+    The server keeps a session's plans (prepared statements, send_one's PL/pgSQL); a
+    plan made on an empty table is a sequential scan, which then reads every row of
+    every queue at each send and receive. The server's own account of the plans it
+    ran (auto_explain, on the pool's only connection) shows none.
+    """
+    url = with_params(pg_server, schema=fresh_schema, pool_min_size=1, pool_max_size=1)
+    if poll_only:
+        url = with_params(url, poll_only="true")
+    plans: list[str] = []
+
+    async def explain(conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            " SET auto_explain.log_nested_statements = on; SET client_min_messages = log"
+        )
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            await _through(layer, "plan.warm", 1)  # the schema, and an empty table
+        table = f"{fresh_schema}.messages"
+        sql(pg_server, f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        sql(pg_server, f"VACUUM {table}")  # the planner now knows the table as empty
+        async with layers.from_url(with_params(url, application_name="plans")) as layer:
+            await _through(layer, "plan.q", 10)  # the session plans on the empty table
+            sql(
+                pg_server,
+                f"INSERT INTO {table} (queue, expires_at, payload) SELECT 'plan.other',"
+                " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000)",
+            )
+            await backend_of(layer)._db.lease(explain)
+            await _through(layer, "plan.q", 2)
+
+    asyncio.run(main())
+    ran = [plan for plan in plans if "on messages" in plan]
+    assert len(ran) >= 2, plans  # a send and a receive at least
+    assert not [plan for plan in ran if "Seq Scan on messages" in plan], ran
