@@ -2,18 +2,21 @@
 
 Each wraps a memory layer and breaks one rule on ``bench.msg`` messages only (so
 warm-ups and replies still flow): :class:`DuplicatingLayer` sends every 7th message
-twice, :class:`ReorderingLayer` swaps every 10th message with the next one, and
-:class:`LosingLayer` drops every 10th. Use them as specs, e.g.
+twice, :class:`ReorderingLayer` swaps every 10th message with the next one,
+:class:`LosingLayer` drops every 10th, and :class:`CrashingLayer` kills its own
+process at the 50th (as a crash in C code would). Use them as specs, e.g.
 ``--spec dup=benchmarks.broken.DuplicatingLayer:{}``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import layers
 
-__all__ = ["DuplicatingLayer", "LosingLayer", "ReorderingLayer"]
+__all__ = ["CrashingLayer", "DuplicatingLayer", "LosingLayer", "ReorderingLayer"]
 
 
 class _Wrapper:
@@ -70,4 +73,15 @@ class LosingLayer(_Wrapper):
             self._count += 1
             if self._count % 10 == 0:
                 return
+        await self._inner.send(channel, message)
+
+
+class CrashingLayer(_Wrapper):
+    """Kills its own process (SIGKILL: nothing is printed) at the 50th benchmark message."""
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        if self._is_bench(message):
+            self._count += 1
+            if self._count == 50:
+                os.kill(os.getpid(), signal.SIGKILL)
         await self._inner.send(channel, message)

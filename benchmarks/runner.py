@@ -67,6 +67,7 @@ class Worker:
         env = dict(os.environ)
         # The harness is not installed: make it importable wherever we were started from.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONFAULTHANDLER"] = "1"  # a crash in C code leaves its traceback in the log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "serve", spec.to_json(), tmp],
             stdin=subprocess.PIPE,
@@ -125,11 +126,14 @@ class Worker:
             pass  # the worker died: reported below
         line = self._readline(params.cell_timeout + 30)
         if not line:
-            hung = self.proc.poll() is None
-            if hung:
+            try:  # the pipe closes a moment before a dying process can be reaped
+                code: int | None = self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
                 self.proc.kill()
             self.status = {"unavailable": "the worker process died during a scenario"}
-            return {"status": "error", "error": "worker hung, killed" if hung else "worker died"}
+            error = "worker hung, killed" if code is None else f"worker died ({_exit(code)})"
+            return {"status": "error", "error": error}
         result: dict[str, Any] = json.loads(line)
         return result
 
@@ -157,7 +161,18 @@ class Worker:
             self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(OSError):  # a dead worker's unread input
+                    pipe.close()
+
+
+def _exit(code: int) -> str:
+    """How a process ended, from its return code: "exit code 1", "signal SIGSEGV"."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
 
 
 #: Scenarios a bare-driver baseline does not take part in: reply channels and groups,

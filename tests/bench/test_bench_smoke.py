@@ -96,6 +96,33 @@ def test_an_unavailable_spec_is_reported_with_its_reason(
     assert ours[0]["lost"] == 0
 
 
+def test_a_worker_that_dies_is_reported_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli.main(
+        [
+            "--quick", "--messages", "100", "--concurrency", "4", "--no-charts",
+            "--out", str(tmp_path),
+            "--scenario", "sequential", "--scenario", "payload_1k",
+            "--spec", "ours=memory://?capacity=10000",
+            "--spec", "crash=benchmarks.broken.CrashingLayer:{}",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    captured = capsys.readouterr()
+    assert "crash                    sequential     rep 0  error: worker died (signal SIGKILL)" in (
+        captured.err
+    )
+    (result_file,) = tmp_path.glob("bench-*.json")
+    cells = json.loads(result_file.read_text())["cells"]
+    assert [c["status"] for c in cells if c["spec"] == "ours"] == ["ok", "ok"]
+    crashed = [(c["status"], c["error"]) for c in cells if c["spec"] == "crash"]
+    assert crashed == [
+        ("error", "worker died (signal SIGKILL)"),
+        ("unavailable", "the worker process died during a scenario"),
+    ]
+
+
 def test_spec_parsing() -> None:
     spec = parse_spec('peer=channels_redis.core.RedisChannelLayer:{"hosts": ["redis://h:1/8"]}')
     assert (spec.label, spec.kind, spec.family) == ("peer", "class", "redis")
