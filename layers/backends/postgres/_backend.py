@@ -328,8 +328,8 @@ class PostgresBackend(Backend):
 
     async def statistics(self) -> BackendStatistics:
         """Two read-only aggregate queries; see :meth:`Backend.statistics`."""
-        queues = await self._db.query(self._sql.queue_statistics)
-        groups = await self._db.query(self._sql.group_statistics)
+        queues = await self._db.query(self._sql.queue_statistics, scan=True)
+        groups = await self._db.query(self._sql.group_statistics, scan=True)
         return BackendStatistics(
             [QueueStatistics(str(q), int(n), float(ttl)) for q, n, ttl in queues],
             {str(g): int(n) for g, n in groups},

@@ -671,3 +671,35 @@ def test_plans_made_on_an_empty_table_keep_using_the_index(
     ran = [plan for plan in plans if "on messages" in plan]
     assert len(ran) >= 2, plans  # a send and a receive at least
     assert not [plan for plan in ran if "Seq Scan on messages" in plan], ran
+
+
+def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_schema: str) -> None:
+    """The plan guard is lifted for the statistics' own transaction."""
+    url = with_params(pg_server, schema=fresh_schema, pool_min_size=1, pool_max_size=1)
+    plans: list[str] = []
+
+    async def explain(conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            " SET client_min_messages = log"
+        )
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            await _through(layer, "stats.warm", 1)
+            table = f"{fresh_schema}.messages"
+            sql(
+                pg_server,
+                f"INSERT INTO {table} (queue, expires_at, payload) SELECT 'stats.' || (n % 50),"
+                " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000) AS n",
+            )
+            sql(pg_server, f"ANALYZE {table}")
+            await backend_of(layer)._db.lease(explain)
+            statistics = await layer.statistics()
+            assert statistics.pending == 20000
+
+    asyncio.run(main())
+    counted = [plan for plan in plans if "count(*)" in plan and "on messages" in plan]
+    assert len(counted) == 1, plans
+    assert "Seq Scan on messages" in counted[0], counted
