@@ -216,11 +216,13 @@ class SqliteBackend(Backend):
         ``in_lock``: the caller holds ``self._lock`` (a ``BEGIN IMMEDIATE``).
         Cancellation: while waiting, nothing has run.
         """
-        deadline = time.monotonic() + self.busy_timeout  # SQLite's own waiting counts
+        deadline: float | None = None
         delay = _BUSY_FIRST_PAUSE
         while True:
             if not in_lock and self._lock.locked():
                 await self._after_transaction()
+            if deadline is None:  # from the first run: SQLite's own waiting counts
+                deadline = time.monotonic() + self.busy_timeout
             # No await between the check and the call, which queues the statement.
             try:
                 with translate(self.path):
