@@ -208,6 +208,8 @@ async def _fifo(layer: ChannelLayer, names: Names, count: int, report: Report) -
                     await layer.send(names.fifo, {"type": "demo.fifo", "i": i})
                     break
                 except ChannelFull:  # back-pressure: let the consumer catch up
+                    if consumer.done():  # it failed, and never will: say why
+                        await consumer
                     await asyncio.sleep(0.001)
     await consumer
 
@@ -260,16 +262,17 @@ async def run_demo(
         )
         seen: set[int] = set()
         share = -(-requests // clients)
-        await asyncio.gather(
-            *(
-                _client(
-                    layer, names, range(i * share, min(requests, (i + 1) * share)), report, seen
-                )
-                for i in range(clients)
-            ),
-            _broadcasts(layer, names, listeners, broadcasts, report),
-            _fifo(layer, names, fifo, report),
-        )
+        async with _cancel_on_error(local):
+            await asyncio.gather(
+                *(
+                    _client(
+                        layer, names, range(i * share, min(requests, (i + 1) * share)), report, seen
+                    )
+                    for i in range(clients)
+                ),
+                _broadcasts(layer, names, listeners, broadcasts, report),
+                _fifo(layer, names, fifo, report),
+            )
         for _ in range(report.workers):
             await layer.send(names.requests, {"type": STOP})
         await asyncio.gather(*local)

@@ -42,6 +42,31 @@ def test_a_send_that_fails_is_reported_once(caplog: pytest.LogCaptureFixture) ->
     assert "never retrieved" not in caplog.text
 
 
+def test_a_fifo_consumer_that_fails_stops_the_demo(caplog: pytest.LogCaptureFixture) -> None:
+    """The producer, held back by a full channel, does not wait forever for it."""
+
+    class FailingReads(MemoryChannelLayer):
+        reads = 0
+
+        async def receive(self, channel: str) -> dict[str, Any]:
+            if channel.endswith(".fifo"):
+                self.reads += 1
+                if self.reads > 10:
+                    raise BackendError("the store went away")
+            return await super().receive(channel)
+
+    async def main() -> None:
+        layer = FailingReads(capacity=20)
+        await asyncio.wait_for(
+            run_demo(layer, requests=20, listeners=2, broadcasts=3, fifo=100), timeout=60
+        )
+
+    with pytest.raises(BackendError, match="went away"):
+        asyncio.run(main())
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
 def test_layers_demo_command_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "layers", "demo"], capture_output=True, text=True, timeout=120
