@@ -628,6 +628,22 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_messages(
     assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
 
 
+async def _log_plans(layer: layers.ChannelLayer, plans: list[str]) -> None:
+    """Append to ``plans`` every plan the server runs on ``layer``'s one pooled connection.
+
+    auto_explain, nested statements (send_one's) included, reported to the client.
+    """
+
+    async def explain(conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            " SET auto_explain.log_nested_statements = on; SET client_min_messages = log"
+        )
+
+    await backend_of(layer)._db.lease(explain)
+
+
 @pytest.mark.parametrize("poll_only", [False, True], ids=["pooled", "poll_only"])
 def test_plans_made_on_an_empty_table_keep_using_the_index(
     pg_server: str, fresh_schema: str, poll_only: bool
@@ -644,13 +660,6 @@ def test_plans_made_on_an_empty_table_keep_using_the_index(
         url = with_params(url, poll_only="true")
     plans: list[str] = []
 
-    async def explain(conn: psycopg.AsyncConnection[Any]) -> None:
-        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-        await conn.execute(
-            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-            " SET auto_explain.log_nested_statements = on; SET client_min_messages = log"
-        )
-
     async def main() -> None:
         async with layers.from_url(url) as layer:
             await _through(layer, "plan.warm", 1)  # the schema, and an empty table
@@ -664,7 +673,7 @@ def test_plans_made_on_an_empty_table_keep_using_the_index(
                 f"INSERT INTO {table} (queue, expires_at, payload) SELECT 'plan.other',"
                 " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000)",
             )
-            await backend_of(layer)._db.lease(explain)
+            await _log_plans(layer, plans)
             await _through(layer, "plan.q", 2)
 
     asyncio.run(main())
@@ -678,13 +687,6 @@ def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_sch
     url = with_params(pg_server, schema=fresh_schema, pool_min_size=1, pool_max_size=1)
     plans: list[str] = []
 
-    async def explain(conn: psycopg.AsyncConnection[Any]) -> None:
-        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-        await conn.execute(
-            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-            " SET client_min_messages = log"
-        )
-
     async def main() -> None:
         async with layers.from_url(url) as layer:
             await _through(layer, "stats.warm", 1)
@@ -695,7 +697,7 @@ def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_sch
                 " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000) AS n",
             )
             sql(pg_server, f"ANALYZE {table}")
-            await backend_of(layer)._db.lease(explain)
+            await _log_plans(layer, plans)
             statistics = await layer.statistics()
             assert statistics.pending == 20000
 
