@@ -125,15 +125,22 @@ class Connections:
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Set up a new pooled connection: the plan guard, and ``synchronous_commit``.
 
-        The plan guard is ``enable_seqscan = off``. This session plans its statements
-        once and keeps the plans (prepared statements, send_one's PL/pgSQL). A plan
-        made while the messages table is empty (as right after a vacuum) scans the
-        whole table. It is kept when the table fills up again, and then reads every
-        row of every queue: 12 ms per send behind a 50,000-row backlog, instead of
-        0.25 ms. Every hot statement has an index to use; the statistics, which read
-        the whole table, allow a sequential scan again for their own transaction.
+        The plan guard is ``enable_seqscan = off`` and ``enable_bitmapscan = off``.
+        This session plans its statements once and keeps the plans (prepared
+        statements, send_one's PL/pgSQL). A plan made while the messages table is
+        empty (as right after a vacuum) scans the whole table. It is kept when the
+        table fills up again, and then reads every row of every queue: 12 ms per send
+        behind a 50,000-row backlog, instead of 0.25 ms. A plan made on a new table
+        (which the planner guesses at ten pages) is a bitmap scan: each claim reads
+        and sorts every index entry of its queue, live and dead, instead of stopping
+        at the first live one. Every hot statement has an index to walk in order; the
+        statistics, which read the whole table, allow a sequential scan again for
+        their own transaction.
         """
-        commands: list[sql.Composable] = [sql.SQL("SET enable_seqscan = off")]
+        commands: list[sql.Composable] = [
+            sql.SQL("SET enable_seqscan = off"),
+            sql.SQL("SET enable_bitmapscan = off"),
+        ]
         value = self.settings.synchronous_commit
         if value is not None:
             commands.append(sql.SQL("SET synchronous_commit TO {}").format(sql.Literal(value)))

@@ -59,7 +59,7 @@ def note(queue: sql.Composable, ident: sql.Composable, payload: sql.Composable) 
 
 
 #: The schema version this code writes and reads.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Queue tables churn: every message leaves a dead tuple. Vacuum them early and often
 # so receive's index scan does not wade through dead entries.
@@ -106,6 +106,8 @@ def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composed]]:
         2: [_send_function(s, sql.Literal(schema))],
         # send_one sets the plan guard itself (see _send_function).
         3: [_send_function(s, sql.Literal(schema))],
+        # ... and the guard turns bitmap scans off too.
+        4: [_send_function(s, sql.Literal(schema))],
     }
 
 
@@ -118,15 +120,18 @@ def _send_function(s: sql.Identifier, lit: sql.Literal) -> sql.Composed:
     that held the lock before (what makes capacity exact across processes). The lock
     key is ``lock_queues``'s.
 
-    It first turns ``enable_seqscan`` off for its transaction, unless the session did
-    (``_connections`` does): PL/pgSQL keeps a statement's plan for the session, and a
-    plan made on an empty table would scan every row once the table fills up.
+    It first turns ``enable_seqscan`` and ``enable_bitmapscan`` off for its
+    transaction, unless the session did (``_connections`` does): PL/pgSQL keeps a
+    statement's plan for the session, and a plan made on an empty or new table would
+    read every row (of the table, or of the queue) once the table fills up.
     """
     t = _Schema(s, lit)
     body = t.compose(
         "DECLARE notified boolean; BEGIN"
-        " IF current_setting('enable_seqscan') <> 'off' THEN"
-        " PERFORM set_config('enable_seqscan', 'off', true); END IF;"
+        " IF current_setting('enable_seqscan') <> 'off'"
+        " OR current_setting('enable_bitmapscan') <> 'off' THEN"
+        " PERFORM set_config('enable_seqscan', 'off', true),"
+        " set_config('enable_bitmapscan', 'off', true); END IF;"
         " PERFORM pg_advisory_xact_lock(hashtextextended('channel-layers:' || {lit}"
         " || ':' || send_queue, 0));"
         " {send} INTO queued, stored, notified;"
