@@ -28,6 +28,8 @@ class Params:
     idle_timeout: float = 2.0
     cell_timeout: float = 20.0
     payload: int = 16
+    min_seconds: float = 0.0
+    """A 64 KB cell whose messages all arrived sooner runs more rounds until this long."""
     backlog: int = 500
     """Messages the start-up and restart scenarios queue before their consumers start."""
 

@@ -52,6 +52,31 @@ def test_memory_layer_is_correct_in_every_scenario(scenario: str) -> None:
     assert result["seconds"] > 0
 
 
+def test_a_fast_64k_cell_runs_rounds_until_its_minimum_time() -> None:
+    """Rounds of a tenth of the messages each, added up until ``min_seconds``."""
+    one = run("payload_64k", layers.from_url("memory://?capacity=10000"))
+    assert one["status"] == "ok", one
+    assert one["messages"] == one["delivered"] == 20  # a tenth of 200: one round
+    rounds = run(
+        "payload_64k",
+        layers.from_url("memory://?capacity=10000"),
+        Params(**{**SMALL.__dict__, "min_seconds": 0.2}),
+    )
+    assert rounds["status"] == "ok", rounds
+    assert rounds["messages"] == rounds["delivered"] > 20
+    assert rounds["messages"] % 20 == 0
+    assert rounds["seconds"] >= 0.2
+    assert rounds["bytes"] == rounds["delivered"] * 64 * 1024
+    assert (rounds["lost"], rounds["duplicated"], rounds["reordered"]) == (0, 0, 0)
+
+
+def test_a_wrong_64k_round_ends_the_rounds() -> None:
+    """A round that lost messages is reported as it is, not buried under more rounds."""
+    result = run("payload_64k", LosingLayer(), Params(**{**SMALL.__dict__, "min_seconds": 5.0}))
+    assert result["lost"] > 0
+    assert result["messages"] == 20
+
+
 def test_duplicates_are_counted() -> None:
     result = run("sequential", DuplicatingLayer())
     assert result["duplicated"] == 200 // 7
