@@ -171,7 +171,9 @@ def _rounds(min_seconds: float) -> str:
     return text + (
         f"; a layer that delivers a whole\nround in less than {min_seconds:g} s runs more"
         " rounds, each on a fresh channel,\nuntil their timed parts add up to that, and"
-        " its rate is what all rounds\ndelivered over their added times."
+        " its rate is what all rounds\ndelivered over their added times. A request/reply"
+        f" cell that finishes its round\ntrips in less than {min_seconds:g} s goes on until"
+        " then."
     )
 
 

@@ -29,7 +29,7 @@ class Params:
     cell_timeout: float = 20.0
     payload: int = 16
     min_seconds: float = 0.0
-    """A 64 KB cell whose messages all arrived sooner runs more rounds until this long."""
+    """A 64 KB or request/reply cell that finished sooner goes on until this long."""
     backlog: int = 500
     """Messages the start-up and restart scenarios queue before their consumers start."""
 

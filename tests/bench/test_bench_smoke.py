@@ -70,6 +70,21 @@ def test_a_fast_64k_cell_runs_rounds_until_its_minimum_time() -> None:
     assert (rounds["lost"], rounds["duplicated"], rounds["reordered"]) == (0, 0, 0)
 
 
+def test_a_fast_request_reply_cell_goes_on_until_its_minimum_time() -> None:
+    """A tenth of the messages as round trips, or more if they took less than ``min_seconds``."""
+    one = run("request_reply", layers.from_url("memory://?capacity=10000"))
+    assert one["messages"] == one["delivered"] == 20
+    longer = run(
+        "request_reply",
+        layers.from_url("memory://?capacity=10000"),
+        Params(**{**SMALL.__dict__, "min_seconds": 0.2}),
+    )
+    assert longer["status"] == "ok", longer
+    assert longer["messages"] == longer["delivered"] > 20
+    assert longer["seconds"] >= 0.2
+    assert (longer["lost"], longer["duplicated"], longer["reordered"]) == (0, 0, 0)
+
+
 def test_a_wrong_64k_round_ends_the_rounds() -> None:
     """A round that lost messages is reported as it is, not buried under more rounds."""
     result = run("payload_64k", LosingLayer(), Params(**{**SMALL.__dict__, "min_seconds": 5.0}))
