@@ -81,6 +81,28 @@ def test_a_wrong_64k_round_ends_the_rounds() -> None:
     assert result["messages"] == 20
 
 
+class _SlowSecondRound(LosingLayer):
+    """Fine for 20 benchmark messages; then slow (the budget cuts the round) and lossy."""
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        if self._is_bench(message):
+            self._count += 1
+            if self._count > 20:
+                await asyncio.sleep(0.05)
+                if self._count == 22:
+                    return
+        await self._inner.send(channel, message)
+
+
+def test_a_64k_round_cut_short_by_the_budget_still_counts() -> None:
+    """Its time and its errors are part of the cell, not dropped with the round."""
+    params = Params(**{**lasting(5.0).__dict__, "budget": 0.3})
+    result = run("payload_64k", _SlowSecondRound(), params)
+    assert result["lost"] == 1
+    assert 20 < result["messages"] < 40  # the first round, and part of the second
+    assert result["delivered"] == result["messages"] - 1
+
+
 def test_duplicates_are_counted() -> None:
     result = run("sequential", DuplicatingLayer())
     assert result["duplicated"] == 200 // 7
