@@ -56,16 +56,16 @@ async def round_trips(cell: Cell, server: str) -> dict[str, Any]:
             cell.params.min_seconds
         ):
             break
-        cell.tally.expected += 1
+        tally.expected += 1
         try:
             seconds, got = await round_trip(cell.layer, server, i, cell.params.idle_timeout)
         except TimeoutError:
             continue
         latencies.append(seconds * 1e6)
         if got == i:
-            cell.tally.record("rpc", i)
+            tally.record("rpc", i)
         else:  # a reply meant for another request: wrong, counted as reordered
-            cell.tally.reordered += 1
+            tally.reordered += 1
     return cell.result(**percentiles(latencies))
 
 

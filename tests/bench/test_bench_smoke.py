@@ -17,6 +17,7 @@ import layers
 from benchmarks import cli
 from benchmarks.broken import DuplicatingLayer, LosingLayer, ReorderingLayer
 from benchmarks.scenarios import Params, Tally, run_scenario
+from benchmarks.scenarios.cell import with_changes
 from benchmarks.specs import parse_spec
 
 SMALL = Params(
@@ -54,7 +55,7 @@ def test_memory_layer_is_correct_in_every_scenario(scenario: str) -> None:
 
 def lasting(seconds: float) -> Params:
     """``SMALL``, with fast cells going on until ``seconds``."""
-    return Params(**{**SMALL.__dict__, "min_seconds": seconds})
+    return with_changes(SMALL, min_seconds=seconds)
 
 
 @pytest.mark.parametrize("scenario", ["payload_64k", "request_reply"])
@@ -96,7 +97,7 @@ class _SlowSecondRound(LosingLayer):
 
 def test_a_64k_round_cut_short_by_the_budget_still_counts() -> None:
     """Its time and its errors are part of the cell, not dropped with the round."""
-    params = Params(**{**lasting(5.0).__dict__, "budget": 0.3})
+    params = with_changes(lasting(5.0), budget=0.3)
     result = run("payload_64k", _SlowSecondRound(), params)
     assert result["lost"] == 1
     assert 20 < result["messages"] < 40  # the first round, and part of the second
