@@ -688,6 +688,52 @@ def test_plans_made_on_an_empty_table_keep_using_the_index(
     assert not [plan for plan in ran if "Bitmap Heap Scan on messages" in plan], ran
 
 
+@pytest.mark.parametrize("capacity", [100, 100000])
+def test_a_short_queue_is_read_through_its_own_index_beside_a_long_one(
+    pg_server: str, fresh_schema: str, capacity: int
+) -> None:
+    """Counting a queue never walks the other queues' rows in expiry order.
+
+    The claim's "more" check and the capacity count read a queue's live rows up to a
+    limit. Once the statistics say one queue holds most of the table (a backlog, a
+    busy channel), the plan the server keeps for them (generic: made for any queue)
+    could read the expiry index instead, filtering out every other queue's row: a
+    claim on an empty queue then read the whole table. With a capacity below the
+    backlog's span, send's count runs too (the span check passes it by otherwise).
+    """
+    url = with_params(
+        pg_server, schema=fresh_schema, pool_min_size=1, pool_max_size=1, capacity=capacity
+    )
+    plans: list[str] = []
+
+    async def main() -> None:
+        async with layers.from_url(url) as layer:
+            await _through(layer, "plan.warm", 1)  # the schema
+        messages = f"{fresh_schema}.messages"
+        sql(pg_server, f"ALTER TABLE {messages} SET (autovacuum_enabled = false)")
+        sql(
+            pg_server,
+            f"INSERT INTO {messages} (queue, expires_at, payload) SELECT 'plan.long',"
+            " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000)",
+        )
+        sql(pg_server, f"ANALYZE {messages}")
+        async with layers.from_url(with_params(url, application_name="plans")) as layer:
+            for _ in range(3):  # past the server's five custom plans, for every statement
+                await _through(layer, "plan.short", 4)
+            await _log_plans(layer, plans)
+            if capacity < 20000:  # the span is past the capacity: send counts the queue
+                with pytest.raises(layers.ChannelFull):
+                    await layer.send("plan.long", {"n": 0})
+            else:
+                await layer.send("plan.long", {"n": 0})
+            await _through(layer, "plan.short", 2)
+
+    asyncio.run(main())
+    ran = [plan for plan in plans if "on messages" in plan]
+    assert len(ran) >= 3, plans
+    assert not [plan for plan in ran if "messages_expires_at" in plan], ran
+
+
 def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_schema: str) -> None:
     """The plan guard is lifted for the statistics' own transaction."""
     url = with_params(pg_server, schema=fresh_schema, pool_min_size=1, pool_max_size=1)
