@@ -156,9 +156,9 @@ class PostgresBackend(Backend):
         """Count, insert and maybe NOTIFY in one autocommit statement; see :meth:`Backend.send`.
 
         Runs in the next auto-batch (see ``_batch``), merged with the batch's other
-        sends into one multi-row statement. Capacity is checked in the statement; it
-        is exact within one process, senders in several processes may overshoot it by
-        their number (READ COMMITTED). Cancellation: stored entirely or not at all.
+        sends into one multi-row statement, or alone as one call of ``send_one``.
+        Capacity is checked after the queue's advisory lock, so it is exact across
+        processes. Cancellation: stored entirely or not at all.
         """
         (stored,) = await self._store(
             [(queue, payload, float(expiry), capacity, self._notify(queue))]
