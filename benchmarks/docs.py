@@ -170,10 +170,10 @@ def _rounds(min_seconds: float) -> str:
         return text + "; it runs one round."
     return text + (
         f"; a layer that delivers a whole\nround in less than {min_seconds:g} s runs more"
-        " rounds, each on a fresh channel,\nuntil their timed parts add up to that, and"
-        " its rate is what all rounds\ndelivered over their added times. A request/reply"
-        f" cell that finishes its round\ntrips in less than {min_seconds:g} s goes on until"
-        " then."
+        " rounds, each on a fresh channel,\nuntil their timed parts add up to that (for no"
+        " longer than the cell's\nbudget in wall time), and its rate is what all rounds"
+        " delivered over their\nadded times. A request/reply cell that finishes its round"
+        f" trips in less than\n{min_seconds:g} s goes on until then, within the same budget."
     )
 
 
