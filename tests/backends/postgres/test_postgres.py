@@ -628,6 +628,18 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_messages(
     assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
 
 
+def _store_rows(pg_server: str, table: str, queue: str, count: int = 20000) -> None:
+    """Insert ``count`` rows into ``table`` behind the layer's back, ten minutes from expiry.
+
+    ``queue`` is an SQL expression, which may use ``n``, the row's number from 1.
+    """
+    sql(
+        pg_server,
+        f"INSERT INTO {table} (queue, expires_at, payload) SELECT {queue},"
+        f" now() + interval '10 minutes', '\\x00' FROM generate_series(1, {count}) AS n",
+    )
+
+
 async def _log_plans(layer: layers.ChannelLayer, plans: list[str]) -> None:
     """Append to ``plans`` every plan the server runs on ``layer``'s one pooled connection.
 
@@ -673,11 +685,7 @@ def test_plans_made_on_an_empty_table_keep_using_the_index(
             sql(pg_server, f"VACUUM {messages}")  # the planner now knows the table as empty
         async with layers.from_url(with_params(url, application_name="plans")) as layer:
             await _through(layer, "plan.q", 10)  # the session plans on the empty table
-            sql(
-                pg_server,
-                f"INSERT INTO {messages} (queue, expires_at, payload) SELECT 'plan.other',"
-                " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000)",
-            )
+            _store_rows(pg_server, messages, "'plan.other'")
             await _log_plans(layer, plans)
             await _through(layer, "plan.q", 2)
 
@@ -711,11 +719,7 @@ def test_a_short_queue_is_read_through_its_own_index_beside_a_long_one(
             await _through(layer, "plan.warm", 1)  # the schema
         messages = f"{fresh_schema}.messages"
         sql(pg_server, f"ALTER TABLE {messages} SET (autovacuum_enabled = false)")
-        sql(
-            pg_server,
-            f"INSERT INTO {messages} (queue, expires_at, payload) SELECT 'plan.long',"
-            " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000)",
-        )
+        _store_rows(pg_server, messages, "'plan.long'")
         sql(pg_server, f"ANALYZE {messages}")
         async with layers.from_url(with_params(url, application_name="plans")) as layer:
             for _ in range(3):  # past the server's five custom plans, for every statement
@@ -743,11 +747,7 @@ def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_sch
         async with layers.from_url(url) as layer:
             await _through(layer, "stats.warm", 1)
             table = f"{fresh_schema}.messages"
-            sql(
-                pg_server,
-                f"INSERT INTO {table} (queue, expires_at, payload) SELECT 'stats.' || (n % 50),"
-                " now() + interval '10 minutes', '\\x00' FROM generate_series(1, 20000) AS n",
-            )
+            _store_rows(pg_server, table, "'stats.' || (n % 50)")
             sql(pg_server, f"ANALYZE {table}")
             await _log_plans(layer, plans)
             statistics = await layer.statistics()
