@@ -359,9 +359,12 @@ class Connections:
                 f"{s.schema!r} has schema version {version}, newer than this "
                 f"release's {_sql.SCHEMA_VERSION}: upgrade channel-layers",
             )
+        if version == _sql.SCHEMA_VERSION:
+            return
         steps = _sql.migrations(s.schema, unlogged=s.unlogged)
         for step in range(version + 1, _sql.SCHEMA_VERSION + 1):
-            for statement in steps[step]:
+            for statement in steps.get(step, ()):
                 await conn.execute(statement)
-        if version != _sql.SCHEMA_VERSION:
-            await conn.execute(self.statements.write_version, (str(_sql.SCHEMA_VERSION),))
+        for statement in _sql.functions(s.schema):
+            await conn.execute(statement)
+        await conn.execute(self.statements.write_version, (str(_sql.SCHEMA_VERSION),))

@@ -31,6 +31,7 @@ from layers.backends.postgres._inbox import MAX_NOTE_PAYLOAD
 __all__ = [
     "SCHEMA_VERSION",
     "Statements",
+    "functions",
     "migrations",
     "note",
     "notify_channel",
@@ -71,7 +72,14 @@ _AUTOVACUUM = (
 
 
 def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composed]]:
-    """Return ``{version: [statements]}``: what brings a schema from ``version - 1`` up."""
+    """Return ``{version: [statements]}``: the table changes from ``version - 1`` up.
+
+    Versions 2 to :data:`SCHEMA_VERSION` changed only ``send_one``, which
+    :func:`functions` replaces whenever a schema is behind, so they have no entry:
+    2 added the function, 3 its plan guard, 4 bitmap scans to the guard, 5 the count
+    in id order (see :meth:`_Schema.bounded`). A change to the function's body bumps
+    :data:`SCHEMA_VERSION` and needs nothing here.
+    """
     s = sql.Identifier(schema)
     persistence = sql.SQL("UNLOGGED " if unlogged else "")
     return {
@@ -103,14 +111,12 @@ def migrations(schema: str, *, unlogged: bool) -> dict[int, list[sql.Composed]]:
                 " ON {s}.group_members (expires_at)"
             ).format(s=s),
         ],
-        2: [_send_function(s, sql.Literal(schema))],
-        # send_one sets the plan guard itself (see _send_function).
-        3: [_send_function(s, sql.Literal(schema))],
-        # ... and the guard turns bitmap scans off too.
-        4: [_send_function(s, sql.Literal(schema))],
-        # ... and its capacity count reads the queue in id order (see _Schema.bounded).
-        5: [_send_function(s, sql.Literal(schema))],
     }
+
+
+def functions(schema: str) -> list[sql.Composed]:
+    """The current release's functions, created or replaced as one migration step."""
+    return [_send_function(sql.Identifier(schema), sql.Literal(schema))]
 
 
 def _send_function(s: sql.Identifier, lit: sql.Literal) -> sql.Composed:

@@ -628,6 +628,32 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_messages(
     assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
 
 
+def test_a_schema_one_version_behind_gets_the_current_send_function(
+    pg_server: str, fresh_schema: str
+) -> None:
+    """Every upgrade replaces ``send_one``, whichever version changed its body last."""
+
+    async def main() -> None:
+        url = with_params(pg_server, schema=fresh_schema)
+        async with layers.from_url(url) as layer:
+            await layer.send("behind.q", {"n": 1})
+        sql(
+            pg_server,
+            f"CREATE OR REPLACE FUNCTION {fresh_schema}.send_one(send_queue text,"
+            " send_payload bytea, send_expiry float8, send_cap bigint, send_channel text,"
+            " OUT queued bigint, OUT stored boolean) LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'a previous release''s body'; END$$",
+        )
+        version = str(SCHEMA_VERSION - 1)
+        sql(pg_server, f"UPDATE {fresh_schema}.meta SET value = %s", version)
+        async with layers.from_url(with_params(url, application_name="behind")) as layer:
+            await layer.send("behind.q", {"n": 2})
+            assert [(await layer.receive("behind.q"))["n"] for _ in range(2)] == [1, 2]
+
+    asyncio.run(main())
+    assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
+
+
 def _store_rows(pg_server: str, table: str, queue: str, count: int = 20000) -> None:
     """Insert ``count`` rows into ``table`` behind the layer's back, ten minutes from expiry.
 
