@@ -608,47 +608,42 @@ def test_a_role_that_does_not_own_the_table_does_not_vacuum_it(
     assert any("does not own it" in r.getMessage() for r in caplog.records)
 
 
-def test_a_version_1_schema_is_migrated_and_keeps_its_messages(
-    pg_server: str, fresh_schema: str
+#: A release's ``send_one`` that is not this one's: it refuses every send.
+_STALE_SEND = (
+    "CREATE OR REPLACE FUNCTION {schema}.send_one(send_queue text, send_payload bytea,"
+    " send_expiry float8, send_cap bigint, send_channel text, OUT queued bigint,"
+    " OUT stored boolean) LANGUAGE plpgsql AS"
+    " $$BEGIN RAISE EXCEPTION 'a previous release''s body'; END$$"
+)
+
+
+@pytest.mark.parametrize(
+    ("version", "old_function"),
+    [
+        (1, "DROP FUNCTION {schema}.send_one"),  # version 1 had none
+        (SCHEMA_VERSION - 1, _STALE_SEND),  # whichever version changed the body last
+    ],
+    ids=["version-1", "one-behind"],
+)
+def test_an_older_schema_is_upgraded_in_place_and_keeps_its_messages(
+    pg_server: str, fresh_schema: str, version: int, old_function: str
 ) -> None:
-    """The previous release's schema (no send function) is brought up to date in place."""
+    """An older release's schema gets this release's ``send_one``; queued messages stay."""
 
     async def main() -> None:
         url = with_params(pg_server, schema=fresh_schema)
         async with layers.from_url(url) as layer:
             await layer.send("old.q", {"n": 1})
-        sql(pg_server, f"DROP FUNCTION {fresh_schema}.send_one")
-        sql(pg_server, f"UPDATE {fresh_schema}.meta SET value = '1' WHERE key = 'schema_version'")
+        sql(pg_server, old_function.format(schema=fresh_schema))
+        sql(
+            pg_server,
+            f"UPDATE {fresh_schema}.meta SET value = %s WHERE key = 'schema_version'",
+            str(version),
+        )
         # A new application_name makes this layer check the schema as a new process would.
         async with layers.from_url(with_params(url, application_name="upgraded")) as layer:
             await layer.send("old.q", {"n": 2})
             assert [(await layer.receive("old.q"))["n"] for _ in range(2)] == [1, 2]
-
-    asyncio.run(main())
-    assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
-
-
-def test_a_schema_one_version_behind_gets_the_current_send_function(
-    pg_server: str, fresh_schema: str
-) -> None:
-    """Every upgrade replaces ``send_one``, whichever version changed its body last."""
-
-    async def main() -> None:
-        url = with_params(pg_server, schema=fresh_schema)
-        async with layers.from_url(url) as layer:
-            await layer.send("behind.q", {"n": 1})
-        sql(
-            pg_server,
-            f"CREATE OR REPLACE FUNCTION {fresh_schema}.send_one(send_queue text,"
-            " send_payload bytea, send_expiry float8, send_cap bigint, send_channel text,"
-            " OUT queued bigint, OUT stored boolean) LANGUAGE plpgsql AS"
-            " $$BEGIN RAISE EXCEPTION 'a previous release''s body'; END$$",
-        )
-        version = str(SCHEMA_VERSION - 1)
-        sql(pg_server, f"UPDATE {fresh_schema}.meta SET value = %s", version)
-        async with layers.from_url(with_params(url, application_name="behind")) as layer:
-            await layer.send("behind.q", {"n": 2})
-            assert [(await layer.receive("behind.q"))["n"] for _ in range(2)] == [1, 2]
 
     asyncio.run(main())
     assert sql(pg_server, f"SELECT value FROM {fresh_schema}.meta") == [(str(SCHEMA_VERSION),)]
