@@ -20,6 +20,7 @@ import psycopg
 from layers.backends.postgres import _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._connections import Connections
+from layers.backends.postgres._hand import Hand, HandSignal
 from layers.backends.postgres._listener import (
     Listener,
     Wait,
@@ -159,7 +160,19 @@ class PostgresBackend(Backend):
         sends into one multi-row statement, or alone as one call of ``send_one``.
         Capacity is checked after the queue's advisory lock, so it is exact across
         processes. Cancellation: stored entirely or not at all.
+
+        When a claim of this instance waits on the normal queue ``queue``, the send
+        first asks whether the queue holds any live row; if it holds none, the payload
+        goes to that claim without being stored (see ``_hand``). Cancelled meanwhile,
+        the payload is stored or delivered once, or neither.
         """
+        listener = self._listener
+        if listener is not None:
+            watch = listener.peek(self._channel(queue))
+            if watch is not None:
+                hand = watch.event.hand
+                if hand is not None and hand.take():
+                    return await self._hand(hand, queue, payload, float(expiry), capacity)
         (stored,) = await self._store(
             [(queue, payload, float(expiry), capacity, self._notify(queue))]
         )
@@ -176,6 +189,25 @@ class PostgresBackend(Backend):
         return await self._store(
             [(p.queue, p.payload, float(p.expiry), p.capacity, self._notify(p.queue)) for p in puts]
         )
+
+    async def _hand(
+        self, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
+    ) -> bool:
+        """Send ``payload`` for the waiting claim ``hand`` (taken): hand it over or store it."""
+        handed = stored = False
+        try:
+            with self._db.translate():
+                handed, stored = await self._batcher.hand(
+                    (queue, payload, expiry, capacity, self._notify(queue))
+                )
+        finally:
+            if not handed:
+                hand.give(None)  # the claim goes on and finds what was stored
+        if handed and not hand.give([payload]):
+            # The claim was cancelled meanwhile: the payload goes where it would have
+            # been, at the head of the queue, for whoever claims next.
+            await self.restore(queue, [(payload, expiry)])
+        return handed or stored
 
     def _notify(self, queue: str) -> str | None:
         return self._channel(queue) if self._settings.notify else None
@@ -206,6 +238,7 @@ class PostgresBackend(Backend):
         listener = self._listener
         channel = self._channel(queue)
         watch = None
+        event: asyncio.Event
         if listener is not None:
             watch = listener.watch(channel)
             event = watch.event
@@ -237,6 +270,8 @@ class PostgresBackend(Backend):
         # A queue the last claim drained holds nothing new until a NOTIFY sets the
         # event (cleared before that claim, so none is missed): wait for it first
         # instead of paying for a claim that finds nothing. Needs live wake-ups.
+        # While it waits, a send of this instance may hand it a payload (``_hand``).
+        hands = HandSignal(watch.event) if watch is not None and self._settings.notify else None
         if (
             watch is not None
             and watch.drained
@@ -244,13 +279,28 @@ class PostgresBackend(Backend):
             and watch.listening.is_set()
             and not event.is_set()
         ):
-            woke = await wait_for_wakeup(event, deadline, self._poll)
-            if woke is Wait.DEADLINE and not event.is_set():
-                return []
+            if hands is None:
+                woke = await wait_for_wakeup(event, deadline, self._poll)
+                if woke is Wait.DEADLINE and not event.is_set():
+                    return []
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                await hands.wait(min(remaining, self._poll))
+                handed = hands.take_handed()
+                if handed is not None:
+                    return handed
+                if deadline - time.monotonic() <= 0 and not event.is_set():
+                    return []
         failures = 0
 
         async def claim() -> list[bytes]:
             nonlocal failures
+            if hands is not None:
+                handed = hands.take_handed()
+                if handed is not None:
+                    return handed  # the queue stays drained: nothing was stored
             while True:
                 if watch is not None:
                     watch.drained = False
@@ -273,7 +323,10 @@ class PostgresBackend(Backend):
 
         # The caller's next receive drains first anyway, so a deadline ends it at once.
         return await wait_then_claim(
-            claim, EventSignal(event), timeout=deadline - time.monotonic(), poll=self._poll
+            claim,
+            EventSignal(event) if hands is None else hands,
+            timeout=deadline - time.monotonic(),
+            poll=self._poll,
         )
 
     # -- groups, restore, statistics, flush --------------------------------------------

@@ -11,7 +11,8 @@ statements**, pipelined (one network write, one Sync, so one implicit transactio
 
 Statement count, not row count, is what a round trip costs on both sides, so a busy
 process pays two statements per batch instead of two per message. A lone send or
-receive runs as its own single statement. One batch holding a send to a queue is
+receive runs as its own single statement; so does a lone hand-off (:meth:`Batcher.hand`,
+a send that a waiting claim of this process may take), which in a batch is a send. One batch holding a send to a queue is
 in flight at a time, so the per-queue order of sends is their submission order.
 
 Failure rules (at-most-once):
@@ -58,6 +59,8 @@ class _Op:
     rows: list[Row] | None = None
     queue: str = ""
     limit: int = 0
+    #: A send that a waiting claim of this process may take (``Batcher.hand``).
+    hand: bool = False
     #: The distinct queues ``rows`` send to (derived once, read on every batch step).
     sends_to: tuple[str, ...] = field(init=False, default=())
 
@@ -105,6 +108,17 @@ class Batcher:
         (or the batch's connection) raised. Cancellation: see the module docstring.
         """
         result: list[bool] = await self._submit(_Op(self._future(), rows=rows))
+        return result
+
+    async def hand(self, row: Row) -> tuple[bool, bool]:
+        """Send ``row`` for a claim of this process that waits on its queue.
+
+        Returns ``(handed, stored)``. When the operation runs alone and the queue
+        holds no live row, nothing is stored and ``handed`` is True: the caller owns
+        the payload and gives it to the waiting claim. Otherwise it is a send like
+        :meth:`send` (in a batch, always), and ``handed`` is False.
+        """
+        result: tuple[bool, bool] = await self._submit(_Op(self._future(), rows=[row], hand=True))
         return result
 
     async def receive(self, queue: str, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
@@ -260,8 +274,12 @@ class Batcher:
                     "cap": cap,
                     "channel": channel,
                 }
-                rows = await self._single(self._sql.send_locked, params)
-                result = [bool(rows[0][1])]
+                if op.hand:
+                    rows = await self._single(self._sql.hand, params)
+                    result = (bool(rows[0][0]), bool(rows[0][1]))
+                else:
+                    rows = await self._single(self._sql.send_locked, params)
+                    result = [bool(rows[0][1])]
             else:
                 rows = await self._locked(
                     self._sql.send_batch, _send_params(op.rows), [r[0] for r in op.rows]
@@ -342,7 +360,8 @@ class Batcher:
         for op in sends:
             count = len(op.rows or ())
             if not op.future.done():
-                op.future.set_result(flags[start : start + count])
+                mine = flags[start : start + count]
+                op.future.set_result((False, mine[0]) if op.hand else mine)
             start += count
         by_queue: dict[str, list[tuple[int, bytes]]] = {}
         more: set[str] = set()

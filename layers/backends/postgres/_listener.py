@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from layers.backends.postgres._hand import Wakeup
 from layers.backends.postgres._inbox import MAX_NOTES, Notes, parse_note
 from layers.backends.postgres._tasks import stop
 
@@ -88,7 +89,8 @@ class Watch:
     )
 
     def __init__(self) -> None:
-        self.event = asyncio.Event()
+        #: Set by a NOTIFY (or a re-LISTEN); holds the claim parked on the queue, if any.
+        self.event = Wakeup()
         self.listening = asyncio.Event()
         self.users = 0
         self.last_used = time.monotonic()

@@ -173,6 +173,7 @@ class Statements:
     write_version: bytes
     persistence: bytes
     send_locked: bytes
+    hand: bytes
     send_batch: bytes
     receive: bytes
     receive_batch: bytes
@@ -313,6 +314,20 @@ def _send_statements(t: _Schema) -> dict[str, bytes]:
         "send_locked": t.q(
             "SELECT queued, stored FROM {s}.send_one(%(queue)s::text, %(payload)b::bytea,"
             " %(expiry)s::float8, %(cap)s::bigint, %(channel)s::text)"
+        ),
+        # A send while a claim of this process waits on the queue: ``(handed, stored)``.
+        # An empty queue (no live row at this statement's snapshot) stores nothing and
+        # NOTIFYs nothing: the payload goes to the waiting claim as if that claim had
+        # taken it (handed). Otherwise the payload is sent as ``send_locked`` sends it.
+        # The look needs no lock: it sees every send committed before it started, and
+        # a send committing later comes after this message whichever way it goes. The
+        # probe reads the queue in id order, through its own index (see ``more``).
+        "hand": t.q(
+            "SELECT e.handed, CASE WHEN e.handed THEN false"
+            " ELSE (SELECT stored FROM {s}.send_one(%(queue)s::text, %(payload)b::bytea,"
+            " %(expiry)s::float8, %(cap)s::bigint, %(channel)s::text)) END"
+            " FROM (SELECT (SELECT id FROM {s}.messages WHERE queue = %(queue)s"
+            " AND expires_at > now() ORDER BY id LIMIT 1) IS NULL AS handed) AS e"
         ),
     }
 
@@ -542,6 +557,11 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
             st.send_locked,
             {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
             [int8, boolean],
+        ),
+        _direct.direct(
+            st.hand,
+            {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
+            [boolean, boolean],
         ),
         _direct.direct(
             st.claim_inbox,

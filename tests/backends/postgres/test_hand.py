@@ -1,0 +1,142 @@
+"""A send to a queue that a claim of the same process waits on (``_hand``).
+
+Each test runs on a real server. The poll interval is 5 s, so a message reaches a
+waiting receive in time only through a hand-off or a NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import psycopg
+import pytest
+
+import layers
+from layers.backends.postgres import PostgresBackend
+from layers.backends.postgres._hand import Hand
+
+from .servers import SCHEMA, with_params
+from .test_postgres import backend_of
+
+pytestmark = pytest.mark.postgres
+
+
+async def _parked(backend: PostgresBackend, queue: str) -> Hand:
+    """Wait until a claim of ``backend`` waits on ``queue`` with a hand out; return it."""
+    listener = backend._listener
+    assert listener is not None
+    for _ in range(100):
+        watch = listener.peek(backend._channel(queue))
+        if watch is not None and watch.event.hand is not None:
+            return watch.event.hand
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no claim waits on {queue!r}")
+
+
+async def _last_id(conn: psycopg.AsyncConnection[object]) -> int:
+    """The messages table's identity counter: every stored row moves it."""
+    cursor = await conn.execute(f"SELECT last_value FROM {SCHEMA}.messages_id_seq")
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_send_to_a_queue_this_process_waits_on_is_handed_over_unstored(
+    pg_url: str, pg_server: str
+) -> None:
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                for n in range(3):
+                    waiting = asyncio.create_task(layer.receive("hand.q"))
+                    await _parked(backend, "hand.q")
+                    before = await _last_id(conn)
+                    started = time.monotonic()
+                    await layer.send("hand.q", {"n": n})
+                    assert await asyncio.wait_for(waiting, 3) == {"n": n}
+                    assert time.monotonic() - started < 1
+                    assert await _last_id(conn) == before  # no row was stored
+            # With nobody waiting, the same send is stored and received as usual.
+            await layer.send("hand.q", {"n": 3})
+            assert await layer.receive("hand.q") == {"n": 3}
+
+    asyncio.run(main())
+
+
+def test_a_handed_send_stays_behind_a_message_stored_before_it(pg_url: str) -> None:
+    """A row stored without a wake-up (another process's) keeps its place at the head."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        quiet = with_params(pg_url, poll_interval=5, notify="false")
+        async with layers.from_url(url) as layer, layers.from_url(quiet) as other:
+            await layer.flush()
+            backend = backend_of(layer)
+            waiting = asyncio.create_task(layer.receive("hand.order"))
+            await _parked(backend, "hand.order")
+            await other.send("hand.order", {"n": 0})  # stored, and no NOTIFY
+            await layer.send("hand.order", {"n": 1})  # finds it: stored behind it
+            assert await asyncio.wait_for(waiting, 3) == {"n": 0}
+            assert await asyncio.wait_for(layer.receive("hand.order"), 3) == {"n": 1}
+
+    asyncio.run(main())
+
+
+def test_a_claim_cancelled_while_its_hand_is_sent_gets_the_payload_put_back(
+    pg_url: str, pg_server: str
+) -> None:
+    """The hand-off's statement runs while its claim is cancelled: nothing is lost."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            claim = asyncio.create_task(backend.receive("hand.cancel", timeout=10))
+            hand = await _parked(backend, "hand.cancel")
+            async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
+                # Hold the table so the hand-off's statement waits, mid-flight.
+                await blocker.execute(f"LOCK TABLE {SCHEMA}.messages IN ACCESS EXCLUSIVE MODE")
+                send = asyncio.create_task(layer.send("hand.cancel", {"kept": True}))
+                for _ in range(100):
+                    if hand.taken:
+                        break
+                    await asyncio.sleep(0.02)
+                assert hand.taken
+                claim.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claim
+                await blocker.rollback()  # the statement runs: the queue is empty
+            await asyncio.wait_for(send, 5)
+            assert await asyncio.wait_for(layer.receive("hand.cancel"), 3) == {"kept": True}
+
+    asyncio.run(main())
+
+
+def test_a_wake_up_while_a_send_holds_the_hand_waits_for_that_send(pg_url: str) -> None:
+    """A NOTIFY that lands while a send holds the hand neither loses nor duplicates."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer, layers.from_url(url) as other:
+            await layer.flush()
+            backend = backend_of(layer)
+            got: list[int] = []
+
+            async def consume() -> None:
+                while len(got) < 200:
+                    got.append((await layer.receive("hand.mixed"))["n"])
+
+            reader = asyncio.create_task(consume())
+            await _parked(backend, "hand.mixed")
+            for n in range(200):
+                await (layer if n % 2 else other).send("hand.mixed", {"n": n})
+            await asyncio.wait_for(reader, 20)
+            assert got == list(range(200))
+
+    asyncio.run(main())
