@@ -86,6 +86,31 @@ async def test_fifo_per_channel_when_interleaved(layer_factory: LayerFactory) ->
             assert got == sent[channel]
 
 
+@async_test
+async def test_fifo_across_writers_to_a_waiting_reader(layer_factory: LayerFactory) -> None:
+    """Sends from two layers, each made after the last returned, reach a waiting reader in order.
+
+    Half the sends come from the reader's own layer: a layer that gives its own send
+    straight to its waiting receive must still deliver first what the other layer
+    stored before.
+    """
+    channel, total = unique("writers"), 200
+    async with layer_factory(capacity=total) as near, layer_factory(capacity=total) as far:
+        got: list[int] = []
+
+        async def read() -> None:
+            for _ in range(total):
+                got.append((await receive_within(near, channel))["i"])
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.05)  # the reader waits before the first send
+        for i in range(total):
+            await (near if i % 2 else far).send(channel, {"i": i})
+        await reader
+        assert got == list(range(total))
+        await expect_nothing(near, channel)
+
+
 async def _many_readers(
     layers: list[Any], channel: str, readers_per_layer: int, total: int
 ) -> list[list[int]]:

@@ -273,6 +273,44 @@ class ReplyChannelReadableByOthers(ChannelLayer):
                     return self._serializer.loads(parts[-1])
 
 
+class HandsPastQueued(ChannelLayer):
+    """A send to a channel that a receive of this instance waits on goes straight to that
+    receive, past the messages other instances stored before it."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._held: dict[str, list[dict[str, Any]]] = {}
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        held = self._held.get(channel)
+        if held:
+            return held.pop(0)
+        handed: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(channel, [])
+        waiting.append(handed)
+        stored = asyncio.ensure_future(super().receive(channel))
+        try:
+            await asyncio.wait({handed, stored}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if handed in waiting:
+                waiting.remove(handed)
+        if handed.done():
+            if stored.done():
+                self._held.setdefault(channel, []).append(stored.result())
+            else:
+                stored.cancel()  # the core gives what it took to the next receive
+            return handed.result()
+        return stored.result()
+
+    async def send(self, channel: str, message: dict[str, Any], **kwargs: Any) -> None:
+        for handed in self._waiting.get(channel, ()):
+            if not handed.done():
+                handed.set_result(msgpack.unpackb(msgpack.packb(message)))
+                return
+        await super().send(channel, message, **kwargs)
+
+
 class SharedReplyInbox(ChannelLayer):
     """Every instance uses the same client id, so they all read one reply inbox."""
 
@@ -1230,6 +1268,11 @@ CATALOGUE: dict[str, Broken] = {
     "shared-reply-inbox": _entry(
         "isolation", "layer instances share one reply inbox", SharedReplyInbox
     ),
+    "hands-past-queued": _entry(
+        "delivery",
+        "a send goes straight to a receive of its own layer, past what others stored",
+        HandsPastQueued,
+    ),
     "sqlite-racy-take": _entry(
         "isolation", "SQLite: select, then delete (two processes take one row)", SqliteRacyTake
     ),
@@ -1449,6 +1492,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "leaks-event-loops": ("test_async_to_sync_many_times_leaks_nothing",),
     "reply-readable-by-others": ("test_receive_on_another_layers_reply_channel_raises",),
     "shared-reply-inbox": ("test_receive_on_another_layers_reply_channel_raises",),
+    "hands-past-queued": ("test_fifo_across_writers_to_a_waiting_reader",),
     "sqlite-racy-take": ("test_at_most_once_across_processes",),
     "sqlite-capacity-not-atomic": ("test_capacity_holds_across_processes",),
     "sqlite-inbox-without-client-id": ("test_reply_channel_not_readable_from_another_process",),
