@@ -20,7 +20,7 @@ import psycopg
 from layers.backends.postgres import _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._connections import Connections
-from layers.backends.postgres._hand import Hand, HandSignal
+from layers.backends.postgres._hand import HAND_WINDOW, Hand, HandSignal, Wakeup
 from layers.backends.postgres._listener import (
     Listener,
     Wait,
@@ -161,18 +161,30 @@ class PostgresBackend(Backend):
         Capacity is checked after the queue's advisory lock, so it is exact across
         processes. Cancellation: stored entirely or not at all.
 
-        When a claim of this instance waits on the normal queue ``queue``, the send
-        first asks whether the queue holds any live row; if it holds none, the payload
-        goes to that claim without being stored (see ``_hand``). Cancelled meanwhile,
-        the payload is stored or delivered once, or neither.
+        When a claim of this instance waits on the normal queue ``queue`` (or drained
+        it less than ``HAND_WINDOW`` ago and comes back to wait meanwhile), the send's
+        statement first asks whether the queue holds any live row; if it holds none,
+        the payload goes to that claim without being stored (see ``_hand``), else it
+        is stored. Cancelled meanwhile, the payload is stored or delivered once, or
+        neither.
         """
         listener = self._listener
         if listener is not None:
             watch = listener.peek(self._channel(queue))
             if watch is not None:
-                hand = watch.event.hand
+                event = watch.event
+                hand = event.hand
+                if (
+                    hand is None
+                    and watch.drained
+                    and not event.is_set()
+                    and time.monotonic() - watch.claimed_at < HAND_WINDOW
+                ):
+                    # A claim of this instance drained the queue moments ago: put out
+                    # a hand for it to adopt when it comes back to wait.
+                    hand = event.hand = Hand(asyncio.get_running_loop(), owned=False)
                 if hand is not None and hand.take():
-                    return await self._hand(hand, queue, payload, float(expiry), capacity)
+                    return await self._hand(event, hand, queue, payload, float(expiry), capacity)
         (stored,) = await self._store(
             [(queue, payload, float(expiry), capacity, self._notify(queue))]
         )
@@ -191,23 +203,26 @@ class PostgresBackend(Backend):
         )
 
     async def _hand(
-        self, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
+        self, event: Wakeup, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
     ) -> bool:
-        """Send ``payload`` for the waiting claim ``hand`` (taken): hand it over or store it."""
+        """Send ``payload`` for the claim of ``hand`` (taken): hand it over or store it."""
+        row = (queue, payload, expiry, capacity, self._notify(queue))
         handed = stored = False
         try:
             with self._db.translate():
-                handed, stored = await self._batcher.hand(
-                    (queue, payload, expiry, capacity, self._notify(queue))
-                )
+                handed, stored = await self._batcher.hand(row)
         finally:
             if not handed:
-                hand.give(None)  # the claim goes on and finds what was stored
-        if handed and not hand.give([payload]):
-            # The claim was cancelled meanwhile: the payload goes where it would have
-            # been, at the head of the queue, for whoever claims next.
-            await self.restore(queue, [(payload, expiry)])
-        return handed or stored
+                hand.give(None)  # a claim that waits goes on and finds what was stored
+                event.release(hand)
+        if handed:
+            if hand.give([payload]):
+                return True
+            # No claim is there to take it (none came back, or it was cancelled): store
+            # it as usual. The send has not returned, so any order is still its own.
+            event.release(hand)
+            (stored,) = await self._store([row])
+        return stored
 
     def _notify(self, queue: str) -> str | None:
         return self._channel(queue) if self._settings.notify else None
@@ -255,6 +270,8 @@ class PostgresBackend(Backend):
             return await self._claim_loop(queue, limit, event, deadline, watch)
         finally:
             if listener is not None:
+                if watch is not None:
+                    watch.claimed_at = time.monotonic()
                 listener.release(channel)
             elif self._local.get(queue) is event:
                 del self._local[queue]

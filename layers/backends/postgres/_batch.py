@@ -11,9 +11,10 @@ statements**, pipelined (one network write, one Sync, so one implicit transactio
 
 Statement count, not row count, is what a round trip costs on both sides, so a busy
 process pays two statements per batch instead of two per message. A lone send or
-receive runs as its own single statement; so does a lone hand-off (:meth:`Batcher.hand`,
-a send that a waiting claim of this process may take), which in a batch is a send. One batch holding a send to a queue is
-in flight at a time, so the per-queue order of sends is their submission order.
+receive runs as its own single statement; so does a lone hand-off
+(:meth:`Batcher.hand`, a send that a waiting claim of this process may take), which
+in a batch is a send. One batch holding a send to a queue is in flight at a time, so
+the per-queue order of sends is their submission order.
 
 Failure rules (at-most-once):
 

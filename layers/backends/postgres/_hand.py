@@ -2,37 +2,52 @@
 
 A claim that found a normal queue empty waits for a NOTIFY, then claims: a send to
 that queue costs the sender one statement and the receiver a wake-up and a second
-statement. When the waiting claim is in this process (this backend instance, so this
-event loop), the send asks instead whether the queue holds any live row (``_sql``'s
+statement. When the claim is in this process (this backend instance, so this event
+loop), the send asks instead whether the queue holds any live row (``_sql``'s
 ``hand``). If it holds none, nothing is stored and the payload goes straight to the
-waiting claim, as if that claim had taken it from the store: the queue's order is
-kept (nothing was ahead of it) and so is at-most-once (it was never stored, and
-exactly one claim gets it). If the queue holds rows, the payload is sent as usual.
+claim, as if that claim had taken it from the store: the queue's order is kept
+(nothing was ahead of it) and so is at-most-once (it was never stored, and exactly
+one claim gets it). If the queue holds rows, the payload is sent as usual.
 
-The claim parks a :class:`Hand` on its watch's :class:`Wakeup` while it waits. A
-wake-up (a NOTIFY, a reconnect, its own timer) resolves the hand with None unless a
-send has taken it; a hand that a send took is resolved by that send alone, with the
-payload or with None (the send stored it, or failed), so the claim never misses
-either. A claim cancelled while a send holds its hand cancels the hand's future; the
-send then puts the payload back at the head of the queue (``restore``), where it
-would have been.
+The hand-off goes through a :class:`Hand` on the queue's :class:`Wakeup`:
+
+* a claim about to wait parks a hand there (it *owns* it);
+* a send finds it and *takes* it; from then on only that send resolves it, with the
+  payload or with None (the send stored it, or failed): a wake-up meanwhile leaves the
+  event set for later and does not end the wait, and the wait's timer does not either.
+  After None the claim waits on for the event, as if there had been no hand: the
+  stored row's NOTIFY wakes it;
+* a send may also put out a hand of its own, taken and not owned, when a claim of this
+  instance drained the queue moments ago (:data:`HAND_WINDOW`): the consumer is most
+  likely on its way back. A claim that comes to wait while the send runs *adopts* it.
+  If none has when the statement returns, the send stores the payload as usual: a
+  payload is never held for a claim that may not come.
+
+A claim cancelled while a send holds its hand cancels the hand's future; the send
+then stores the payload as usual. Both are legal orders: the send had not returned.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-__all__ = ["Hand", "HandSignal", "Wakeup"]
+__all__ = ["HAND_WINDOW", "Hand", "HandSignal", "Wakeup"]
+
+#: How long after a claim of this instance drained a queue a send to it still expects
+#: that claim back (a consumer that handles one message, then receives again).
+HAND_WINDOW = 0.002
 
 
 class Hand:
-    """One waiting claim that a send of this instance may complete."""
+    """One claim of this instance that a send may complete (see the module docstring)."""
 
-    __slots__ = ("future", "taken")
+    __slots__ = ("future", "owned", "taken")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        #: Resolved with the handed payloads, or None: wake up and claim.
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, owned: bool) -> None:
+        #: Resolved with the handed payloads, or None: claim from the table.
         self.future: asyncio.Future[list[bytes] | None] = loop.create_future()
+        #: A claim waits on it.
+        self.owned = owned
         #: A send holds it: only that send resolves it now.
         self.taken = False
 
@@ -49,8 +64,10 @@ class Hand:
         return True
 
     def give(self, payloads: list[bytes] | None) -> bool:
-        """The taking send's outcome; False when the claim was cancelled meanwhile."""
-        if self.future.done():
+        """The taking send's outcome; False when no claim is there to get it."""
+        if not self.owned or self.future.done():
+            if not self.future.done():
+                self.future.set_result(None)  # spent: nobody adopts it any more
             return False
         self.future.set_result(payloads)
         return True
@@ -70,13 +87,18 @@ class Wakeup(asyncio.Event):
         if hand is not None:
             hand.wake()
 
+    def release(self, hand: Hand) -> None:
+        """Remove ``hand`` if it is still the one out."""
+        if self.hand is hand:
+            self.hand = None
+
 
 class HandSignal:
-    """A :class:`~layers.core.wakeups.Signal` over a :class:`Wakeup` whose waits park a hand.
+    """A :class:`~layers.core.wakeups.Signal` over a :class:`Wakeup` whose waits hold a hand.
 
     A wait that a send completes returns True with the payloads in :attr:`handed`,
     which the claim returns instead of running its statement. Only one claim of an
-    instance parks on a queue at a time; another one waits on the event alone.
+    instance holds a queue's hand at a time; another one waits on the event alone.
     """
 
     __slots__ = ("event", "handed")
@@ -102,30 +124,46 @@ class HandSignal:
         if event.is_set():
             event.clear()
             return True
+        hand = event.hand
+        if hand is not None and (hand.owned or hand.future.done()):
+            # Another claim of this instance holds the hand: wait on the event alone.
+            return await self._wait_event(timeout)
         loop = asyncio.get_running_loop()
-        if event.hand is not None:
-            try:
-                async with asyncio.timeout(timeout):
-                    await event.wait()
-            except TimeoutError:
-                return False
-            event.clear()
-            return True
-        hand = event.hand = Hand(loop)
-        timer = loop.call_later(timeout, hand.wake)
+        started = loop.time()
+        if hand is None:
+            hand = event.hand = Hand(loop, owned=True)
+            timer: asyncio.TimerHandle | None = loop.call_later(timeout, hand.wake)
+        else:
+            hand.owned = True  # a send's, on its way: adopt it; that send resolves it
+            timer = None
         try:
             payloads = await hand.future
         finally:
-            timer.cancel()
-            if event.hand is hand:
-                event.hand = None
+            if timer is not None:
+                timer.cancel()
+            event.release(hand)
         if payloads:
             self.handed = payloads
             return True
-        if event.is_set() or hand.taken:
+        if event.is_set():
             event.clear()
             return True
+        if hand.taken:
+            # The send stored its payload (its NOTIFY is on the way: claiming before it
+            # comes would leave it to wake the next receive for nothing) or failed.
+            return await self._wait_event(timeout - (loop.time() - started))
         return False
+
+    async def _wait_event(self, timeout: float) -> bool:
+        event = self.event
+        if not event.is_set():
+            try:
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await event.wait()
+            except TimeoutError:
+                return False
+        event.clear()
+        return True
 
     def disarm(self) -> None:
         """Nothing to release: a wait removes its hand on every exit."""

@@ -76,6 +76,7 @@ class Watch:
     """One channel's wake-up state, shared by this instance's readers of its queue."""
 
     __slots__ = (
+        "claimed_at",
         "discard_until",
         "drained",
         "event",
@@ -97,6 +98,8 @@ class Watch:
         #: The last claim on this queue, made after ``event`` was cleared, saw no live
         #: row beyond those it took: until ``event`` is set, the queue holds nothing new.
         self.drained = False
+        #: When a receive of this instance on the queue last returned (monotonic clock).
+        self.claimed_at = 0.0
         #: An owned inbox's notes, in arrival order (None: notifications are hints).
         self.notes: Notes | None = None
         #: Rows may exist that no queued note announces (before LISTEN, after a

@@ -87,10 +87,10 @@ def test_a_handed_send_stays_behind_a_message_stored_before_it(pg_url: str) -> N
     asyncio.run(main())
 
 
-def test_a_claim_cancelled_while_its_hand_is_sent_gets_the_payload_put_back(
+def test_a_claim_cancelled_while_its_hand_is_sent_leaves_the_payload_stored(
     pg_url: str, pg_server: str
 ) -> None:
-    """The hand-off's statement runs while its claim is cancelled: nothing is lost."""
+    """The hand-off's statement runs while its claim is cancelled: the send stores it."""
 
     async def main() -> None:
         url = with_params(pg_url, poll_interval=5)
@@ -138,5 +138,51 @@ def test_a_wake_up_while_a_send_holds_the_hand_waits_for_that_send(pg_url: str) 
                 await (layer if n % 2 else other).send("hand.mixed", {"n": n})
             await asyncio.wait_for(reader, 20)
             assert got == list(range(200))
+
+    asyncio.run(main())
+
+
+def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
+    pg_url: str, pg_server: str
+) -> None:
+    """The consumer has not come back to wait yet: it adopts the hand the send put out."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            await layer.send("hand.back", {"n": 0})  # before anyone LISTENs: no NOTIFY
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                assert len(await backend.receive("hand.back", timeout=3)) == 1  # drained
+                before = await _last_id(conn)
+                send = asyncio.create_task(layer.send("hand.back", {"n": 1}))
+                claim = asyncio.create_task(backend.receive("hand.back", timeout=3))
+                await asyncio.wait_for(send, 3)
+                (payload,) = await asyncio.wait_for(claim, 3)
+                assert await _last_id(conn) == before  # handed: no row was stored
+            layer_state = layer._state()
+            assert layer_state.open_envelope(payload)[-1]  # a whole envelope
+
+    asyncio.run(main())
+
+
+def test_a_hand_nobody_comes_back_for_is_stored_once(pg_url: str, pg_server: str) -> None:
+    """A send right after a drain, with no claim coming: stored as usual, exactly once."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            await layer.send("hand.none", {"n": 0})
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                assert len(await backend.receive("hand.none", timeout=3)) == 1  # drained
+                before = await _last_id(conn)
+                await layer.send("hand.none", {"n": 1})  # no claim comes back for it
+                assert await _last_id(conn) == before + 1  # stored once
+            assert await asyncio.wait_for(layer.receive("hand.none"), 3) == {"n": 1}
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(layer.receive("hand.none"), 0.3)
 
     asyncio.run(main())
