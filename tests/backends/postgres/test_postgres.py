@@ -529,6 +529,14 @@ async def _through(layer: layers.ChannelLayer, channel: str, count: int) -> None
         assert (await layer.receive(channel))["n"] == n
 
 
+async def _handed(layer: layers.ChannelLayer, channel: str) -> None:
+    """One message sent to ``channel`` while a receive of ``layer`` waits on it."""
+    waiting = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0.05)
+    await layer.send(channel, {"handed": True})
+    assert await asyncio.wait_for(waiting, 5) == {"handed": True}
+
+
 async def _until(done: Callable[[], bool], timeout: float = 5.0) -> None:
     """Wait until ``done()`` (checked every 50 ms), or ``timeout`` seconds."""
     for _ in range(int(timeout / 0.05)):
@@ -745,7 +753,10 @@ def test_a_short_queue_is_read_through_its_own_index_beside_a_long_one(
         async with layers.from_url(with_params(url, application_name="plans")) as layer:
             for _ in range(3):  # past the server's five custom plans, for every statement
                 await _through(layer, "plan.short", 4)
+            for _ in range(6):  # the same for the hand-off's look at the queue
+                await _handed(layer, "plan.short")
             await _log_plans(layer, plans)
+            await _handed(layer, "plan.short")
             if capacity < 20000:  # the span is past the capacity: send counts the queue
                 with pytest.raises(layers.ChannelFull):
                     await layer.send("plan.long", {"n": 0})
@@ -756,6 +767,7 @@ def test_a_short_queue_is_read_through_its_own_index_beside_a_long_one(
     asyncio.run(main())
     ran = [plan for plan in plans if "on messages" in plan]
     assert len(ran) >= 3, plans
+    assert [plan for plan in ran if "AS handed" in plan], ran  # the hand-off's look ran
     assert not [plan for plan in ran if "messages_expires_at" in plan], ran
 
 
