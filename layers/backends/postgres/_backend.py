@@ -179,6 +179,8 @@ class PostgresBackend(Backend):
                     and watch.drained
                     and not event.is_set()
                     and time.monotonic() - watch.claimed_at < HAND_WINDOW
+                    and self._settings.notify  # only a claim with wake-ups adopts one
+                    and not queue.endswith("!")
                 ):
                     # A claim of this instance drained the queue moments ago: put out
                     # a hand for it to adopt when it comes back to wait.
@@ -216,10 +218,11 @@ class PostgresBackend(Backend):
                 hand.give(None)  # a claim that waits goes on and finds what was stored
                 event.release(hand)
         if handed:
-            if hand.give([payload]):
+            if hand.give([payload]) and await hand.taken_by_claim():
                 return True
-            # No claim is there to take it (none came back, or it was cancelled): store
-            # it as usual. The send has not returned, so any order is still its own.
+            # No claim took it (none came back, or it was cancelled, also after the
+            # payload was given): store it as usual. The send has not returned, so any
+            # order is still its own.
             event.release(hand)
             (stored,) = await self._store([row])
         return stored
@@ -304,11 +307,13 @@ class PostgresBackend(Backend):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                await hands.wait(min(remaining, self._poll))
+                woken = await hands.wait(min(remaining, self._poll))
                 handed = hands.take_handed()
                 if handed is not None:
                     return handed
-                if deadline - time.monotonic() <= 0 and not event.is_set():
+                # A wake-up the wait reported (and cleared) is claimed, even past the
+                # deadline: the next receive would otherwise wait for another one.
+                if not woken and deadline - time.monotonic() <= 0 and not event.is_set():
                     return []
         failures = 0
 
@@ -382,6 +387,12 @@ class PostgresBackend(Backend):
         }
         await self._db.query(self._sql.restore, params)
         self._wake_local(queue)
+        if self._listener is not None:
+            watch = self._listener.peek(self._channel(queue))
+            if watch is not None:
+                # The rows go ahead of any send whose look at the queue came before
+                # them: a claim of this instance must claim them, not take a hand.
+                watch.event.set()
         return True
 
     async def group_add(self, group: str, channel: str, *, expiry: float) -> None:

@@ -23,8 +23,12 @@ The hand-off goes through a :class:`Hand` on the queue's :class:`Wakeup`:
   If none has when the statement returns, the send stores the payload as usual: a
   payload is never held for a claim that may not come.
 
-A claim cancelled while a send holds its hand cancels the hand's future; the send
-then stores the payload as usual. Both are legal orders: the send had not returned.
+A claim cancelled while a send holds its hand cancels the hand's future; one
+cancelled after the send gave it the payload (before it ran again) says so through
+:meth:`Hand.taken_by_claim`, which the send awaits before it returns. Either way the
+send then stores the payload as usual: a legal order, since the send had not returned.
+A ``restore`` sets the queue's event, so a claim that comes to wait claims the restored
+rows first instead of adopting a hand whose look at the queue came before them.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ HAND_WINDOW = 0.002
 class Hand:
     """One claim of this instance that a send may complete (see the module docstring)."""
 
-    __slots__ = ("future", "owned", "taken")
+    __slots__ = ("future", "owned", "taken", "took")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, owned: bool) -> None:
         #: Resolved with the handed payloads, or None: claim from the table.
         self.future: asyncio.Future[list[bytes] | None] = loop.create_future()
+        #: Resolved by the claim: True once it has the payloads, False if it was
+        #: cancelled after they were given (the send then stores them).
+        self.took: asyncio.Future[bool] = loop.create_future()
         #: A claim waits on it.
         self.owned = owned
         #: A send holds it: only that send resolves it now.
@@ -62,6 +69,15 @@ class Hand:
             return False
         self.taken = True
         return True
+
+    async def taken_by_claim(self) -> bool:
+        """After :meth:`give` with payloads: whether the claim got them (it says so)."""
+        return await self.took
+
+    def settle(self, took: bool) -> None:
+        """The claim's side of :meth:`taken_by_claim`."""
+        if not self.took.done():
+            self.took.set_result(took)
 
     def give(self, payloads: list[bytes] | None) -> bool:
         """The taking send's outcome; False when no claim is there to get it."""
@@ -138,11 +154,17 @@ class HandSignal:
             timer = None
         try:
             payloads = await hand.future
+        except BaseException:
+            # Cancelled, possibly after a send gave the payloads: that send stores them.
+            hand.settle(False)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
             event.release(hand)
         if payloads:
+            # From here to the claim's return nothing suspends: the payloads are out.
+            hand.settle(True)
             self.handed = payloads
             return True
         if event.is_set():

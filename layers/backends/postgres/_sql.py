@@ -321,13 +321,14 @@ def _send_statements(t: _Schema) -> dict[str, bytes]:
         # taken it (handed). Otherwise the payload is sent as ``send_locked`` sends it.
         # The look needs no lock: it sees every send committed before it started, and
         # a send committing later comes after this message whichever way it goes. The
-        # probe reads the queue in id order, through its own index (see ``more``).
+        # probe reads the queue in id order, through its own index (see ``more``);
+        # ``OFFSET 0`` keeps it one probe (the planner would copy it into each use).
         "hand": t.q(
             "SELECT e.handed, CASE WHEN e.handed THEN false"
             " ELSE (SELECT stored FROM {s}.send_one(%(queue)s::text, %(payload)b::bytea,"
             " %(expiry)s::float8, %(cap)s::bigint, %(channel)s::text)) END"
             " FROM (SELECT (SELECT id FROM {s}.messages WHERE queue = %(queue)s"
-            " AND expires_at > now() ORDER BY id LIMIT 1) IS NULL AS handed) AS e"
+            " AND expires_at > now() ORDER BY id LIMIT 1) IS NULL AS handed OFFSET 0) AS e"
         ),
     }
 

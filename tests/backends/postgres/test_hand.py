@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -186,3 +187,123 @@ def test_a_hand_nobody_comes_back_for_is_stored_once(pg_url: str, pg_server: str
                 await asyncio.wait_for(layer.receive("hand.none"), 0.3)
 
     asyncio.run(main())
+
+
+def test_a_claim_cancelled_just_after_it_was_given_the_payload_leaves_it_stored(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled between the hand-off and its next step: the send stores the payload."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            claim = asyncio.create_task(backend.receive("hand.given", timeout=10))
+            await _parked(backend, "hand.given")
+            give = Hand.give
+
+            def give_then_cancel(hand: Hand, payloads: list[bytes] | None) -> bool:
+                given = give(hand, payloads)
+                if payloads:
+                    claim.cancel()  # before the claim's task runs again
+                return given
+
+            monkeypatch.setattr(Hand, "give", give_then_cancel)
+            await layer.send("hand.given", {"kept": True})
+            monkeypatch.undo()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+            assert await asyncio.wait_for(layer.receive("hand.given"), 3) == {"kept": True}
+
+    asyncio.run(main())
+
+
+def test_a_wake_up_seen_past_the_deadline_is_claimed(pg_url: str, pg_server: str) -> None:
+    """The loop stalls past a waiting claim's deadline while another process sends."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            assert await backend.receive("hand.late", timeout=0.2) == []  # drained
+            claim = asyncio.create_task(backend.receive("hand.late", timeout=0.5))
+            await _parked(backend, "hand.late")
+
+            def stall() -> None:  # a slow callback: the NOTIFY lands while it runs
+                with psycopg.connect(pg_server, autocommit=True) as conn:
+                    conn.execute(
+                        f"SELECT {SCHEMA}.send_one(%s, %s, 60, 100, %s)",
+                        ("hand.late", b"late", backend._channel("hand.late")),
+                    )
+                time.sleep(0.6)
+
+            asyncio.get_running_loop().call_soon(stall)
+            assert await asyncio.wait_for(claim, 3) == [b"late"]
+
+    asyncio.run(main())
+
+
+def test_rows_given_back_go_ahead_of_a_send_whose_look_came_first(
+    pg_url: str, pg_server: str
+) -> None:
+    """A restore between a send's look at the queue and the claim that comes back.
+
+    Expired rows at the queue's head make the look slow, so the claim comes back to
+    wait (right after the restore returned) before the send's statement does.
+    """
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            await backend.receive("hand.rs", timeout=0.2)  # LISTEN in place
+            sql_expired = (
+                f"INSERT INTO {SCHEMA}.messages (queue, expires_at, payload)"
+                " SELECT 'hand.rs', now() - interval '1 hour', '' FROM generate_series(1, 50000)"
+            )
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                await conn.execute(sql_expired)
+            for i in range(10):
+                first, later = b"r%d" % i, b"s%d" % i
+                await backend.send("hand.rs", first, expiry=60, capacity=100)
+                popped = await backend.receive("hand.rs", timeout=1)  # drains the queue
+                assert popped == [first]
+                send = asyncio.create_task(backend.send("hand.rs", later, expiry=60, capacity=100))
+                await asyncio.sleep(0)  # its look at the queue is on its way
+                await backend.restore("hand.rs", [(first, 60.0)])  # the consumer left
+                got = await backend.receive("hand.rs", timeout=1)
+                await send
+                got += await backend.receive("hand.rs", timeout=1)
+                assert got == [first, later], i
+
+    asyncio.run(main())
+
+
+def test_without_wake_ups_a_send_never_looks_for_a_claim(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``notify`` off no claim waits with a hand: sends skip the look (one statement)."""
+    from layers.backends.postgres._batch import Batcher
+
+    looks: list[str] = []
+    hand = Batcher.hand
+
+    async def counted(batcher: Batcher, row: Any) -> tuple[bool, bool]:
+        looks.append(row[0])
+        return await hand(batcher, row)
+
+    monkeypatch.setattr(Batcher, "hand", counted)
+
+    async def main() -> None:
+        url = with_params(pg_url, notify="false", poll_interval=0.05)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            for n in range(5):
+                await layer.send("hand.quiet", {"n": n})
+                assert await asyncio.wait_for(layer.receive("hand.quiet"), 3) == {"n": n}
+
+    asyncio.run(main())
+    assert looks == []
