@@ -109,7 +109,10 @@ def _sync(name: str, value: object) -> str | None:
         return "on" if value else "off"
     if isinstance(value, str) and value.lower() in _SYNC_VALUES:
         return value.lower()
-    raise ConfigurationError(name, f"must be one of {', '.join(_SYNC_VALUES)} or None")
+    raise ConfigurationError(
+        name,
+        f"must be one of {', '.join(_SYNC_VALUES)}, or default (the server's own), not {value!r}",
+    )
 
 
 def _optional_poll(name: str, value: object) -> float | None:

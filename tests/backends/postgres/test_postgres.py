@@ -790,3 +790,8 @@ def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_sch
     counted = [plan for plan in plans if "count(*)" in plan and "on messages" in plan]
     assert len(counted) == 1, plans
     assert "Seq Scan on messages" in counted[0], counted
+
+
+def test_a_bad_synchronous_commit_names_the_allowed_values_and_the_bad_one() -> None:
+    with pytest.raises(ConfigurationError, match=r"remote_apply, or default .* not 'maybe'"):
+        PostgresBackend.prepare_options({"synchronous_commit": "maybe"})
