@@ -121,6 +121,12 @@ _OUTRO = """
 - `layers-postgres-prefetch` is our PostgreSQL layer with `prefetch=100` (a process
   claims up to 100 messages of a normal channel per statement and holds them for
   its own consumers); every other layer of ours runs with its defaults.
+- In the single-process scenarios (sequential, payloads, request/reply) the consumer
+  runs in the producer's process. There our PostgreSQL layer hands a send to the
+  process's own waiting receive when the channel holds nothing ahead of it, without
+  storing it (docs/backends/postgres.md, "Handing a send to a waiting receive"). So
+  those rows measure that path, one read-only statement per message. The cross-process
+  rows measure the table path, where every message is stored and claimed.
 - While one layer is measured, the worker processes of the others are frozen
   (`SIGSTOP`), so no idle polling task of one layer slows down another.
 
