@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 
+from layers.core.wakeups import EventSignal
+
 __all__ = ["HAND_WINDOW", "Hand", "HandSignal", "Wakeup"]
 
 #: How long after a claim of this instance drained a queue a send to it still expects
@@ -109,23 +111,21 @@ class Wakeup(asyncio.Event):
             self.hand = None
 
 
-class HandSignal:
-    """A :class:`~layers.core.wakeups.Signal` over a :class:`Wakeup` whose waits hold a hand.
+class HandSignal(EventSignal):
+    """An :class:`~layers.core.wakeups.EventSignal` over a :class:`Wakeup` whose waits hold a hand.
 
     A wait that a send completes returns True with the payloads in :attr:`handed`,
     which the claim returns instead of running its statement. Only one claim of an
     instance holds a queue's hand at a time; another one waits on the event alone.
     """
 
-    __slots__ = ("event", "handed")
+    __slots__ = ("handed",)
+
+    event: Wakeup
 
     def __init__(self, event: Wakeup) -> None:
-        self.event = event
+        super().__init__(event)
         self.handed: list[bytes] | None = None
-
-    def arm(self) -> None:
-        """Clear the event: only a wake-up from now on counts."""
-        self.event.clear()
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a wake-up or a handed send; whether one came.
@@ -137,13 +137,10 @@ class HandSignal:
         Cancellation: see the module docstring.
         """
         event = self.event
-        if event.is_set():
-            event.clear()
-            return True
         hand = event.hand
-        if hand is not None and (hand.owned or hand.future.done()):
-            # Another claim of this instance holds the hand: wait on the event alone.
-            return await self._wait_event(timeout)
+        if event.is_set() or (hand is not None and (hand.owned or hand.future.done())):
+            # Woken already, or another claim of this instance holds the hand.
+            return await super().wait(timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
         if hand is None:
@@ -167,28 +164,11 @@ class HandSignal:
             hand.settle(True)
             self.handed = payloads
             return True
-        if event.is_set():
-            event.clear()
-            return True
-        if hand.taken:
+        if hand.taken and not event.is_set():
             # The send stored its payload (its NOTIFY is on the way: claiming before it
             # comes would leave it to wake the next receive for nothing) or failed.
-            return await self._wait_event(timeout - (loop.time() - started))
-        return False
-
-    async def _wait_event(self, timeout: float) -> bool:
-        event = self.event
-        if not event.is_set():
-            try:
-                async with asyncio.timeout(max(timeout, 0.0)):
-                    await event.wait()
-            except TimeoutError:
-                return False
-        event.clear()
-        return True
-
-    def disarm(self) -> None:
-        """Nothing to release: a wait removes its hand on every exit."""
+            return await super().wait(max(timeout - (loop.time() - started), 0.0))
+        return event.is_set() and await super().wait(0.0)
 
     def take_handed(self) -> list[bytes] | None:
         """The payloads a send handed to the last wait (once), else None."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -22,6 +23,14 @@ from .servers import SCHEMA, with_params
 from .test_postgres import backend_of
 
 pytestmark = pytest.mark.postgres
+
+
+@contextlib.asynccontextmanager
+async def _opened(pg_url: str) -> AsyncIterator[tuple[layers.ChannelLayer, PostgresBackend]]:
+    """A layer on its flushed schema (poll interval 5 s) and the layer's backend."""
+    async with layers.from_url(with_params(pg_url, poll_interval=5)) as layer:
+        await layer.flush()
+        yield layer, backend_of(layer)
 
 
 async def _parked(backend: PostgresBackend, queue: str) -> Hand:
@@ -48,10 +57,7 @@ def test_a_send_to_a_queue_this_process_waits_on_is_handed_over_unstored(
     pg_url: str, pg_server: str
 ) -> None:
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (layer, backend):
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
                 for n in range(3):
                     waiting = asyncio.create_task(layer.receive("hand.q"))
@@ -94,10 +100,7 @@ def test_a_claim_cancelled_while_its_hand_is_sent_leaves_the_payload_stored(
     """The hand-off's statement runs while its claim is cancelled: the send stores it."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (layer, backend):
             claim = asyncio.create_task(backend.receive("hand.cancel", timeout=10))
             hand = await _parked(backend, "hand.cancel")
             async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
@@ -149,10 +152,7 @@ def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
     """The consumer has not come back to wait yet: it adopts the hand the send put out."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (layer, backend):
             await layer.send("hand.back", {"n": 0})  # before anyone LISTENs: no NOTIFY
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
                 assert len(await backend.receive("hand.back", timeout=3)) == 1  # drained
@@ -172,10 +172,7 @@ def test_a_hand_nobody_comes_back_for_is_stored_once(pg_url: str, pg_server: str
     """A send right after a drain, with no claim coming: stored as usual, exactly once."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (layer, backend):
             await layer.send("hand.none", {"n": 0})
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
                 assert len(await backend.receive("hand.none", timeout=3)) == 1  # drained
@@ -195,10 +192,7 @@ def test_a_claim_cancelled_just_after_it_was_given_the_payload_leaves_it_stored(
     """Cancelled between the hand-off and its next step: the send stores the payload."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (layer, backend):
             claim = asyncio.create_task(backend.receive("hand.given", timeout=10))
             await _parked(backend, "hand.given")
             give = Hand.give
@@ -223,10 +217,7 @@ def test_a_wake_up_seen_past_the_deadline_is_claimed(pg_url: str, pg_server: str
     """The loop stalls past a waiting claim's deadline while another process sends."""
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (_layer, backend):
             assert await backend.receive("hand.late", timeout=0.2) == []  # drained
             claim = asyncio.create_task(backend.receive("hand.late", timeout=0.5))
             await _parked(backend, "hand.late")
@@ -255,10 +246,7 @@ def test_rows_given_back_go_ahead_of_a_send_whose_look_came_first(
     """
 
     async def main() -> None:
-        url = with_params(pg_url, poll_interval=5)
-        async with layers.from_url(url) as layer:
-            await layer.flush()
-            backend = backend_of(layer)
+        async with _opened(pg_url) as (_layer, backend):
             await backend.receive("hand.rs", timeout=0.2)  # LISTEN in place
             sql_expired = (
                 f"INSERT INTO {SCHEMA}.messages (queue, expires_at, payload)"
