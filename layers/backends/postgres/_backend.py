@@ -23,10 +23,8 @@ from layers.backends.postgres._connections import Connections
 from layers.backends.postgres._hand import HAND_WINDOW, Hand, HandSignal, Wakeup
 from layers.backends.postgres._listener import (
     Listener,
-    Wait,
     Watch,
     notify_channel,
-    wait_for_wakeup,
 )
 from layers.backends.postgres._replies import InboxReader
 from layers.backends.postgres._tasks import stop
@@ -169,7 +167,8 @@ class PostgresBackend(Backend):
         neither.
         """
         listener = self._listener
-        if listener is not None:
+        # Only a claim of a normal queue with wake-ups on holds or adopts a hand.
+        if listener is not None and self._settings.notify and not queue.endswith("!"):
             watch = listener.peek(self._channel(queue))
             if watch is not None:
                 event = watch.event
@@ -179,8 +178,6 @@ class PostgresBackend(Backend):
                     and watch.drained
                     and not event.is_set()
                     and time.monotonic() - watch.claimed_at < HAND_WINDOW
-                    and self._settings.notify  # only a claim with wake-ups adopts one
-                    and not queue.endswith("!")
                 ):
                     # A claim of this instance drained the queue moments ago: put out
                     # a hand for it to adopt when it comes back to wait.
@@ -293,28 +290,23 @@ class PostgresBackend(Backend):
         # While it waits, a send of this instance may hand it a payload (``_hand``).
         hands = HandSignal(watch.event) if watch is not None and self._settings.notify else None
         if (
-            watch is not None
+            hands is not None
+            and watch is not None
             and watch.drained
-            and self._settings.notify
             and watch.listening.is_set()
             and not event.is_set()
         ):
-            if hands is None:
-                woke = await wait_for_wakeup(event, deadline, self._poll)
-                if woke is Wait.DEADLINE and not event.is_set():
-                    return []
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                woken = await hands.wait(min(remaining, self._poll))
-                handed = hands.take_handed()
-                if handed is not None:
-                    return handed
-                # A wake-up the wait reported (and cleared) is claimed, even past the
-                # deadline: the next receive would otherwise wait for another one.
-                if not woken and deadline - time.monotonic() <= 0 and not event.is_set():
-                    return []
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            woken = await hands.wait(min(remaining, self._poll))
+            handed = hands.take_handed()
+            if handed is not None:
+                return handed
+            # A wake-up the wait reported (and cleared) is claimed, even past the
+            # deadline: the next receive would otherwise wait for another one.
+            if not woken and deadline - time.monotonic() <= 0 and not event.is_set():
+                return []
         failures = 0
 
         async def claim() -> list[bytes]:

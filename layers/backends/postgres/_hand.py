@@ -83,9 +83,10 @@ class Hand:
 
     def give(self, payloads: list[bytes] | None) -> bool:
         """The taking send's outcome; False when no claim is there to get it."""
-        if not self.owned or self.future.done():
-            if not self.future.done():
-                self.future.set_result(None)  # spent: nobody adopts it any more
+        if self.future.done():
+            return False
+        if not self.owned:
+            self.future.set_result(None)  # spent: nobody adopts it any more
             return False
         self.future.set_result(payloads)
         return True
