@@ -3,7 +3,8 @@
 Features
     FIFO deques per queue with monotonic-clock expiry; atomic capacity checks; groups
     with expiring membership; wake-ups across event loops and threads (so the layer
-    works through ``async_to_sync``). Cost per call is proportional to what the call
+    works through ``async_to_sync``); a send hands its payload straight to a receive
+    waiting in its own event loop. Cost per call is proportional to what the call
     touches, never to the total number of channels or groups: stale queues and groups
     are swept from the front of a last-written order, a bounded amount per call.
 
@@ -355,12 +356,19 @@ class MemoryBackend(Backend):
         # context-manager protocol doubles the cost of an uncontended lock.
         store.lock.acquire()
         try:
-            stored = store.put(queue, payload, expiry, capacity, now)
-            waiters = store.waiters.pop(queue) if stored else None
-            store.swept(now)
-            watch = stored and store.watch()
+            # A receive of this loop waiting on an empty queue gets the payload in
+            # its future: nothing is stored, and it need not look again.
+            hand = None if queue in store.queues else store.waiters.take_first(queue, self._loop)
+            if hand is None:
+                stored = store.put(queue, payload, expiry, capacity, now)
+                waiters = store.waiters.pop(queue) if stored else None
+                store.swept(now)
+                watch = stored and store.watch()
         finally:
             store.lock.release()
+        if hand is not None:
+            hand.set_result((now + expiry, payload))
+            return True
         if watch:
             _watch(store)
         if waiters:
@@ -395,6 +403,9 @@ class MemoryBackend(Backend):
         # A hit returns at once: no suspension (``instant_receive``), no waiter made. A
         # miss registers its waiter in the same locked step, so a send landing after
         # the look wakes it; a wake-up that finds the payload gone looks and waits again.
+        # A send from this loop hands its payload to the first waiter instead (the
+        # future's result); a wait that ends any other way with a payload in hand
+        # (cancelled, or its coroutine closed) puts it back at the head of the queue.
         # The deadline's timer (or the backend's close) ends the wait with one last look.
         store = self._store
         deadline = 0.0
@@ -422,11 +433,38 @@ class MemoryBackend(Backend):
             deadlines.add(future, deadline)
             try:
                 await future
-                expired = future.result() is _EXPIRED
+            except BaseException:
+                if future.done() and not future.cancelled() and type(future.result()) is tuple:
+                    self._put_back(queue, future.result())
+                raise
             finally:
                 deadlines.discard(future)
                 if not future.done() or future.cancelled() or future.result() is _EXPIRED:
                     store.waiters.discard(queue, waiter)  # a wake-up would have removed it
+            result = future.result()
+            if result is _EXPIRED:
+                expired = True
+            elif result is not None:
+                expires_at, payload = result
+                if expires_at > time.monotonic():
+                    return [payload]
+                # Expired in hand (a loop blocked longer than the expiry): dropped, as
+                # the store drops it; look again.
+
+    def _put_back(self, queue: str, handed: tuple[float, Any]) -> None:
+        """Return a payload handed to a wait that did not take it to the head of ``queue``."""
+        store = self._store
+        with store.lock:
+            items = store.queues.get(queue)
+            if items is None:
+                items = store.queues[queue] = deque()
+            items.appendleft(handed)
+            waiters = store.waiters.pop(queue)
+            watch = store.watch()
+        if watch:
+            _watch(store)
+        if waiters:
+            wake(waiters)  # the running loop may not be this one (a coroutine closed late)
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads back at the head of ``queue``; see :meth:`Backend.restore`."""

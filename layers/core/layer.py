@@ -166,6 +166,8 @@ class ChannelLayer(BaseChannelLayerAPI):
         self._targets: dict[str, int] = {}
         #: Validated receive channels and their store queues (see :meth:`_check_receivable`).
         self._receivable: dict[str, str] = {}
+        #: new_channel() prefixes already checked, and their inboxes.
+        self._inboxes: dict[str, str] = {}
         self._capacity: int = settings.capacity
         self._channel_capacity = settings.channel_capacity
         self.max_message_size: int | None = settings.max_message_size
@@ -457,10 +459,17 @@ class ChannelLayer(BaseChannelLayerAPI):
 
         Only this layer instance can receive on it. No I/O.
         """
-        if not isinstance(prefix, str) or "!" in prefix:
-            raise TypeError(f"Invalid reply channel prefix {prefix!r}")
-        inbox = f"{prefix}{self.client_id}!"
-        name = require_valid_channel_name(inbox + random_suffix(12))
+        inbox = self._inboxes.get(prefix) if type(prefix) is str else None
+        if inbox is None:
+            if not isinstance(prefix, str) or "!" in prefix:
+                raise TypeError(f"Invalid reply channel prefix {prefix!r}")
+            inbox = f"{prefix}{self.client_id}!"
+            # Every name made with this prefix is valid if one is: the suffix is
+            # always 12 letters and digits.
+            name = require_valid_channel_name(inbox + random_suffix(12))
+            _remember(self._inboxes, prefix, inbox)
+        else:
+            name = inbox + random_suffix(12)
         _remember(self._receivable, name, inbox)  # made here: nothing to check on receive
         return name
 

@@ -59,6 +59,8 @@ DRIVE_TIMEOUT = 0.2
 READER_LINGER = 10.0
 #: How many inbox payloads a reader takes per backend call.
 INBOX_BATCH = 100
+#: How many queues keep a ticket for inline receives (then the tickets are made afresh).
+INLINE_TICKETS_KEPT = 1024
 MAX_BACKOFF = 2.0
 #: How long closing waits for a reader's pop in flight before cancelling it.
 CLOSE_GRACE = POLL_TIMEOUT + 0.5
@@ -109,6 +111,8 @@ class LoopState:
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.idle_readers: dict[str, asyncio.Future[None]] = {}
         self.driving: set[str] = set()
+        #: The ticket each queue's inline receives take their turns with.
+        self.inline_tickets: dict[str, Ticket] = {}
         self.backoff = 0.0  # seconds the readers wait after a failed receive
         # asyncio.run() (and so async_to_sync) ends by cancelling every task and
         # waiting for them; a driver task that swallows that cancellation (a pool
@@ -195,13 +199,21 @@ class LoopState:
         hub = self.hub
         turns = hub.turns
         receive = self.backend.receive
+        ticket = self.inline_tickets.get(queue)
+        if ticket is None:
+            # One ticket per queue, used again: it never waits in a line, and it is
+            # left before the next use (one task at a time drives a queue here).
+            if len(self.inline_tickets) >= INLINE_TICKETS_KEPT:
+                self.inline_tickets.clear()
+            ticket = self.inline_tickets[queue] = Ticket(queue, self.loop)
         self.driving.add(queue)
         try:
             while not self.closing:
-                ticket = turns.enter(queue, self.loop)
+                if not turns.try_take(ticket):
+                    return None
                 try:
                     box = hub.mailboxes.get(channel)
-                    if ticket.future is not None or (box is not None and not box.idle()):
+                    if box is not None and not box.idle():
                         return None
                     deadline = 0.0
                     timeout = DRIVE_TIMEOUT

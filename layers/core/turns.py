@@ -70,6 +70,19 @@ class Turns:
             self._lock.release()
         return ticket
 
+    def try_take(self, ticket: Ticket) -> bool:
+        """Take the turn of ``ticket.queue`` for ``ticket`` if it is free; never queue up.
+
+        For a caller that gives way when the queue is busy instead of waiting. A taken
+        turn is given up with :meth:`leave`; a refused one needs nothing more. The
+        ticket may be used again once its turn is left (it never waits in a line).
+        """
+        self._lock.acquire()
+        try:
+            return self._holders.setdefault(ticket.queue, ticket) is ticket
+        finally:
+            self._lock.release()
+
     async def wait(self, ticket: Ticket) -> None:
         """Wait until ``ticket`` holds its queue's turn.
 

@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "EventSignal",
@@ -41,11 +41,12 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: A waiting call: its event loop and the future it awaits (resolved with None).
-Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+#: A waiting call: its event loop and the future it awaits (resolved with None by
+#: :func:`wake`, or with what a store hands over through :meth:`Waiters.take_first`).
+Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
-def _set_none(future: asyncio.Future[None]) -> None:
+def _set_none(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -109,6 +110,29 @@ class Waiters:
                 waiting.remove(waiter)
                 if not waiting:
                     del self._by_queue[queue]
+
+    def take_first(
+        self, queue: str, loop: asyncio.AbstractEventLoop | None
+    ) -> asyncio.Future[Any] | None:
+        """Under ``lock``: unregister and return the first waiter's future, if it is ``loop``'s.
+
+        For a store that hands a payload straight to a waiting call of the running
+        loop: the future is still pending (the caller resolves it, in this loop, with
+        what it hands over) and the other waiters of ``queue`` stay registered. None
+        when the first waiter belongs to another loop or is already done (cancelled,
+        not yet discarded): the caller then stores and wakes as usual.
+        """
+        waiting = self._by_queue.get(queue)
+        if waiting is None:
+            return None
+        first_loop, future = waiting[0]
+        if first_loop is not loop or future.done():
+            return None
+        if len(waiting) == 1:
+            del self._by_queue[queue]
+        else:
+            del waiting[0]
+        return future
 
     def pop(self, queue: str) -> list[Waiter]:
         """Under ``lock``: remove and return the waiters of ``queue`` (to :func:`wake`)."""

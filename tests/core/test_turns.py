@@ -56,6 +56,25 @@ async def test_a_free_turn_is_taken_at_once_and_freed_by_leave() -> None:
 
 
 @async_test
+async def test_try_take_takes_only_a_free_turn_and_never_queues() -> None:
+    """A refused ticket leaves no trace; a reused ticket takes the turn again once left."""
+    turns, loop = Turns(), asyncio.get_running_loop()
+    mine = Ticket("q", loop)
+    assert turns.try_take(mine)
+    assert not _free(turns, "q")
+    other = Ticket("q", loop)
+    assert not turns.try_take(other)
+    turns.leave(mine)
+    assert _free(turns, "q")  # the refused ticket did not get the turn on the way
+    held = turns.enter("q", loop)
+    assert not turns.try_take(mine)
+    turns.leave(held)
+    assert turns.try_take(mine)
+    turns.leave(mine)
+    assert _free(turns, "q")
+
+
+@async_test
 async def test_loops_take_turns_in_arrival_order() -> None:
     turns = Turns()
     others = [OtherLoop(), OtherLoop()]

@@ -270,3 +270,93 @@ async def test_closing_the_backend_ends_its_waits_at_once() -> None:
     assert await asyncio.wait_for(waiting, 1) == []
     assert time.monotonic() - started < 0.5
     assert not backend._store.waiters
+
+
+async def _waiting(backend: MemoryBackend, queue: str) -> asyncio.Task[list[bytes]]:
+    """A backend receive on ``queue``, waiting by now."""
+    task = asyncio.create_task(backend.receive(queue, timeout=5))
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    return task
+
+
+@async_test
+async def test_a_send_hands_its_payload_to_a_waiting_receive_of_its_loop() -> None:
+    """Nothing is stored: the first waiter gets the payload, the next send goes to the next."""
+    backend = MemoryBackend(MemoryStore())
+    first = await _waiting(backend, "hand")
+    second = await _waiting(backend, "hand")
+    assert await backend.send("hand", b"one", expiry=10, capacity=10)
+    assert "hand" not in backend._store.queues
+    assert await backend.send("hand", b"two", expiry=10, capacity=10)
+    assert "hand" not in backend._store.queues
+    assert await first == [b"one"]
+    assert await second == [b"two"]
+    assert not backend._store.waiters
+    assert backend._deadlines is not None
+    assert backend._deadlines.waiting == {}
+
+
+@async_test
+async def test_a_payload_handed_to_a_receive_cancelled_before_it_ran_goes_back_first() -> None:
+    """Handed, then the receiving task is cancelled: the payload is stored ahead of later ones."""
+    backend = MemoryBackend(MemoryStore())
+    waiting = await _waiting(backend, "back")
+    assert await backend.send("back", b"one", expiry=10, capacity=10)  # handed
+    assert await backend.send("back", b"two", expiry=10, capacity=10)  # stored
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await backend.receive("back", timeout=0, limit=5) == [b"one", b"two"]
+
+
+@async_test
+async def test_a_payload_handed_to_a_receive_whose_coroutine_is_closed_goes_back() -> None:
+    """A receive that never resumes (its loop stopped, its coroutine collected) keeps nothing."""
+    backend = MemoryBackend(MemoryStore())
+    await backend.send("warm", b"w", expiry=10, capacity=10)
+    assert await backend.receive("warm", timeout=0) == [b"w"]
+    receive = backend.receive("closed", timeout=5)
+    receive.send(None)  # runs to its wait: a waiter of this loop
+    assert await backend.send("closed", b"one", expiry=10, capacity=10)
+    assert "closed" not in backend._store.queues  # handed
+    receive.close()
+    assert await backend.receive("closed", timeout=0) == [b"one"]
+
+
+@async_test
+async def test_a_payload_that_expires_in_hand_is_dropped() -> None:
+    """A loop blocked past a handed payload's expiry: the receive drops it, as the store would."""
+    backend = MemoryBackend(MemoryStore())
+    waiting = asyncio.create_task(backend.receive("stale", timeout=0.2))
+    await asyncio.sleep(0.01)
+    assert await backend.send("stale", b"old", expiry=0.01, capacity=10)
+    time.sleep(0.03)  # noqa: ASYNC251 - blocks the loop: the receive runs after the expiry
+    assert await waiting == []
+
+
+@async_test
+async def test_a_waiter_of_another_loop_is_woken_not_handed() -> None:
+    """The payload is stored for a receive in another thread's loop, which then takes it."""
+    store = MemoryStore()
+    backend = MemoryBackend(store)
+    ready = threading.Event()
+    got: list[list[bytes]] = []
+
+    async def other() -> None:
+        there = MemoryBackend(store)
+        receive = asyncio.create_task(there.receive("far", timeout=5))
+        await asyncio.sleep(0.01)
+        ready.set()
+        got.append(await receive)
+
+    thread = threading.Thread(target=asyncio.run, args=(other(),))
+    thread.start()
+    assert await asyncio.to_thread(ready.wait, 5)
+    sent = time.monotonic()
+    assert await backend.send("far", b"one", expiry=10, capacity=10)
+    await asyncio.to_thread(thread.join, 5)
+    assert got == [[b"one"]]
+    # Woken through its own loop at once, not found at its 5 s deadline (as a future
+    # resolved from this thread would be, its loop asleep in select()).
+    assert time.monotonic() - sent < 2

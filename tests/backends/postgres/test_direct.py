@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -128,6 +130,9 @@ def test_a_statement_larger_than_the_socket_buffer_is_sent_whole(
 
     async def main() -> None:
         async with _connection(pg_server, pg_url) as conn:
+            # A small send buffer makes the socket fill however fast the server reads.
+            with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             await _direct.execute(conn, direct["send"], _send("direct.big", blob))
             rows = await _direct.execute(conn, direct["receive"], {"queue": "direct.big", "lim": 1})
             assert bytes(rows[0][1]) == blob
