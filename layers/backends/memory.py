@@ -147,6 +147,12 @@ class MemoryStore:
 
     Every method runs under one ``threading.Lock`` and never awaits, so it is atomic
     across tasks, event loops and threads.
+
+    A payload handed by a send to a waiting receive (see :meth:`MemoryBackend.send`)
+    is in that receive's future until it resumes; ``in_hand`` names that future under
+    its queue, so the store still accounts for it: one at most per queue (the next
+    send stores behind it), counted against the queue's capacity, recalled into the
+    store by a ``restore`` and dropped by a flush.
     """
 
     def __init__(self) -> None:
@@ -156,6 +162,8 @@ class MemoryStore:
         self.waiters = Waiters(self.lock)
         # group -> {channel: membership expiry}, ordered by last group_add.
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
+        #: queue -> the future of the receive its handed payload is in (under ``lock``).
+        self.in_hand: dict[str, asyncio.Future[Any]] = {}
         #: True while the idle sweeper visits this store (changed under ``lock``).
         self.watched = False
         self._writes = 0
@@ -175,22 +183,46 @@ class MemoryStore:
         return True
 
     def put(self, queue: str, payload: bytes, expiry: float, capacity: int, now: float) -> bool:
-        """Append unless ``capacity`` unexpired payloads are queued; return whether stored."""
+        """Append unless ``capacity`` unexpired payloads are queued; return whether stored.
+
+        A payload in hand (``in_hand``) counts as queued.
+        """
         queues = self.queues
         items = queues.get(queue)
         if items is None:
+            if capacity <= 1 and queue in self.in_hand:
+                return False
             items = queues[queue] = deque()
         else:
             queues.move_to_end(queue)
             while items and items[0][0] <= now:
                 items.popleft()
-            if len(items) >= capacity:
-                live = [entry for entry in items if entry[0] > now]
-                if len(live) >= capacity:
-                    return False
-                items.clear()
-                items.extend(live)
+            if len(items) >= capacity - 1:
+                room = capacity - (queue in self.in_hand)
+                if len(items) >= room:
+                    live = [entry for entry in items if entry[0] > now]
+                    if len(live) >= room:
+                        return False
+                    items.clear()
+                    items.extend(live)
         items.append((now + expiry, payload))
+        return True
+
+    def settle(self, queue: str, future: asyncio.Future[Any], *, back: bool) -> bool:
+        """Under ``lock``: end the hand of ``future``'s payload; whether it was still in hand.
+
+        False when a flush dropped it or a ``restore`` recalled it into the queue. With
+        ``back``, a payload still in hand goes back to the head of the queue (its
+        receive did not return it).
+        """
+        if self.in_hand.get(queue) is not future:
+            return False
+        del self.in_hand[queue]
+        if back:
+            items = self.queues.get(queue)
+            if items is None:
+                items = self.queues[queue] = deque()
+            items.appendleft(future.result())
         return True
 
     def take(self, queue: str, limit: int, now: float) -> list[bytes]:
@@ -358,8 +390,17 @@ class MemoryBackend(Backend):
         try:
             # A receive of this loop waiting on an empty queue gets the payload in
             # its future: nothing is stored, and it need not look again.
-            hand = None if queue in store.queues else store.waiters.take_first(queue, self._loop)
-            if hand is None:
+            hand = (
+                None
+                if queue in store.queues or queue in store.in_hand
+                else store.waiters.take_first(queue, self._loop)
+            )
+            if hand is not None:
+                # Resolved under the lock: a restore or flush from another thread
+                # finds the payload in the future whenever it finds the future here.
+                hand.set_result((now + expiry, payload))
+                store.in_hand[queue] = hand
+            else:
                 stored = store.put(queue, payload, expiry, capacity, now)
                 waiters = store.waiters.pop(queue) if stored else None
                 store.swept(now)
@@ -367,7 +408,6 @@ class MemoryBackend(Backend):
         finally:
             store.lock.release()
         if hand is not None:
-            hand.set_result((now + expiry, payload))
             return True
         if watch:
             _watch(store)
@@ -398,7 +438,9 @@ class MemoryBackend(Backend):
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         """Pop under the store lock, else wait for a wake-up; see :meth:`Backend.receive`.
 
-        Cancellation loses nothing: a waiting call holds no message.
+        Cancellation loses nothing: a waiting call holds no message, except one handed
+        by a send of this loop, which a cancelled (or closed) call puts back at the
+        head of the queue.
         """
         # A hit returns at once: no suspension (``instant_receive``), no waiter made. A
         # miss registers its waiter in the same locked step, so a send landing after
@@ -433,34 +475,64 @@ class MemoryBackend(Backend):
             deadlines.add(future, deadline)
             try:
                 await future
-            except BaseException:
-                if future.done() and not future.cancelled() and type(future.result()) is tuple:
-                    self._put_back(queue, future.result())
-                raise
-            finally:
+            except GeneratorExit:
+                # Closed without resuming (its loop gone): the garbage collector may run
+                # this while this very thread holds the store's lock, so never wait here.
                 deadlines.discard(future)
-                if not future.done() or future.cancelled() or future.result() is _EXPIRED:
-                    store.waiters.discard(queue, waiter)  # a wake-up would have removed it
+                self._end_wait(queue, waiter, blocking=False)
+                raise
+            except BaseException:
+                deadlines.discard(future)
+                self._end_wait(queue, waiter)
+                raise
+            deadlines.discard(future)
             result = future.result()
+            if result is None:
+                continue  # woken: the send removed the waiter; look again
             if result is _EXPIRED:
+                lock.acquire()
+                try:
+                    store.waiters.unregister(queue, waiter)
+                finally:
+                    lock.release()
                 expired = True
-            elif result is not None:
-                expires_at, payload = result
-                if expires_at > time.monotonic():
-                    return [payload]
-                # Expired in hand (a loop blocked longer than the expiry): dropped, as
-                # the store drops it; look again.
+                continue
+            lock.acquire()
+            try:
+                held = store.settle(queue, future, back=False)
+            finally:
+                lock.release()
+            # Not held: a flush dropped it, or a restore put it back behind older ones.
+            if held and result[0] > time.monotonic():
+                return [result[1]]
+            # Expired in hand (a loop blocked longer than the expiry): dropped, as the
+            # store drops it. Either way, look again.
 
-    def _put_back(self, queue: str, handed: tuple[float, Any]) -> None:
-        """Return a payload handed to a wait that did not take it to the head of ``queue``."""
+    def _end_wait(self, queue: str, waiter: Waiter, *, blocking: bool = True) -> None:
+        """A wait ended without returning: unregister it, or put its handed payload back.
+
+        Not ``blocking``: if the lock is taken, a thread does it once the lock is free.
+        """
         store = self._store
-        with store.lock:
-            items = store.queues.get(queue)
-            if items is None:
-                items = store.queues[queue] = deque()
-            items.appendleft(handed)
+        if not store.lock.acquire(blocking):
+            threading.Thread(
+                target=self._end_wait,
+                args=(queue, waiter),
+                name="layers-memory-put-back",
+                daemon=True,
+            ).start()
+            return
+        try:
+            future = waiter[1]
+            if not future.done() or future.cancelled() or future.result() is _EXPIRED:
+                store.waiters.unregister(queue, waiter)
+                return
+            if future.result() is None or not store.settle(queue, future, back=True):
+                return  # woken only (the send removed it), or no longer in hand
             waiters = store.waiters.pop(queue)
             watch = store.watch()
+        finally:
+            store.lock.release()
         if watch:
             _watch(store)
         if waiters:
@@ -471,6 +543,11 @@ class MemoryBackend(Backend):
         store = self._store
         now = time.monotonic()
         with store.lock:
+            # A payload in hand was sent to an empty queue, after these were taken:
+            # it goes back into the store, behind them and ahead of the rest.
+            held = store.in_hand.get(queue)
+            if held is not None:
+                store.settle(queue, held, back=True)
             items = store.queues.get(queue)
             if items is None:
                 items = store.queues[queue] = deque()
@@ -540,6 +617,7 @@ class MemoryBackend(Backend):
         """Empty every queue and group of this layer's store."""
         with self._store.lock:
             self._store.queues.clear()
+            self._store.in_hand.clear()  # their receives drop them when they resume
             self._store.groups.clear()
 
     async def aclose(self) -> None:

@@ -185,9 +185,12 @@ class Backend(abc.ABC):
 
     #: True only when :meth:`receive` never suspends between taking payloads from
     #: the store and returning them (no I/O: it may wait only *before* it takes
-    #: anything), so cancelling it can never lose a payload. The core then lets a
-    #: waiting consumer pop for itself instead of waking a reader task. Leave False
-    #: for any backend that talks to a server.
+    #: anything), so cancelling it can never lose a payload. A payload a send hands
+    #: to the waiting call (the memory backend does, within one event loop) counts
+    #: as not yet taken: a call cancelled or closed before it returns puts it back
+    #: at the head of the queue. The core then lets a waiting consumer pop for
+    #: itself instead of waking a reader task. Leave False for any backend that
+    #: talks to a server.
     instant_receive: ClassVar[bool] = False
 
     #: True only when payloads never leave this process (no server, no file): the

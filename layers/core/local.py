@@ -191,7 +191,8 @@ class LoopState:
         :data:`DRIVE_TIMEOUT`, and lets another loop's pop have the turn between rounds.
         Payloads for other reply channels of the inbox go to their mailboxes. Nothing is
         held while waiting, and an instant backend's receive returns what it took
-        without suspending, so a cancellation loses nothing. None sends the caller the
+        without suspending (or puts back a payload handed to it while it waited), so a
+        cancellation loses nothing. None sends the caller the
         usual way (another loop wants the queue, or something waits in the mailbox).
         """
         if self.prefetch > 1 or not self.can_drive(queue):

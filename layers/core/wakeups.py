@@ -105,11 +105,15 @@ class Waiters:
     def discard(self, queue: str, waiter: Waiter) -> None:
         """Remove ``waiter`` if still registered (a wake-up already removed it). Idempotent."""
         with self.lock:
-            waiting = self._by_queue.get(queue)
-            if waiting is not None and waiter in waiting:
-                waiting.remove(waiter)
-                if not waiting:
-                    del self._by_queue[queue]
+            self.unregister(queue, waiter)
+
+    def unregister(self, queue: str, waiter: Waiter) -> None:
+        """Under ``lock``: :meth:`discard`, for a store that holds the lock already."""
+        waiting = self._by_queue.get(queue)
+        if waiting is not None and waiter in waiting:
+            waiting.remove(waiter)
+            if not waiting:
+                del self._by_queue[queue]
 
     def take_first(
         self, queue: str, loop: asyncio.AbstractEventLoop | None

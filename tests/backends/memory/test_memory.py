@@ -282,15 +282,17 @@ async def _waiting(backend: MemoryBackend, queue: str) -> asyncio.Task[list[byte
 
 @async_test
 async def test_a_send_hands_its_payload_to_a_waiting_receive_of_its_loop() -> None:
-    """Nothing is stored: the first waiter gets the payload, the next send goes to the next."""
+    """Nothing is stored: the first waiter gets the payload; the next send, made while it
+    is in hand, is stored and wakes the other waiter."""
     backend = MemoryBackend(MemoryStore())
     first = await _waiting(backend, "hand")
     second = await _waiting(backend, "hand")
     assert await backend.send("hand", b"one", expiry=10, capacity=10)
     assert "hand" not in backend._store.queues
+    assert await first == [b"one"]
+    assert not backend._store.in_hand
     assert await backend.send("hand", b"two", expiry=10, capacity=10)
     assert "hand" not in backend._store.queues
-    assert await first == [b"one"]
     assert await second == [b"two"]
     assert not backend._store.waiters
     assert backend._deadlines is not None
@@ -360,3 +362,96 @@ async def test_a_waiter_of_another_loop_is_woken_not_handed() -> None:
     # Woken through its own loop at once, not found at its 5 s deadline (as a future
     # resolved from this thread would be, its loop asleep in select()).
     assert time.monotonic() - sent < 2
+
+
+@async_test
+async def test_one_payload_at_most_is_in_hand_per_queue() -> None:
+    """A second send while one is in hand is stored behind it: cancellations keep the order."""
+    backend = MemoryBackend(MemoryStore())
+    first = await _waiting(backend, "order")
+    second = await _waiting(backend, "order")
+    assert await backend.send("order", b"one", expiry=10, capacity=10)  # handed to first
+    assert await backend.send("order", b"two", expiry=10, capacity=10)  # stored, second woken
+    assert "order" in backend._store.queues
+    first.cancel()
+    second.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert await backend.receive("order", timeout=0, limit=5) == [b"one", b"two"]
+
+
+@async_test
+async def test_a_cancelled_first_waiter_lets_no_later_message_overtake() -> None:
+    backend = MemoryBackend(MemoryStore())
+    first = await _waiting(backend, "overtake")
+    second = await _waiting(backend, "overtake")
+    assert await backend.send("overtake", b"one", expiry=10, capacity=10)
+    assert await backend.send("overtake", b"two", expiry=10, capacity=10)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    rest = await backend.receive("overtake", timeout=0, limit=5)
+    assert [*await second, *rest] == [b"one", b"two"]
+
+
+@async_test
+async def test_a_flush_drops_a_payload_in_hand() -> None:
+    """Whether its receive then resumes or is cancelled, the flushed payload is gone."""
+    backend = MemoryBackend(MemoryStore())
+    cancelled = await _waiting(backend, "flushed")
+    assert await backend.send("flushed", b"old", expiry=10, capacity=10)
+    await backend.flush()
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert await backend.receive("flushed", timeout=0) == []
+    resumed = asyncio.create_task(backend.receive("flushed", timeout=0.3))
+    await asyncio.sleep(0.01)
+    assert await backend.send("flushed", b"old", expiry=10, capacity=10)
+    await backend.flush()
+    assert await backend.send("flushed", b"new", expiry=10, capacity=10)
+    assert await resumed == [b"new"]
+
+
+@async_test
+async def test_a_payload_in_hand_counts_against_capacity() -> None:
+    backend = MemoryBackend(MemoryStore())
+    waiting = await _waiting(backend, "full")
+    sent = [await backend.send("full", bytes([i]), expiry=10, capacity=2) for i in range(3)]
+    assert sent == [True, True, False]
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert await backend.receive("full", timeout=0, limit=10) == [b"\x00", b"\x01"]
+    lone = await _waiting(backend, "one")
+    assert await backend.send("one", b"a", expiry=10, capacity=1)
+    assert not await backend.send("one", b"b", expiry=10, capacity=1)
+    assert await lone == [b"a"]
+
+
+@async_test
+async def test_a_restore_puts_a_payload_in_hand_behind_the_restored_ones() -> None:
+    """Restored payloads were taken before the handed one was sent: they come first."""
+    backend = MemoryBackend(MemoryStore())
+    waiting = await _waiting(backend, "restored")
+    assert await backend.send("restored", b"two", expiry=10, capacity=10)  # handed
+    assert await backend.restore("restored", [(b"one", 10.0)])
+    assert await backend.send("restored", b"three", expiry=10, capacity=10)
+    assert await waiting == [b"one"]
+    assert await backend.receive("restored", timeout=0, limit=5) == [b"two", b"three"]
+
+
+@async_test
+async def test_a_receive_closed_while_this_thread_holds_the_lock_puts_back_later() -> None:
+    """The collector can close a coroutine inside a locked store call: no deadlock."""
+    backend = MemoryBackend(MemoryStore())
+    await backend.send("warm", b"w", expiry=10, capacity=10)
+    assert await backend.receive("warm", timeout=0) == [b"w"]
+    receive = backend.receive("locked", timeout=5)
+    receive.send(None)
+    assert await backend.send("locked", b"one", expiry=10, capacity=10)
+    store = backend._store
+    with store.lock:
+        receive.close()  # returns at once: a thread puts the payload back
+    for _ in range(100):
+        got = await backend.receive("locked", timeout=0)
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [b"one"]
