@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 import types
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -312,16 +314,22 @@ async def test_a_payload_handed_to_a_receive_cancelled_before_it_ran_goes_back_f
     assert await backend.receive("back", timeout=0, limit=5) == [b"one", b"two"]
 
 
+async def _handed(backend: MemoryBackend, queue: str) -> Coroutine[Any, Any, list[bytes]]:
+    """A receive coroutine, run by hand to its wait, that a send then handed ``b"one"`` to."""
+    await backend.send("warm", b"w", expiry=10, capacity=10)
+    assert await backend.receive("warm", timeout=0) == [b"w"]  # the backend knows its loop
+    receive = backend.receive(queue, timeout=5)
+    receive.send(None)  # runs to its wait: a waiter of this loop
+    assert await backend.send(queue, b"one", expiry=10, capacity=10)
+    assert queue not in backend._store.queues  # handed
+    return receive
+
+
 @async_test
 async def test_a_payload_handed_to_a_receive_whose_coroutine_is_closed_goes_back() -> None:
     """A receive that never resumes (its loop stopped, its coroutine collected) keeps nothing."""
     backend = MemoryBackend(MemoryStore())
-    await backend.send("warm", b"w", expiry=10, capacity=10)
-    assert await backend.receive("warm", timeout=0) == [b"w"]
-    receive = backend.receive("closed", timeout=5)
-    receive.send(None)  # runs to its wait: a waiter of this loop
-    assert await backend.send("closed", b"one", expiry=10, capacity=10)
-    assert "closed" not in backend._store.queues  # handed
+    receive = await _handed(backend, "closed")
     receive.close()
     assert await backend.receive("closed", timeout=0) == [b"one"]
 
@@ -441,11 +449,7 @@ async def test_a_restore_puts_a_payload_in_hand_behind_the_restored_ones() -> No
 async def test_a_receive_closed_while_this_thread_holds_the_lock_puts_back_later() -> None:
     """The collector can close a coroutine inside a locked store call: no deadlock."""
     backend = MemoryBackend(MemoryStore())
-    await backend.send("warm", b"w", expiry=10, capacity=10)
-    assert await backend.receive("warm", timeout=0) == [b"w"]
-    receive = backend.receive("locked", timeout=5)
-    receive.send(None)
-    assert await backend.send("locked", b"one", expiry=10, capacity=10)
+    receive = await _handed(backend, "locked")
     store = backend._store
     with store.lock:
         receive.close()  # returns at once: a thread puts the payload back
