@@ -169,7 +169,7 @@ class LoopState:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
-                self.put_back(channel, queue, future.result())
+                self.put_back(channel, queue, got.kept(future.result()))
             raise
         finally:
             if not future.done():
@@ -258,10 +258,9 @@ class LoopState:
         else:
             self.hub.deliver(box, item, self.loop, front=True)
 
-    def put_back(self, channel: str, queue: str, message: dict[str, Any]) -> None:
-        """Return a message a cancelled consumer had been handed, keeping it first."""
+    def put_back(self, channel: str, queue: str, item: Item) -> None:
+        """Return a message a cancelled consumer had been handed, in its place in line."""
         box = self.hub.mailbox(channel, queue)
-        item = (time.monotonic() + self.expiry, message)
         if not self.hub.deliver(box, item, self.loop, front=True) and not self.closing:
             self._serve(queue)  # its reader gives it back to the store if nobody wants it
 
@@ -401,8 +400,8 @@ class LoopState:
         wall = time.time()
         dumps = self.serializer.dumps
         payloads = [
-            (self.pack(None, dumps(message), wall + (expires_at - now)), expires_at - now)
-            for expires_at, message in items
+            (self.pack(None, dumps(item[1]), wall + (item[0] - now)), item[0] - now)
+            for item in items
         ]
         try:
             backend = await self.ready()

@@ -30,37 +30,55 @@ logger = logging.getLogger("layers")
 #: How often idle mailboxes and expired buffered messages are swept (seconds).
 SWEEP_INTERVAL = 5.0
 
-#: A buffered message: when it expires (``time.monotonic()``) and the message.
-Item = tuple[float, dict[str, Any]]
+#: A buffered message: when it expires (``time.monotonic()``) and the message; a message
+#: given back by a cancelled consumer also carries its place in line (see :class:`Mailbox`).
+Item = tuple[float, dict[str, Any]] | tuple[float, dict[str, Any], int]
 
 
 class Waiter:
-    """One consumer waiting in ``receive``: the loop state it waits in and its future."""
+    """One consumer waiting in ``receive``: the loop state it waits in and its future.
 
-    __slots__ = ("future", "state")
+    Once handed a message, it also knows that message's expiry and place in line, so a
+    consumer cancelled before it runs gives it back where it was (:meth:`kept`).
+    """
+
+    __slots__ = ("expires_at", "future", "place", "state")
 
     def __init__(self, state: LoopState, future: asyncio.Future[dict[str, Any]]) -> None:
         self.state = state
         self.future = future
+        self.expires_at = 0.0
+        self.place = 0
 
     def give(self, box: Mailbox, item: Item, here: asyncio.AbstractEventLoop | None) -> bool:
-        """Hand ``item`` to this waiter (``here`` is the caller's loop); False if it is gone.
+        """Hand ``item`` to this waiter, under the hub's lock; False if it is gone.
 
-        Across loops the hand-off runs in the waiter's loop, where a waiter cancelled
-        meanwhile gives the message back to the mailbox, first in line.
+        ``here`` is the caller's loop. Across loops the hand-off runs in the waiter's
+        loop, where a waiter cancelled meanwhile gives the message back to the mailbox,
+        in its place in line.
         """
         future = self.future
         if future.done():
             return False
+        # Its place in line: the one it had if it was given back, else the next one.
+        if len(item) == 3:
+            self.place = item[2]
+        else:
+            self.place = box.handed = box.handed + 1
+        self.expires_at = item[0]
         state = self.state
         if state.loop is here:
             future.set_result(item[1])
             return True
         try:
-            state.loop.call_soon_threadsafe(state.accept, self, box, item)
+            state.loop.call_soon_threadsafe(state.accept, self, box, self.kept(item[1]))
         except RuntimeError:  # its loop is closed
             return False
         return True
+
+    def kept(self, message: dict[str, Any]) -> Item:
+        """The item to give back for ``message``, handed to this waiter: its place kept."""
+        return (self.expires_at, message, self.place)
 
 
 class Mailbox:
@@ -68,23 +86,44 @@ class Mailbox:
 
     Invariant, kept by :class:`Hub`: while a message is buffered no live consumer
     waits, so a new message never overtakes a buffered one.
+
+    Each message handed to a waiter gets a place in line (``handed`` counts them). A
+    consumer cancelled before it ran gives its message back with that place, and it
+    goes in ahead of every message buffered since and behind any given back with an
+    earlier place: consumers cancelled together give theirs back in the order they
+    were handed, whatever order their cancellations run in.
     """
 
-    __slots__ = ("items", "queue", "waiters")
+    __slots__ = ("handed", "items", "queue", "waiters")
 
     def __init__(self, queue: str, bound: int) -> None:
         self.queue = queue
         self.items: deque[Item] = deque(maxlen=bound)
         self.waiters: deque[Waiter] = deque()
+        self.handed = 0
 
     def take(self, now: float) -> dict[str, Any] | None:
         """Pop the oldest unexpired buffered message, dropping expired ones."""
         items = self.items
         while items:
-            expires_at, message = items.popleft()
-            if expires_at > now:
-                return message
+            item = items.popleft()
+            if item[0] > now:
+                return item[1]
         return None
+
+    def give_back(self, item: Item) -> None:
+        """Put a handed message back: behind those given back with an earlier place."""
+        items = self.items
+        place = item[2] if len(item) == 3 else 0
+        at = 0
+        for ahead in items:
+            if len(ahead) != 3 or ahead[2] > place:
+                break
+            at += 1
+        if len(items) == items.maxlen:
+            logger.warning("local buffer of a channel is full: dropping its newest message")
+            items.pop()
+        items.insert(at, item)
 
     def idle(self) -> bool:
         """True when nothing is buffered and nobody waits."""
@@ -155,7 +194,7 @@ class Hub:
         *,
         front: bool = False,
     ) -> bool:
-        """Buffer ``item`` (first in line with ``front``), then serve waiters in order.
+        """Buffer ``item`` (given back to its place with ``front``), then serve waiters in order.
 
         Returns True when a waiter took it. A full buffer drops its oldest message.
         """
@@ -170,11 +209,11 @@ class Hub:
                     waiter.state.count(box.queue, -1)
                     if waiter.give(box, item, here):
                         return True
-            if len(items) == items.maxlen:
-                logger.warning("local buffer of a channel is full: dropping its oldest message")
             if front:
-                items.appendleft(item)
+                box.give_back(item)
             else:
+                if len(items) == items.maxlen:
+                    logger.warning("local buffer of a channel is full: dropping its oldest message")
                 items.append(item)
             return self._serve_waiters(box, here) and not items
         finally:

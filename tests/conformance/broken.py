@@ -39,7 +39,7 @@ from layers.core.backend import Backend, GroupPayload, Put
 from layers.core.errors import BackendError, ChannelFull, ChannelNotOwned
 from layers.core.layer import ChannelLayer
 from layers.core.local import LoopState
-from layers.core.mailboxes import Hub, Mailbox
+from layers.core.mailboxes import Hub, Item, Mailbox
 from layers.core.names import require_valid_channel_name, valid_group_name
 from layers.core.wakeups import wake
 
@@ -1008,6 +1008,18 @@ class CloseKeepsHeld(ChannelLayer):
     _loop_state_class = _KeepsHeldOnClose
 
 
+class _GivesBackFirst(LoopState):
+    def put_back(self, channel: str, queue: str, item: Item) -> None:
+        super().put_back(channel, queue, (item[0], item[1]))  # its place in line forgotten
+
+
+class GivesBackFirst(ChannelLayer):
+    """A message a cancelled consumer had been handed goes back first in line, not to its
+    place: consumers cancelled together give theirs back in reverse order."""
+
+    _loop_state_class = _GivesBackFirst
+
+
 class ExpiresOnlyAtHead(MemoryBackend):
     """Capacity counts expired messages queued behind a live one (only the head is trimmed)."""
 
@@ -1333,6 +1345,9 @@ CATALOGUE: dict[str, Broken] = {
     "restore-at-tail": _entry(
         "delivery", "given-back messages go behind the queue, not at its head", RestoreAtTail
     ),
+    "gives-back-first": _entry(
+        "delivery", "consumers cancelled together give messages back reversed", GivesBackFirst
+    ),
     # sequences and id sources
     "reply-names-from-clock": _entry(
         "sequences", "reply channel names from the millisecond clock", ReplyNamesFromClock
@@ -1531,6 +1546,7 @@ RULES: dict[str, tuple[str, ...]] = {
         "test_held_messages_go_back_in_order_when_a_prefetching_layer_closes",
         "test_cancelled_receives_lose_no_held_message",
     ),
+    "gives-back-first": ("test_receives_cancelled_together_keep_send_order",),
     "restore-at-tail": (
         "test_held_messages_go_back_in_order_when_a_prefetching_layer_closes",
         "test_cancelled_receives_lose_no_held_message",

@@ -59,6 +59,63 @@ async def test_a_message_put_back_after_a_sweep_is_not_lost() -> None:
     await layer.aclose()
 
 
+async def _handed(
+    layer: layers.ChannelLayer, items: list[tuple[float, dict[str, object]]]
+) -> tuple[str, list[asyncio.Task[dict[str, object]]]]:
+    """A reply channel, one consumer per item waiting on it in its mailbox, each handed its
+    item; the receive that waits in the backend itself (if one does) is ended first."""
+    reply = await layer.new_channel()
+    consumers = [asyncio.create_task(layer.receive(reply)) for _ in items]
+    await asyncio.sleep(0.01)
+    box = layer._hub.mailboxes[reply]
+    if len(box.waiters) < len(items):  # the first one drives the inbox in its own task
+        driver = consumers.pop(0)
+        consumers.append(asyncio.create_task(layer.receive(reply)))
+        await asyncio.sleep(0.01)
+        driver.cancel()
+        await asyncio.gather(driver, return_exceptions=True)
+    assert len(box.waiters) == len(items)
+    for item in items:  # what a reader does
+        assert layer._hub.deliver(box, item, asyncio.get_running_loop())
+    return reply, consumers
+
+
+@async_test
+async def test_consumers_cancelled_together_give_back_in_handed_order() -> None:
+    """Three consumers are handed three messages and cancelled before they run, their
+    cancellations running in any order: the messages go back in the order they were
+    handed, ahead of one buffered since."""
+    layer = layers.from_url("memory://mailboxes-give-back")
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        later = time.monotonic() + 60
+        reply, consumers = await _handed(layer, [(later, {"i": i}) for i in range(3)])
+        box = layer._hub.mailboxes[reply]
+        layer._hub.deliver(box, (later, {"i": 3}), asyncio.get_running_loop())  # buffered
+        for k in order:
+            consumers[k].cancel()
+        for k in order:  # each gives its message back as its cancellation runs
+            with pytest.raises(asyncio.CancelledError):
+                await consumers[k]
+        got = [(await asyncio.wait_for(layer.receive(reply), 1))["i"] for _ in range(4)]
+        assert got == [0, 1, 2, 3], order
+    await layer.aclose()
+
+
+@async_test
+async def test_a_message_given_back_keeps_its_expiry() -> None:
+    layer = layers.from_url("memory://mailboxes-give-back-expiry")
+    now = time.monotonic()
+    reply, consumers = await _handed(
+        layer, [(now + 0.05, {"i": "short"}), (now + 60, {"i": "long"})]
+    )
+    for consumer in consumers:
+        consumer.cancel()
+    await asyncio.gather(*consumers, return_exceptions=True)
+    await asyncio.sleep(0.1)
+    assert (await asyncio.wait_for(layer.receive(reply), 1))["i"] == "long"
+    await layer.aclose()
+
+
 def test_group_payload_puts_match_the_envelope_of_a_send() -> None:
     from layers.core.envelope import group_payload, pack, unpack
 
