@@ -32,6 +32,7 @@ Use as a Django Channels ``BACKEND``::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sys
 import threading
@@ -149,10 +150,14 @@ class MemoryStore:
     across tasks, event loops and threads.
 
     A payload handed by a send to a waiting receive (see :meth:`MemoryBackend.send`)
-    is in that receive's future until it resumes; ``in_hand`` names that future under
-    its queue, so the store still accounts for it: one at most per queue (the next
-    send stores behind it), counted against the queue's capacity, recalled into the
-    store by a ``restore`` and dropped by a flush.
+    is in a one-item list, its *box*, which the send puts in that receive's future and
+    in ``in_hand`` under its queue, so the store still accounts for it until the
+    receive resumes: one at most per queue (the next send stores behind it), counted
+    against the queue's capacity, recalled into the store by a ``restore`` and dropped
+    by a flush. Whoever takes it pops the box: the resumed receive without the lock
+    (``list.pop`` is atomic), the others under it, so exactly one of them has it. An
+    emptied box left in ``in_hand`` is a *spent* entry: it counts for nothing, and
+    the next write to its queue, or the sweep, removes it.
     """
 
     def __init__(self) -> None:
@@ -162,8 +167,8 @@ class MemoryStore:
         self.waiters = Waiters(self.lock)
         # group -> {channel: membership expiry}, ordered by last group_add.
         self.groups: OrderedDict[str, dict[str, float]] = OrderedDict()
-        #: queue -> the future of the receive its handed payload is in (under ``lock``).
-        self.in_hand: dict[str, asyncio.Future[Any]] = {}
+        #: queue -> the box of the payload handed to a receive (changed under ``lock``).
+        self.in_hand: dict[str, list[tuple[float, bytes]]] = {}
         #: True while the idle sweeper visits this store (changed under ``lock``).
         self.watched = False
         self._writes = 0
@@ -190,7 +195,7 @@ class MemoryStore:
         queues = self.queues
         items = queues.get(queue)
         if items is None:
-            if capacity <= 1 and queue in self.in_hand:
+            if capacity <= 1 and self.in_hand.get(queue):
                 return False
             items = queues[queue] = deque()
         else:
@@ -198,7 +203,7 @@ class MemoryStore:
             while items and items[0][0] <= now:
                 items.popleft()
             if len(items) >= capacity - 1:
-                room = capacity - (queue in self.in_hand)
+                room = capacity - bool(self.in_hand.get(queue))
                 if len(items) >= room:
                     live = [entry for entry in items if entry[0] > now]
                     if len(live) >= room:
@@ -208,21 +213,22 @@ class MemoryStore:
         items.append((now + expiry, payload))
         return True
 
-    def settle(self, queue: str, future: asyncio.Future[Any], *, back: bool) -> bool:
-        """Under ``lock``: end the hand of ``future``'s payload; whether it was still in hand.
+    def recall(self, queue: str, box: list[tuple[float, bytes]]) -> bool:
+        """Under ``lock``: put ``box``'s payload back at the head of ``queue``; whether it had one.
 
-        False when a flush dropped it or a ``restore`` recalled it into the queue. With
-        ``back``, a payload still in hand goes back to the head of the queue (its
-        receive did not return it).
+        False when the box is empty: its receive took the payload, or a flush
+        dropped it. Either way ``in_hand`` no longer names it.
         """
-        if self.in_hand.get(queue) is not future:
+        if self.in_hand.get(queue) is box:
+            del self.in_hand[queue]
+        try:
+            entry = box.pop()
+        except IndexError:  # taken meanwhile by its receive, which pops without the lock
             return False
-        del self.in_hand[queue]
-        if back:
-            items = self.queues.get(queue)
-            if items is None:
-                items = self.queues[queue] = deque()
-            items.appendleft(future.result())
+        items = self.queues.get(queue)
+        if items is None:
+            items = self.queues[queue] = deque()
+        items.appendleft(entry)
         return True
 
     def take(self, queue: str, limit: int, now: float) -> list[bytes]:
@@ -242,7 +248,7 @@ class MemoryStore:
         return out
 
     def sweep(self, now: float, budget: int = _SWEEP_PER_WRITE) -> bool:
-        """Drop up to ``budget`` queues and groups whose contents all expired.
+        """Drop up to ``budget`` queues and groups whose contents all expired, and spent boxes.
 
         Every write calls it, so expired entries go at the rate writes make new
         ones; the idle sweeper (:func:`_idle_sweeper`) reclaims the rest when no
@@ -273,7 +279,12 @@ class MemoryStore:
             if members and max(members.values()) > now:
                 break
             del groups[name]
-        return bool(queues or groups)
+        in_hand = self.in_hand
+        for name in list(itertools.islice(in_hand, budget)):
+            box = in_hand.pop(name)
+            if box:
+                in_hand[name] = box  # still in hand (its receive has not resumed): to the back
+        return bool(queues or groups or in_hand)
 
 
 _stores_to_sweep: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
@@ -390,16 +401,23 @@ class MemoryBackend(Backend):
         try:
             # A receive of this loop waiting on an empty queue gets the payload in
             # its future: nothing is stored, and it need not look again.
+            in_hand = store.in_hand
+            box = in_hand.get(queue)
+            if box is not None and not box:
+                del in_hand[queue]  # spent: its receive took the payload
+                box = None
             hand = (
                 None
-                if queue in store.queues or queue in store.in_hand
+                if box is not None or queue in store.queues
                 else store.waiters.take_first(queue, self._loop)
             )
             if hand is not None:
-                # Resolved under the lock: a restore or flush from another thread
-                # finds the payload in the future whenever it finds the future here.
-                hand.set_result((now + expiry, payload))
-                store.in_hand[queue] = hand
+                # Boxed under the lock: a restore or flush from another thread finds
+                # the payload in the box whenever it finds the box here.
+                box = [(now + expiry, payload)]
+                hand.set_result(box)
+                in_hand[queue] = box
+                store.swept(now)
             else:
                 stored = store.put(queue, payload, expiry, capacity, now)
                 waiters = store.waiters.pop(queue) if stored else None
@@ -490,23 +508,18 @@ class MemoryBackend(Backend):
             if result is None:
                 continue  # woken: the send removed the waiter; look again
             if result is _EXPIRED:
-                lock.acquire()
-                try:
-                    store.waiters.unregister(queue, waiter)
-                finally:
-                    lock.release()
+                store.waiters.discard(queue, waiter)
                 expired = True
                 continue
-            lock.acquire()
+            # Handed: take it from its box, without the lock (``list.pop`` is atomic).
             try:
-                held = store.settle(queue, future, back=False)
-            finally:
-                lock.release()
-            # Not held: a flush dropped it, or a restore put it back behind older ones.
-            if held and result[0] > time.monotonic():
-                return [result[1]]
+                expires_at, payload = result.pop()
+            except IndexError:
+                continue  # a flush dropped it, or a restore put it back behind older ones
+            if expires_at > time.monotonic():
+                return [payload]
             # Expired in hand (a loop blocked longer than the expiry): dropped, as the
-            # store drops it. Either way, look again.
+            # store drops it. Look again.
 
     def _end_wait(self, queue: str, waiter: Waiter, *, blocking: bool = True) -> None:
         """A wait ended without returning: unregister it, or put its handed payload back.
@@ -527,7 +540,8 @@ class MemoryBackend(Backend):
             if not future.done() or future.cancelled() or future.result() is _EXPIRED:
                 store.waiters.unregister(queue, waiter)
                 return
-            if future.result() is None or not store.settle(queue, future, back=True):
+            box = future.result()
+            if box is None or not store.recall(queue, box):
                 return  # woken only (the send removed it), or no longer in hand
             waiters = store.waiters.pop(queue)
             watch = store.watch()
@@ -547,7 +561,7 @@ class MemoryBackend(Backend):
             # it goes back into the store, behind them and ahead of the rest.
             held = store.in_hand.get(queue)
             if held is not None:
-                store.settle(queue, held, back=True)
+                store.recall(queue, held)
             items = store.queues.get(queue)
             if items is None:
                 items = store.queues[queue] = deque()
@@ -617,7 +631,9 @@ class MemoryBackend(Backend):
         """Empty every queue and group of this layer's store."""
         with self._store.lock:
             self._store.queues.clear()
-            self._store.in_hand.clear()  # their receives drop them when they resume
+            for box in self._store.in_hand.values():
+                box.clear()  # their receives find them empty and look again
+            self._store.in_hand.clear()
             self._store.groups.clear()
 
     async def aclose(self) -> None:
