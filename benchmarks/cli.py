@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="only these scenarios (repeatable)")  # fmt: skip
     parser.add_argument("--reference", action="append", default=[], metavar="FAMILY=LABEL",
                         help="the spec a family's ratios are computed against")  # fmt: skip
-    parser.add_argument("--repeat", type=int, help="repetitions (quick: 1, full: 3)")
+    parser.add_argument("--repeat", type=int,
+                        help="repetitions (quick: 1, full: 3; memory: 3x in full)")  # fmt: skip
     parser.add_argument("--messages", type=int, help="messages per scenario")
     parser.add_argument("--concurrency", type=int, help="N for the concurrent scenario (32)")
     parser.add_argument(
@@ -105,6 +106,7 @@ def _meta(args: argparse.Namespace, argv: list[str], mode: Any) -> dict[str, Any
         "command": "python -m benchmarks " + shlex.join(_shown(argv)),
         "mode": mode.name,
         "repeat": mode.repeat,
+        "repeat_factor": dict(mode.repeat_factor),
         "params": mode.params.__dict__,
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
