@@ -110,10 +110,11 @@ async def _cancel_together(
 
 @async_test
 async def test_receives_cancelled_together_keep_send_order(layer_factory: LayerFactory) -> None:
-    """Receives waiting on one channel, all cancelled just after the sends that could
-    satisfy them: what they did not return is received next, once, and in send order.
+    """Receives cancelled together after the sends: what they did not return comes next.
 
-    The receives are those of one layer: the messages its consumers had been handed go
+    Several receives wait on one channel and are all cancelled just after the sends
+    that could satisfy them: what they did not return is received next, once, and in
+    send order. The receives are those of one layer: the messages its consumers had been handed go
     back in the order they were handed, whatever order the cancellations run in. Then
     those of two layers of one deployment in one event loop (as two processes), when the
     backend gives messages back (``Backend.restore``; without it, a message a cancelled

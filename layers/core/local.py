@@ -19,7 +19,8 @@ back to the head of the store (:meth:`Backend.restore`), where any process can
 receive it. With ``prefetch=N`` a reader takes up to N messages of a normal channel
 per pop and keeps up to N buffered for this process, giving them back when it
 closes or goes idle. A message handed to a consumer that is cancelled before it
-runs is put back at the front of its mailbox.
+runs is put back at the front of its mailbox, behind any given back that was handed
+before it, with its own expiry.
 
 The readers of one queue in different loops take turns (:class:`~layers.core.turns.Turns`):
 a pop and the delivery of what it brought finish before another loop's pop of that
