@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 import layers
-from layers.backends.postgres import PostgresBackend
+from layers.backends.postgres import PostgresBackend, _backend
 from layers.backends.postgres._hand import Hand
 
 from .servers import SCHEMA, with_params
@@ -295,3 +295,197 @@ def test_without_wake_ups_a_send_never_looks_for_a_claim(
 
     asyncio.run(main())
     assert looks == []
+
+
+# -- a send that serves the waiting claim the queue's head ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _with_backlog(
+    pg_url: str, queue: str, count: int
+) -> AsyncIterator[tuple[layers.ChannelLayer, PostgresBackend, asyncio.Task[list[bytes]]]]:
+    """A layer (its schema flushed), ``count`` + 1 messages on ``queue`` stored by another
+    layer (no NOTIFY), the first claimed; then, as if this process had just sent to the
+    queue, a claim of the layer's backend parked for a send only (the rows are "b1"...)."""
+    quiet = with_params(pg_url, poll_interval=5, notify="false")
+    async with _opened(pg_url) as (layer, backend), layers.from_url(quiet) as other:
+        for n in range(count + 1):
+            await other.send(queue, {"n": f"b{n}"})
+        assert len(await backend.receive(queue, timeout=3)) == 1  # b0: the queue holds more
+        listener = backend._listener
+        assert listener is not None
+        watch = listener.peek(backend._channel(queue))
+        assert watch is not None
+        assert not watch.drained
+        watch.sent_at = time.monotonic() + 3600  # a send "just now", for the next hour
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_backend, "SERVE_WAIT", 10.0)  # parked long enough to look at
+            claim = asyncio.create_task(backend.receive(queue, timeout=10))
+            hand = await _parked(backend, queue)
+        assert hand.sticky
+        watch.sent_at = 0.0
+        yield layer, backend, claim
+
+
+def _count_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the claim statements the batcher runs (one list item each)."""
+    from layers.backends.postgres._batch import Batcher
+
+    claims: list[int] = []
+    receive = Batcher.receive
+
+    async def counted(self: Batcher, queue: str, limit: int) -> Any:
+        claims.append(limit)
+        return await receive(self, queue, limit)
+
+    monkeypatch.setattr(Batcher, "receive", counted)
+    return claims
+
+
+def test_a_send_behind_a_backlog_serves_the_waiting_claim_the_head(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The send stores its message behind the backlog and, in the same statement, claims
+    the backlog's head for the claim that waits: that claim runs no statement."""
+
+    async def main() -> None:
+        async with _with_backlog(pg_url, "serve.head", 2) as (layer, _backend, claim):
+            claims = _count_claims(monkeypatch)
+            await layer.send("serve.head", {"n": "sent"})
+            (payload,) = await asyncio.wait_for(claim, 3)
+            assert claims == []
+            state = layer._state()
+            _, _, body = state.open_envelope(payload)
+            assert state.serializer.loads(body) == {"n": "b1"}
+            got = [(await asyncio.wait_for(layer.receive("serve.head"), 3))["n"] for _ in range(2)]
+            assert got == ["b2", "sent"]
+
+    asyncio.run(main())
+
+
+def test_a_claim_cancelled_after_it_was_served_the_head_leaves_it_first(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled between being given the head and its next step: the head goes back to
+    the head of the queue, ahead of the rest and of the send's own message."""
+
+    async def main() -> None:
+        async with _with_backlog(pg_url, "serve.cancel", 2) as (layer, _backend, claim):
+            give = Hand.give
+
+            def give_then_cancel(hand: Hand, payloads: list[bytes] | None) -> bool:
+                given = give(hand, payloads)
+                if payloads:
+                    claim.cancel()  # before the claim's task runs again
+                return given
+
+            monkeypatch.setattr(Hand, "give", give_then_cancel)
+            await layer.send("serve.cancel", {"n": "sent"})
+            monkeypatch.undo()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+            got = [
+                (await asyncio.wait_for(layer.receive("serve.cancel"), 3))["n"] for _ in range(3)
+            ]
+            assert got == ["b1", "b2", "sent"]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(layer.receive("serve.cancel"), 0.3)
+
+    asyncio.run(main())
+
+
+def test_a_process_that_sends_and_receives_behind_a_backlog_keeps_order_with_fewer_claims(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One producer and one consumer of this process, a backlog stored by another: the
+    consumer waits for the next send to serve it instead of claiming for itself, so the
+    claims it runs are fewer than the messages, and the order is the store's."""
+
+    async def main() -> None:
+        async with _with_backlog(pg_url, "serve.flow", 20) as (layer, _backend, claim):
+            claim.cancel()  # the layer's own consumer reads from here on
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim
+            claims = _count_claims(monkeypatch)
+            got: list[object] = []
+
+            async def consume() -> None:
+                while len(got) < 20 + 200:
+                    got.append((await layer.receive("serve.flow"))["n"])
+
+            consumer = asyncio.create_task(consume())
+            for n in range(200):
+                await layer.send("serve.flow", {"n": n})
+            await asyncio.wait_for(consumer, 30)
+            assert got == [f"b{n}" for n in range(1, 21)] + list(range(200))
+            assert len(claims) < 200 / 2, f"{len(claims)} claims for 219 messages"
+
+    asyncio.run(main())
+
+
+def test_sends_among_others_serve_or_not_and_the_consumer_keeps_up(pg_url: str) -> None:
+    """Each send to the queue goes out with eight sends to other queues, so it may run in
+    their batch and not serve the waiting claim: the consumer keeps up with the producer
+    either way (capacity 100, 20 queued), and the order is the store's."""
+
+    async def main() -> None:
+        async with _with_backlog(pg_url, "serve.batched", 20) as (layer, _backend, claim):
+            claim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim
+            got: list[object] = []
+
+            async def consume() -> None:
+                while len(got) < 20 + 300:
+                    got.append((await layer.receive("serve.batched"))["n"])
+
+            consumer = asyncio.create_task(consume())
+            for n in range(300):
+                # Eight sends elsewhere at once: this queue's send goes in their batch.
+                await asyncio.gather(
+                    *(layer.send(f"serve.elsewhere.{n}.{k}", {"n": n}) for k in range(8)),
+                    layer.send("serve.batched", {"n": n}),
+                )
+            await asyncio.wait_for(consumer, 30)
+            assert got == [f"b{n}" for n in range(1, 21)] + list(range(300))
+
+    asyncio.run(main())
+
+
+def test_after_a_send_that_could_not_serve_a_claim_claims_for_itself(
+    pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another reader holds the queue's rows: the send stores its message but cannot
+    serve the parked claim. For a while after that, a claim does not park for a send
+    (it would wait for nothing): it claims at once."""
+
+    async def main() -> None:
+        async with _with_backlog(pg_url, "serve.held", 2) as (layer, backend, claim):
+            async with await psycopg.AsyncConnection.connect(pg_server) as holder:
+                await holder.execute(
+                    f"SELECT id FROM {SCHEMA}.messages WHERE queue = 'serve.held' FOR UPDATE"
+                )
+                await layer.send("serve.held", {"n": "sent"})
+                # The claim goes on: the rows it could claim are those nobody holds.
+                (payload,) = await asyncio.wait_for(claim, 3)
+                state = layer._state()
+                assert state.serializer.loads(state.open_envelope(payload)[-1]) == {"n": "sent"}
+                listener = backend._listener
+                assert listener is not None
+                watch = listener.peek(backend._channel("serve.held"))
+                assert watch is not None
+                watch.sent_at = time.monotonic() + 3600  # a send "just now"
+                monkeypatch.setattr(_backend, "SERVE_WAIT", 10.0)
+                claims = _count_claims(monkeypatch)
+                again = asyncio.create_task(backend.receive("serve.held", timeout=5))
+                await asyncio.sleep(0.3)
+                assert claims == [1]  # it claimed (and found nothing it may take)
+                again.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await again
+                watch.sent_at = 0.0
+                await holder.rollback()
+            got = [(await asyncio.wait_for(layer.receive("serve.held"), 3))["n"] for _ in range(2)]
+            assert got == ["b1", "b2"]
+
+    asyncio.run(main())
