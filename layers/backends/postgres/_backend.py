@@ -18,16 +18,9 @@ from typing import Any
 import psycopg
 
 from layers.backends.postgres import _options, _sql
-from layers.backends.postgres._batch import Batcher, Head, Row
+from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._connections import Connections
-from layers.backends.postgres._hand import (
-    HAND_WINDOW,
-    SERVE_WAIT,
-    UNSERVED_BACKOFF,
-    Hand,
-    HandSignal,
-    Wakeup,
-)
+from layers.backends.postgres._hand import HAND_WINDOW, Hand, HandSignal, Wakeup
 from layers.backends.postgres._listener import (
     Listener,
     Watch,
@@ -178,7 +171,6 @@ class PostgresBackend(Backend):
         if listener is not None and self._settings.notify and not queue.endswith("!"):
             watch = listener.peek(self._channel(queue))
             if watch is not None:
-                watch.sent_at = time.monotonic()
                 event = watch.event
                 hand = event.hand
                 if (
@@ -212,37 +204,16 @@ class PostgresBackend(Backend):
     async def _hand(
         self, event: Wakeup, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
     ) -> bool:
-        """Send ``payload`` for the claim of ``hand`` (taken): hand it over or store it.
-
-        Stored for a claim parked for a send only (``wait_for_send``), the same
-        statement claims the queue's head for that claim (see ``_sql``'s ``hand``).
-        That send runs to its end even if its caller is cancelled meanwhile: the head
-        reaches the claim or goes back where it was.
-        """
-        if not hand.sticky:
-            return await self._hand_now(event, hand, queue, payload, expiry, capacity)
-        task = asyncio.ensure_future(self._hand_now(event, hand, queue, payload, expiry, capacity))
-        task.add_done_callback(_retrieved)
-        return await asyncio.shield(task)
-
-    async def _hand_now(
-        self, event: Wakeup, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
-    ) -> bool:
+        """Send ``payload`` for the claim of ``hand`` (taken): hand it over or store it."""
         row = (queue, payload, expiry, capacity, self._notify(queue))
         handed = stored = False
-        head = None
         try:
             with self._db.translate():
-                handed, stored, head = await self._batcher.hand(row, serve=hand.sticky)
+                handed, stored = await self._batcher.hand(row)
         finally:
-            if not handed and head is None:
-                if hand.sticky:
-                    event.unserved_at = time.monotonic()
+            if not handed:
                 hand.give(None)  # a claim that waits goes on and finds what was stored
                 event.release(hand)
-        if head is not None:
-            await self._serve(event, hand, queue, head)
-            return stored
         if handed:
             if hand.give([payload]) and await hand.taken_by_claim():
                 return True
@@ -252,19 +223,6 @@ class PostgresBackend(Backend):
             event.release(hand)
             (stored,) = await self._store([row])
         return stored
-
-    async def _serve(self, event: Wakeup, hand: Hand, queue: str, head: Head) -> None:
-        """Give the queue's head, claimed by a send, to the claim of ``hand``, or back."""
-        payload, left = head
-        if hand.give([payload]) and await hand.taken_by_claim():
-            return
-        # The claim is gone (cancelled, also after it was given): the head goes back to
-        # the head of the queue, where it was; nothing older can have come since.
-        event.release(hand)
-        try:
-            await self.restore(queue, [(payload, left)])
-        except Exception:
-            logger.exception("could not give a message back to %r: it is lost", queue)
 
     def _notify(self, queue: str) -> str | None:
         return self._channel(queue) if self._settings.notify else None
@@ -349,22 +307,6 @@ class PostgresBackend(Backend):
             # deadline: the next receive would otherwise wait for another one.
             if not woken and deadline - time.monotonic() <= 0 and not event.is_set():
                 return []
-        elif (
-            hands is not None
-            and watch is not None
-            and not watch.drained
-            and watch.listening.is_set()
-            and time.monotonic() - watch.sent_at < HAND_WINDOW
-            and time.monotonic() - watch.event.unserved_at > UNSERVED_BACKOFF
-        ):
-            # The queue may hold rows and a send of this instance to it came moments
-            # ago (this process sends and receives): its next send claims the head for
-            # this claim in the send's own statement, one statement a message instead
-            # of two, so a backlog does not halve the rate for as long as it lasts. A
-            # send that could not serve (batched with others) stops this for a while.
-            served = await hands.wait_for_send(min(SERVE_WAIT, deadline - time.monotonic()))
-            if served is not None:
-                return served
         failures = 0
 
         async def claim() -> list[bytes]:
@@ -518,9 +460,3 @@ class PostgresChannelLayer(ChannelLayer):
     """
 
     backend_class = PostgresBackend
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Mark a shielded send's outcome as seen: its caller may have been cancelled."""
-    if not task.cancelled():
-        task.exception()

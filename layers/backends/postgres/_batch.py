@@ -40,7 +40,7 @@ import psycopg
 
 from layers.backends.postgres._sql import Statements
 
-__all__ = ["Batcher", "Head", "Lease", "Row", "Single"]
+__all__ = ["Batcher", "Lease", "Row", "Single"]
 
 #: Lease a connection, run ``fn`` on it, give it back (see ``Connections.lease``).
 Lease = Callable[[Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]], Awaitable[Any]]
@@ -62,18 +62,12 @@ class _Op:
     limit: int = 0
     #: A send that a waiting claim of this process may take (``Batcher.hand``).
     hand: bool = False
-    #: With ``hand``: the send may also claim the queue's head for that claim.
-    serve: bool = False
     #: The distinct queues ``rows`` send to (derived once, read on every batch step).
     sends_to: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if self.rows:
             self.sends_to = tuple(dict.fromkeys(row[0] for row in self.rows))
-
-
-#: A queue's head claimed by a send for a waiting claim: its payload and seconds left.
-Head = tuple[bytes, float]
 
 
 def _send_params(rows: Sequence[Row]) -> dict[str, Any]:
@@ -117,21 +111,15 @@ class Batcher:
         result: list[bool] = await self._submit(_Op(self._future(), rows=rows))
         return result
 
-    async def hand(self, row: Row, *, serve: bool) -> tuple[bool, bool, Head | None]:
+    async def hand(self, row: Row) -> tuple[bool, bool]:
         """Send ``row`` for a claim of this process that waits on its queue.
 
-        Returns ``(handed, stored, head)``. When the operation runs alone and the queue
+        Returns ``(handed, stored)``. When the operation runs alone and the queue
         holds no live row, nothing is stored and ``handed`` is True: the caller owns
         the payload and gives it to the waiting claim. Otherwise it is a send like
-        :meth:`send` (in a batch, always), and ``handed`` is False; run alone with
-        ``serve``, the same statement also claims the queue's head for that claim:
-        ``head`` is its payload and the seconds it had left (None when the queue held
-        no row another reader did not hold). The caller then owns the head: it gives
-        it to the claim, or back to the queue.
+        :meth:`send` (in a batch, always), and ``handed`` is False.
         """
-        result: tuple[bool, bool, Head | None] = await self._submit(
-            _Op(self._future(), rows=[row], hand=True, serve=serve)
-        )
+        result: tuple[bool, bool] = await self._submit(_Op(self._future(), rows=[row], hand=True))
         return result
 
     async def receive(self, queue: str, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
@@ -287,17 +275,9 @@ class Batcher:
                     "cap": cap,
                     "channel": channel,
                 }
-                if op.serve:
-                    rows = await self._single(self._sql.hand_serve, params)
-                    handed, stored, head, ms = rows[0]
-                    result = (
-                        bool(handed),
-                        bool(stored),
-                        None if head is None else (bytes(head), max(int(ms), 1) / 1000),
-                    )
-                elif op.hand:
+                if op.hand:
                     rows = await self._single(self._sql.hand, params)
-                    result = (bool(rows[0][0]), bool(rows[0][1]), None)
+                    result = (bool(rows[0][0]), bool(rows[0][1]))
                 else:
                     rows = await self._single(self._sql.send_locked, params)
                     result = [bool(rows[0][1])]
@@ -382,7 +362,7 @@ class Batcher:
             count = len(op.rows or ())
             if not op.future.done():
                 mine = flags[start : start + count]
-                op.future.set_result((False, mine[0], None) if op.hand else mine)
+                op.future.set_result((False, mine[0]) if op.hand else mine)
             start += count
         by_queue: dict[str, list[tuple[int, bytes]]] = {}
         more: set[str] = set()

@@ -37,27 +37,19 @@ import asyncio
 
 from layers.core.wakeups import EventSignal
 
-__all__ = ["HAND_WINDOW", "SERVE_WAIT", "UNSERVED_BACKOFF", "Hand", "HandSignal", "Wakeup"]
+__all__ = ["HAND_WINDOW", "Hand", "HandSignal", "Wakeup"]
 
 #: How long after a claim of this instance drained a queue a send to it still expects
 #: that claim back (a consumer that handles one message, then receives again).
 HAND_WINDOW = 0.002
-#: How long a claim of a queue that holds rows waits for a send of this instance to
-#: serve it (``HandSignal.wait_for_send``) before it claims for itself.
-SERVE_WAIT = HAND_WINDOW
-#: How long a claim does not wait for a send to serve it after one could not (it ran in
-#: a batch with other sends, or another reader held the queue's head).
-UNSERVED_BACKOFF = 0.1
 
 
 class Hand:
     """One claim of this instance that a send may complete (see the module docstring)."""
 
-    __slots__ = ("future", "owned", "sticky", "taken", "took")
+    __slots__ = ("future", "owned", "taken", "took")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, owned: bool, sticky: bool = False
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, owned: bool) -> None:
         #: Resolved with the handed payloads, or None: claim from the table.
         self.future: asyncio.Future[list[bytes] | None] = loop.create_future()
         #: Resolved by the claim: True once it has the payloads, False if it was
@@ -67,17 +59,9 @@ class Hand:
         self.owned = owned
         #: A send holds it: only that send resolves it now.
         self.taken = False
-        #: Parked for a send only (:meth:`HandSignal.wait_for_send`): a wake-up does
-        #: not end the wait, only its timer (:meth:`expire`) or a send.
-        self.sticky = sticky
 
     def wake(self) -> None:
         """A wake-up or the wait's end: the claim goes on, unless a send holds it."""
-        if not self.sticky:
-            self.expire()
-
-    def expire(self) -> None:
-        """The wait's end: the claim goes on, unless a send holds it."""
         if not self.taken and not self.future.done():
             self.future.set_result(None)
 
@@ -114,9 +98,6 @@ class Wakeup(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self.hand: Hand | None = None
-        #: When a send last took a claim's hand parked for a send only and could not
-        #: serve it (monotonic clock; see ``UNSERVED_BACKOFF``).
-        self.unserved_at = 0.0
 
     def set(self) -> None:
         """Set the event and wake the parked claim, if any."""
@@ -189,35 +170,6 @@ class HandSignal(EventSignal):
             # comes would leave it to wake the next receive for nothing) or failed.
             return await super().wait(max(timeout - (loop.time() - started), 0.0))
         return event.is_set() and await super().wait(0.0)
-
-    async def wait_for_send(self, timeout: float) -> list[bytes] | None:
-        """Park a hand that only a send of this instance completes, for up to ``timeout`` s.
-
-        For a queue that holds rows while this instance also sends to it: the next
-        send claims the queue's head for this claim in its own statement. Returns the
-        payloads a send gave, else None (no send came, it could not serve, or another
-        claim holds the hand): the caller claims as usual. A wake-up does not end the
-        wait. Cancellation: as :meth:`wait`; a send that gave the queue's head puts it
-        back at the head of the queue.
-        """
-        event = self.event
-        if event.hand is not None or timeout <= 0:
-            return None
-        loop = asyncio.get_running_loop()
-        hand = event.hand = Hand(loop, owned=True, sticky=True)
-        timer = loop.call_later(timeout, hand.expire)
-        try:
-            payloads = await hand.future
-        except BaseException:
-            hand.settle(False)
-            raise
-        finally:
-            timer.cancel()
-            event.release(hand)
-        if payloads:
-            hand.settle(True)  # nothing suspends from here to the claim's return
-            return payloads
-        return None
 
     def take_handed(self) -> list[bytes] | None:
         """The payloads a send handed to the last wait (once), else None."""

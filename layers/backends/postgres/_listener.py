@@ -86,7 +86,6 @@ class Watch:
         "listening",
         "need_claim",
         "notes",
-        "sent_at",
         "users",
     )
 
@@ -101,8 +100,6 @@ class Watch:
         self.drained = False
         #: When a receive of this instance on the queue last returned (monotonic clock).
         self.claimed_at = 0.0
-        #: When a send of this instance to the queue last started (monotonic clock).
-        self.sent_at = 0.0
         #: An owned inbox's notes, in arrival order (None: notifications are hints).
         self.notes: Notes | None = None
         #: Rows may exist that no queued note announces (before LISTEN, after a

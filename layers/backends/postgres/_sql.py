@@ -174,7 +174,6 @@ class Statements:
     persistence: bytes
     send_locked: bytes
     hand: bytes
-    hand_serve: bytes
     send_batch: bytes
     receive: bytes
     receive_batch: bytes
@@ -330,25 +329,6 @@ def _send_statements(t: _Schema) -> dict[str, bytes]:
             " %(expiry)s::float8, %(cap)s::bigint, %(channel)s::text)) END"
             " FROM (SELECT (SELECT id FROM {s}.messages WHERE queue = %(queue)s"
             " AND expires_at > now() ORDER BY id LIMIT 1) IS NULL AS handed OFFSET 0) AS e"
-        ),
-        # ``hand`` for a claim that found rows (``wait_for_send``): ``(handed, stored,
-        # head payload, head's milliseconds left)``. When the queue holds rows the
-        # statement also claims its head for the waiting claim, as that claim's own
-        # statement would (the oldest live row no other reader holds, deleted): one
-        # statement per message instead of the send's and the claim's, while this
-        # process both sends and receives. The claim reads this statement's snapshot,
-        # so never the row the statement stores.
-        "hand_serve": t.q(
-            "WITH e AS (SELECT (SELECT id FROM {s}.messages WHERE queue = %(queue)s"
-            " AND expires_at > now() ORDER BY id LIMIT 1) IS NULL AS handed OFFSET 0),"
-            " h AS (DELETE FROM {s}.messages WHERE ctid = ANY(ARRAY("
-            "SELECT ctid FROM {s}.messages WHERE queue = %(queue)s AND expires_at > now()"
-            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED))"
-            " RETURNING payload, (extract(epoch FROM expires_at - now()) * 1000)::int8 AS ms)"
-            " SELECT e.handed, CASE WHEN e.handed THEN false"
-            " ELSE (SELECT stored FROM {s}.send_one(%(queue)s::text, %(payload)b::bytea,"
-            " %(expiry)s::float8, %(cap)s::bigint, %(channel)s::text)) END,"
-            " (SELECT payload FROM h), (SELECT ms FROM h) FROM e"
         ),
     }
 
@@ -583,11 +563,6 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
             st.hand,
             {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
             [boolean, boolean],
-        ),
-        _direct.direct(
-            st.hand_serve,
-            {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
-            [boolean, boolean, bytea, int8],
         ),
         _direct.direct(
             st.claim_inbox,
