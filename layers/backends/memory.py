@@ -157,7 +157,8 @@ class MemoryStore:
     by a flush. Whoever takes it pops the box: the resumed receive without the lock
     (``list.pop`` is atomic), the others under it, so exactly one of them has it. An
     emptied box left in ``in_hand`` is a *spent* entry: it counts for nothing, and
-    the next write to its queue, or the sweep, removes it.
+    the next ``send`` to its queue, a sweep after a write, or the idle sweeper (which
+    a handed send calls, as a stored one does) removes it.
     """
 
     def __init__(self) -> None:
@@ -418,6 +419,7 @@ class MemoryBackend(Backend):
                 hand.set_result(box)
                 in_hand[queue] = box
                 store.swept(now)
+                watch = store.watch()  # its box, once spent, is the sweeper's to remove
             else:
                 stored = store.put(queue, payload, expiry, capacity, now)
                 waiters = store.waiters.pop(queue) if stored else None
@@ -425,10 +427,10 @@ class MemoryBackend(Backend):
                 watch = stored and store.watch()
         finally:
             store.lock.release()
-        if hand is not None:
-            return True
         if watch:
             _watch(store)
+        if hand is not None:
+            return True
         if waiters:
             wake(waiters, self._loop)
         return stored

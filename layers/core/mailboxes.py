@@ -11,6 +11,7 @@ exactly once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -29,6 +30,10 @@ logger = logging.getLogger("layers")
 
 #: How often idle mailboxes and expired buffered messages are swept (seconds).
 SWEEP_INTERVAL = 5.0
+
+#: Places in line of handed messages: one sequence for the process, so a mailbox made
+#: again after a sweep dropped the idle one never reuses a place still in a hand.
+_places = itertools.count(1)
 
 #: A buffered message: when it expires (``time.monotonic()``) and the message; a message
 #: given back by a cancelled consumer also carries its place in line (see :class:`Mailbox`).
@@ -61,10 +66,7 @@ class Waiter:
         if future.done():
             return False
         # Its place in line: the one it had if it was given back, else the next one.
-        if len(item) == 3:
-            self.place = item[2]
-        else:
-            self.place = box.handed = box.handed + 1
+        self.place = item[2] if len(item) == 3 else next(_places)
         self.expires_at = item[0]
         state = self.state
         if state.loop is here:
@@ -87,20 +89,20 @@ class Mailbox:
     Invariant, kept by :class:`Hub`: while a message is buffered no live consumer
     waits, so a new message never overtakes a buffered one.
 
-    Each message handed to a waiter gets a place in line (``handed`` counts them). A
-    consumer cancelled before it ran gives its message back with that place, and it
-    goes in ahead of every message buffered since and behind any given back with an
-    earlier place: consumers cancelled together give theirs back in the order they
-    were handed, whatever order their cancellations run in.
+    Each message handed to a waiter gets a place in line (from one increasing
+    sequence). A consumer cancelled before it ran gives its message back with that
+    place, and it goes in ahead of every message buffered since and behind any given
+    back with an earlier place: consumers cancelled together give theirs back in the
+    order they were handed, whatever order their cancellations run in.
     """
 
-    __slots__ = ("handed", "items", "queue", "waiters")
+    __slots__ = ("channel", "items", "queue", "waiters")
 
-    def __init__(self, queue: str, bound: int) -> None:
+    def __init__(self, channel: str, queue: str, bound: int) -> None:
+        self.channel = channel
         self.queue = queue
         self.items: deque[Item] = deque(maxlen=bound)
         self.waiters: deque[Waiter] = deque()
-        self.handed = 0
 
     def take(self, now: float) -> dict[str, Any] | None:
         """Pop the oldest unexpired buffered message, dropping expired ones."""
@@ -112,7 +114,10 @@ class Mailbox:
         return None
 
     def give_back(self, item: Item) -> None:
-        """Put a handed message back: behind those given back with an earlier place."""
+        """Put a handed message back: behind those given back with an earlier place.
+
+        A full buffer drops the message last in line (this one, if it goes last).
+        """
         items = self.items
         place = item[2] if len(item) == 3 else 0
         at = 0
@@ -122,6 +127,8 @@ class Mailbox:
             at += 1
         if len(items) == items.maxlen:
             logger.warning("local buffer of a channel is full: dropping its newest message")
+            if at == len(items):
+                return
             items.pop()
         items.insert(at, item)
 
@@ -154,7 +161,9 @@ class Hub:
             with self.lock:
                 box = self.mailboxes.get(channel)
                 if box is None:
-                    box = self.mailboxes[channel] = Mailbox(queue, self.capacity_of(channel))
+                    box = self.mailboxes[channel] = Mailbox(
+                        channel, queue, self.capacity_of(channel)
+                    )
         return box
 
     def wait(self, channel: str, box: Mailbox, state: LoopState) -> dict[str, Any] | Waiter:
@@ -196,10 +205,15 @@ class Hub:
     ) -> bool:
         """Buffer ``item`` (given back to its place with ``front``), then serve waiters in order.
 
-        Returns True when a waiter took it. A full buffer drops its oldest message.
+        Returns True when a waiter took it. A full buffer drops its oldest message (with
+        ``front``, the one last in line). A message given back goes to the channel's
+        mailbox in the hub even if a sweep dropped ``box`` (idle while the message was
+        in a consumer's hand) meanwhile.
         """
         self.lock.acquire()
         try:
+            if front:
+                box = self.mailboxes.setdefault(box.channel, box)
             items = box.items
             if not items and box.waiters and not front:
                 # The common case: a consumer waits and nothing is buffered.

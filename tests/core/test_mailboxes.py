@@ -59,22 +59,32 @@ async def test_a_message_put_back_after_a_sweep_is_not_lost() -> None:
     await layer.aclose()
 
 
-async def _handed(
-    layer: layers.ChannelLayer, items: list[tuple[float, dict[str, object]]]
+async def _waiting(
+    layer: layers.ChannelLayer, count: int
 ) -> tuple[str, list[asyncio.Task[dict[str, object]]]]:
-    """A reply channel, one consumer per item waiting on it in its mailbox, each handed its
-    item; the receive that waits in the backend itself (if one does) is ended first."""
+    """A reply channel and ``count`` consumers waiting in its mailbox (a receive that
+    drives the inbox in its own task, if one does, is ended first)."""
     reply = await layer.new_channel()
-    consumers = [asyncio.create_task(layer.receive(reply)) for _ in items]
+    consumers = [asyncio.create_task(layer.receive(reply)) for _ in range(count)]
     await asyncio.sleep(0.01)
-    box = layer._hub.mailboxes[reply]
-    if len(box.waiters) < len(items):  # the first one drives the inbox in its own task
+    box = layer._hub.mailboxes.get(reply)
+    if box is None or len(box.waiters) < count:
         driver = consumers.pop(0)
         consumers.append(asyncio.create_task(layer.receive(reply)))
         await asyncio.sleep(0.01)
         driver.cancel()
         await asyncio.gather(driver, return_exceptions=True)
-    assert len(box.waiters) == len(items)
+    assert len(layer._hub.mailboxes[reply].waiters) == count
+    return reply, consumers
+
+
+async def _handed(
+    layer: layers.ChannelLayer, items: list[tuple[float, dict[str, object]]]
+) -> tuple[str, list[asyncio.Task[dict[str, object]]]]:
+    """A reply channel, one consumer per item waiting on it in its mailbox, each handed its
+    item."""
+    reply, consumers = await _waiting(layer, len(items))
+    box = layer._hub.mailboxes[reply]
     for item in items:  # what a reader does
         assert layer._hub.deliver(box, item, asyncio.get_running_loop())
     return reply, consumers
@@ -128,3 +138,68 @@ def test_group_payload_puts_match_the_envelope_of_a_send() -> None:
     assert puts[0].payload == pack(None, b"body", 1234.5)
     assert puts[1].payload == pack(["r1", "r2"], b"body", 1234.5)
     assert unpack(puts[3].payload) == (["r3"], 1234.5, b"body")
+
+
+@async_test
+async def test_a_message_handed_across_loops_comes_back_after_a_sweep_dropped_its_mailbox() -> None:
+    """A dispatch of another loop hands two messages to two consumers of this one (the
+    hand-offs run later, in this loop), then sweeps the now idle mailbox away; both
+    consumers are cancelled before the hand-offs run. The messages go back to the
+    channel's mailbox in the hub, in order, where the next receives find them."""
+    layer = layers.from_url("memory://mailboxes-accept-swept")
+    reply, consumers = await _waiting(layer, 2)
+    hub = layer._hub
+    box = hub.mailboxes[reply]
+    for n in range(2):  # ``None``: not this loop's call, so the hand-off is scheduled
+        hub.deliver(box, (time.monotonic() + 60, {"n": n}), None)
+    for consumer in consumers:
+        consumer.cancel()
+    hub.sweep(time.monotonic())
+    assert reply not in hub.mailboxes
+    await asyncio.gather(*consumers, return_exceptions=True)  # hand-offs, then cancels
+    assert all(consumer.cancelled() for consumer in consumers)
+    got = [(await asyncio.wait_for(layer.receive(reply), 2))["n"] for _ in range(2)]
+    assert got == [0, 1]
+    await layer.aclose()
+
+
+@async_test
+async def test_places_in_line_hold_across_a_mailbox_made_again_after_a_sweep() -> None:
+    """m2 is handed from a mailbox a sweep then drops; given back, it goes to the new
+    mailbox and to a new consumer, and m3 follows to another. Both consumers cancelled
+    together: m2 still comes before m3."""
+    layer = layers.from_url("memory://mailboxes-places-sweep")
+    hub, loop = layer._hub, asyncio.get_running_loop()
+    later = time.monotonic() + 60
+    reply, consumers = await _waiting(layer, 3)
+    first = hub.mailboxes[reply]
+    e = asyncio.create_task(layer.receive(reply))
+    f = asyncio.create_task(layer.receive(reply))
+    for i in range(3):
+        hub.deliver(first, (later, {"i": i}), loop)
+    hub.sweep(time.monotonic())  # the first mailbox is idle: dropped
+    consumers[2].cancel()  # m2's consumer, before it runs: m2 goes back, then to e
+    await asyncio.sleep(0)
+    again = hub.mailboxes[reply]
+    assert again is not first
+    hub.deliver(again, (later, {"i": 3}), loop)  # m3, to f
+    e.cancel()
+    f.cancel()
+    results = await asyncio.gather(*consumers, e, f, return_exceptions=True)
+    assert [r["i"] for r in results if isinstance(r, dict)] == [0, 1]
+    got = [(await asyncio.wait_for(layer.receive(reply), 1))["i"] for _ in range(2)]
+    assert got == [2, 3]
+    await layer.aclose()
+
+
+def test_a_full_buffer_drops_the_message_last_in_line_when_one_is_given_back() -> None:
+    from layers.core.mailboxes import Mailbox
+
+    box = Mailbox("q", "q", 3)
+    later = time.monotonic() + 60
+    for place in (2, 3, 4):
+        box.give_back((later, {"i": place}, place))
+    box.give_back((later, {"i": 5}, 5))  # last in line: it is the one dropped
+    assert [item[2] for item in box.items] == [2, 3, 4]
+    box.give_back((later, {"i": 1}, 1))  # first in line: the last one goes
+    assert [item[2] for item in box.items] == [1, 2, 3]

@@ -356,6 +356,25 @@ async def test_spent_boxes_do_not_pile_up() -> None:
 
 
 @async_test
+async def test_the_idle_sweeper_removes_the_spent_boxes_of_handed_sends() -> None:
+    """A store that only handed sends have written to is visited by the idle sweeper."""
+    store = MemoryStore()
+    backend = MemoryBackend(store)
+    waiting = [asyncio.create_task(backend.receive(f"q{i}", timeout=10)) for i in range(50)]
+    await asyncio.sleep(0.01)
+    for i in range(50):
+        assert await backend.send(f"q{i}", b"x", expiry=60, capacity=10)
+    assert await asyncio.gather(*waiting) == [[b"x"]] * 50
+    assert store.in_hand
+    assert not store.queues
+    for _ in range(int((3 * memory._IDLE_SWEEP_INTERVAL + 1) / 0.05)):
+        if not store.in_hand:
+            break
+        await asyncio.sleep(0.05)
+    assert not store.in_hand
+
+
+@async_test
 async def test_a_payload_that_expires_in_hand_is_dropped() -> None:
     """A loop blocked past a handed payload's expiry: the receive drops it, as the store would."""
     backend = MemoryBackend(MemoryStore())
