@@ -226,11 +226,18 @@ class MemoryStore:
             entry = box.pop()
         except IndexError:  # taken meanwhile by its receive, which pops without the lock
             return False
+        self.items_of(queue).appendleft(entry)
+        return True
+
+    def items_of(self, queue: str) -> deque[tuple[float, bytes]]:
+        """Under ``lock``: ``queue``'s payloads, an empty deque made if it has none.
+
+        For a write at the head: the queue keeps its place in the last-written order.
+        """
         items = self.queues.get(queue)
         if items is None:
             items = self.queues[queue] = deque()
-        items.appendleft(entry)
-        return True
+        return items
 
     def take(self, queue: str, limit: int, now: float) -> list[bytes]:
         """Pop up to ``limit`` unexpired payloads, oldest first, dropping expired ones."""
@@ -564,10 +571,9 @@ class MemoryBackend(Backend):
             held = store.in_hand.get(queue)
             if held is not None:
                 store.recall(queue, held)
-            items = store.queues.get(queue)
-            if items is None:
-                items = store.queues[queue] = deque()
-            items.extendleft((now + expiry, payload) for payload, expiry in reversed(payloads))
+            store.items_of(queue).extendleft(
+                (now + expiry, payload) for payload, expiry in reversed(payloads)
+            )
             waiters = store.waiters.pop(queue)
             watch = store.watch()
         if watch:

@@ -112,16 +112,16 @@ async def _cancel_together(
 async def test_receives_cancelled_together_keep_send_order(layer_factory: LayerFactory) -> None:
     """Receives cancelled together after the sends: what they did not return comes next.
 
-    Several receives wait on one channel and are all cancelled just after the sends
-    that could satisfy them: what they did not return is received next, once, and in
-    send order. The receives are those of one layer: the messages its consumers had been handed go
-    back in the order they were handed, whatever order the cancellations run in. Then
-    those of two layers of one deployment in one event loop (as two processes), when the
-    backend gives messages back (``Backend.restore``; without it, a message a cancelled
-    receive brought stays in its own layer): nothing is lost or received twice, but two
-    processes that each give messages back put them at the head of the queue one after
-    the other, so their order is not kept across them (one writer and one reader see
-    perfect order; several readers do not).
+    Several receives wait on one channel and are all cancelled just after the sends that
+    could satisfy them: what they did not return is received next, once, and in send
+    order. The receives are those of one layer: the messages its consumers had been
+    handed go back in the order they were handed, whatever order the cancellations run
+    in. Then those of two layers of one deployment in one event loop (as two processes),
+    when the backend gives messages back (``Backend.restore``; without it, a message a
+    cancelled receive brought stays in its own layer): nothing is lost or received
+    twice, but two processes that each give messages back put them at the head of the
+    queue one after the other, so their order is not kept across them (one writer and
+    one reader see perfect order; several readers do not).
     """
     async with layer_factory(capacity=100) as a, layer_factory(capacity=100) as b:
         await _cancel_together([a, a, a], a, a, ordered=True)
