@@ -462,30 +462,31 @@ async def test_flush_empties_the_file(make_backend: BackendFactory, db_path: Pat
 async def test_expired_rows_are_deleted_in_batches(
     make_backend: BackendFactory, db_path: Path
 ) -> None:
-    # The writer's next cleanup is an hour away, so however slowly the machine runs,
-    # nothing deletes the rows once they expire; then a layer that cleans up every
-    # 10 ms deletes them, one batch per send.
+    # The writer's first write runs its first cleanup; the next is an hour away, so
+    # however slowly the machine runs, nothing deletes the rows once they expire. Then a
+    # layer that cleans up every 10 ms deletes them, one batch per send.
     writer = make_backend(cleanup_interval=3600)
     await writer.open()
     try:
+        await writer.send("alive", b"y", expiry=60, capacity=100)  # the first cleanup
         total = backend_module._CLEANUP_BATCH * 2 + 10
         puts = [Put(f"dead{i}", b"x", 0.05, 10) for i in range(total)]
         await writer.send_many(puts)
         await writer.group_add("gone", "x", expiry=0.05)
         await asyncio.sleep(0.1)
         await writer.send("alive", b"y", expiry=60, capacity=100)
-        assert _count(db_path) == total + 1  # expired rows stay until a cleanup runs
+        assert _count(db_path) == total + 2  # expired rows stay until a cleanup runs
     finally:
         await writer.aclose()
     backend = make_backend(cleanup_interval=0.01)
     await backend.open()
     try:
         rounds = 0
-        while _count(db_path) > rounds + 1 and rounds < 10:
+        while _count(db_path) > rounds + 2 and rounds < 10:
             await asyncio.sleep(0.02)
             await backend.send("alive", b"y", expiry=60, capacity=100)
             rounds += 1
-        assert _count(db_path) == rounds + 1  # only the live "alive" rows are left
+        assert _count(db_path) == rounds + 2  # only the live "alive" rows are left
         assert rounds == 3  # one batch of _CLEANUP_BATCH per send: 500 + 500 + 10
         assert _count(db_path, "layers_groups") == 0
     finally:
