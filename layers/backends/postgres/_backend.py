@@ -76,7 +76,12 @@ class PostgresBackend(Backend):
         self._local: dict[str, asyncio.Event] = {}  # poll-only: in-process wake-ups
         self._cleanup: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}
-        self._batcher = Batcher(self._db.lease, self._db.query, self._sql)
+        self._batcher = Batcher(
+            self._db.lease,
+            self._db.query,
+            self._sql,
+            claims=self._db.direct(self._sql.receive_batch),
+        )
         self._vacuum = Vacuum(
             self._db.lease, self._sql.may_vacuum, self._sql.vacuum, settings.vacuum_every
         )

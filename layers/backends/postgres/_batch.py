@@ -9,6 +9,9 @@ statements**, pipelined (one network write, one Sync, so one implicit transactio
 * then every receive in one ``DELETE … RETURNING`` (``receive_batch``) with a
   per-queue limit, which therefore sees the rows sent in the same batch.
 
+A batch of receives alone is that one statement, run on libpq directly (``_direct``)
+when its connection allows, without a pipeline.
+
 Statement count, not row count, is what a round trip costs on both sides, so a busy
 process pays two statements per batch instead of two per message. A lone send or
 receive runs as its own single statement; so does a lone hand-off
@@ -38,6 +41,7 @@ from typing import Any
 
 import psycopg
 
+from layers.backends.postgres import _direct
 from layers.backends.postgres._sql import Statements
 
 __all__ = ["Batcher", "Lease", "Row", "Single"]
@@ -89,11 +93,19 @@ class Batcher:
     """
 
     def __init__(
-        self, lease: Lease, single: Single, statements: Statements, *, parallel: int = 2
+        self,
+        lease: Lease,
+        single: Single,
+        statements: Statements,
+        *,
+        parallel: int = 2,
+        claims: _direct.Direct | None = None,
     ) -> None:
         self._lease = lease
         self._single = single
         self._sql = statements
+        #: ``receive_batch`` on libpq directly: a batch of receives alone is one statement.
+        self._claims = claims
         self._parallel = max(1, parallel)
         self._pending: list[_Op] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -343,8 +355,22 @@ class Batcher:
                 await claimed.fetchall() if claimed is not None else [],
             )
 
+        claims = self._claims if not rows else None
+
+        async def claims_only(
+            conn: psycopg.AsyncConnection[Any],
+        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            # One statement: no pipeline needed, and libpq directly costs less.
+            if claims is None or not _direct.usable(conn):
+                return await pipelined(conn)
+            params = {
+                "queues": [op.queue for op in receives],
+                "limits": [op.limit for op in receives],
+            }
+            return [], await _direct.execute(conn, claims, params)
+
         try:
-            stored, taken = await self._lease(pipelined)
+            stored, taken = await self._lease(pipelined if claims is None else claims_only)
         except psycopg.OperationalError as exc:
             # Lost connection: outcome unknown, never re-run.
             for op in ops:

@@ -59,6 +59,10 @@ class Connections:
             {} if settings.poll_only else {d.query: d for d in _sql.direct_statements(statements)}
         )
 
+    def direct(self, query: bytes) -> _direct.Direct | None:
+        """The direct form of ``query`` (see ``_direct``), or None if it runs through psycopg."""
+        return self._direct.get(query)
+
     @property
     def is_open(self) -> bool:
         """Whether :meth:`open` succeeded and :meth:`aclose` has not run since."""

@@ -43,10 +43,24 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import pq
 
-__all__ = ["BOOL", "BYTEA", "FLOAT8", "INT8", "TEXT", "Direct", "direct", "execute", "usable"]
+__all__ = [
+    "BOOL",
+    "BYTEA",
+    "FLOAT8",
+    "INT4_ARRAY",
+    "INT8",
+    "TEXT",
+    "TEXT_ARRAY",
+    "Direct",
+    "direct",
+    "execute",
+    "usable",
+]
 
 #: Type OIDs.
 TEXT, BYTEA, INT8, FLOAT8, BOOL = 25, 17, 20, 701, 16
+INT4, TEXT_ARRAY, INT4_ARRAY = 23, 1009, 1007
+_PACK_INT4 = struct.Struct(">i").pack
 _PACK_INT8 = struct.Struct(">q").pack
 _PACK_FLOAT8 = struct.Struct(">d").pack
 _UNPACK_INT8 = struct.Struct(">q").unpack
@@ -82,6 +96,38 @@ def _float8(value: Any) -> bytes | None:
     return None if value is None else _PACK_FLOAT8(float(value))
 
 
+def _int4(value: Any) -> bytes | None:
+    return None if value is None else _PACK_INT4(int(value))
+
+
+#: A one-dimensional array's header: dimensions, has-NULLs flag, element type,
+#: length, lower bound (PostgreSQL's binary array format, ``array_send``).
+_PACK_ARRAY_HEADER = struct.Struct(">iiiii").pack
+_PACK_EMPTY_ARRAY = struct.Struct(">iii").pack
+_NULL_ELEMENT = _PACK_INT4(-1)
+
+
+def _array(element: int, encode: Callable[[Any], bytes | None]) -> Callable[[Any], bytes | None]:
+    """The binary encoder of a one-dimensional array of ``element`` values."""
+
+    def encode_array(value: Any) -> bytes | None:
+        if value is None:
+            return None
+        items = [encode(v) for v in value]
+        if not items:
+            return _PACK_EMPTY_ARRAY(0, 0, element)
+        parts = [_PACK_ARRAY_HEADER(1, int(None in items), element, len(items), 1)]
+        for item in items:
+            if item is None:
+                parts.append(_NULL_ELEMENT)
+            else:
+                parts.append(_PACK_INT4(len(item)))
+                parts.append(item)
+        return b"".join(parts)
+
+    return encode_array
+
+
 def _read_int8(value: bytes) -> int:
     return int(_UNPACK_INT8(value)[0])
 
@@ -95,6 +141,8 @@ _ENCODERS: dict[int, Callable[[Any], bytes | None]] = {
     BYTEA: _bytea,
     INT8: _int8,
     FLOAT8: _float8,
+    TEXT_ARRAY: _array(TEXT, _text),
+    INT4_ARRAY: _array(INT4, _int4),
 }
 _DECODERS: dict[int, Callable[[bytes], Any]] = {
     TEXT: bytes.decode,

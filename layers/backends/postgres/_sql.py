@@ -555,6 +555,11 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
     return [
         _direct.direct(st.receive, {"queue": text, "lim": int8}, [int8, bytea]),
         _direct.direct(
+            st.receive_batch,
+            {"queues": _direct.TEXT_ARRAY, "limits": _direct.INT4_ARRAY},
+            [text, int8, bytea],
+        ),
+        _direct.direct(
             st.send_locked,
             {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
             [int8, boolean],

@@ -39,7 +39,11 @@ async def _payloads(
 def _statements() -> dict[str, _direct.Direct]:
     statements = _sql.statements(SCHEMA)
     by_query = {d.query: d for d in _sql.direct_statements(statements)}
-    return {"send": by_query[statements.send_locked], "receive": by_query[statements.receive]}
+    return {
+        "send": by_query[statements.send_locked],
+        "receive": by_query[statements.receive],
+        "receive_batch": by_query[statements.receive_batch],
+    }
 
 
 def _send(queue: str, payload: bytes, **changes: Any) -> dict[str, Any]:
@@ -108,6 +112,70 @@ def test_a_failed_statement_raises_its_sqlstate_class_and_leaves_the_connection_
             assert _direct.usable(conn)
             await _direct.execute(conn, direct["send"], _send("direct.err", b"y"))
             assert await _payloads(conn, direct["receive"], "direct.err") == [b"y"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("texts", "numbers"),
+    [
+        (["a", "", "über", "x" * 300], [1, -2, 0, 2**31 - 1, -(2**31)]),
+        (["a", None, "c"], [7]),
+        ([], []),
+    ],
+)
+def test_array_parameters_reach_the_server_as_sent(
+    pg_server: str, pg_url: str, texts: list[str | None], numbers: list[int]
+) -> None:
+    """text[] and int4[] parameters, binary: elements, order, NULLs and empty arrays."""
+    probe = _direct.direct(
+        b"SELECT cardinality(%(texts)s::text[])::int8,"
+        b" array_to_string(%(texts)s::text[], '|', '~'),"
+        b" array_position(%(texts)s::text[], NULL) IS NOT NULL,"
+        b" array_to_string(%(numbers)s::int[], ',')",
+        {"texts": _direct.TEXT_ARRAY, "numbers": _direct.INT4_ARRAY},
+        [_direct.INT8, _direct.TEXT, _direct.BOOL, _direct.TEXT],
+    )
+
+    async def main() -> None:
+        async with _connection(pg_server, pg_url) as conn:
+            rows = await _direct.execute(conn, probe, {"texts": texts, "numbers": numbers})
+            assert rows == [
+                (
+                    len(texts),
+                    "|".join("~" if t is None else t for t in texts),
+                    None in texts,
+                    ",".join(str(n) for n in numbers),
+                )
+            ]
+
+    asyncio.run(main())
+
+
+def test_a_batch_of_claims_runs_directly_per_queue_in_order(pg_server: str, pg_url: str) -> None:
+    """receive_batch on libpq: each queue's oldest rows up to its limit, and who has more."""
+    direct = _statements()
+
+    async def main() -> None:
+        async with _connection(pg_server, pg_url) as conn:
+            for queue, count in (("batch.a", 3), ("batch.b", 1), ("batch.c", 2)):
+                for i in range(count):
+                    await _direct.execute(
+                        conn, direct["send"], _send(queue, b"%s%d" % (queue[-1:].encode(), i))
+                    )
+            params = {
+                "queues": ["batch.a", "batch.b", "batch.c", "batch.none"],
+                "limits": [2, 5, 0, 1],
+            }
+            rows = await _direct.execute(conn, direct["receive_batch"], params)
+            claimed = sorted(
+                (queue, payload) for queue, ident, payload in rows if ident is not None
+            )
+            more = sorted(queue for queue, ident, _ in rows if ident is None)
+            assert claimed == [("batch.a", b"a0"), ("batch.a", b"a1"), ("batch.b", b"b0")]
+            assert more == ["batch.a", "batch.c"]  # b and "none" held nothing more
+            rest = await _direct.execute(conn, direct["receive_batch"], params)
+            assert sorted((q, p) for q, i, p in rest if i is not None) == [("batch.a", b"a2")]
 
     asyncio.run(main())
 
