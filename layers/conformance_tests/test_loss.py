@@ -43,9 +43,13 @@ async def _poll(layer: ChannelLayer, channel: str, stop: asyncio.Event, got: lis
 
 @async_test
 async def test_timed_out_receive_leaves_no_demand(layer_factory: LayerFactory) -> None:
-    """After one receive timed out on A, everything sent goes to B, who waits."""
+    """After one receive timed out on A, everything sent goes to B, who waits.
+
+    At ``prefetch=1`` (the default), whatever the layer under test was configured with:
+    a layer with ``prefetch=N`` may hold N messages by design (see ``test_prefetch``).
+    """
     channel = unique("timeout")
-    async with layer_factory() as a, layer_factory() as b:
+    async with layer_factory(prefetch=1) as a, layer_factory(prefetch=1) as b:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(a.receive(channel), 0.05)
         await asyncio.sleep(0.05)

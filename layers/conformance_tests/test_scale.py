@@ -21,9 +21,16 @@ from layers.core.backend import Capability
 
 @async_test
 async def test_receive_takes_no_more_than_it_hands_out(layer_factory: LayerFactory) -> None:
-    """One ``receive`` on a deep channel takes one message; the rest stays for other readers."""
+    """One ``receive`` on a deep channel takes one message; the rest stays for other readers.
+
+    At ``prefetch=1`` (the default), whatever the layer under test was configured with:
+    a layer with ``prefetch=N`` may take N at once by design (see ``test_prefetch``).
+    """
     channel = unique()
-    async with layer_factory(capacity=100) as one, layer_factory(capacity=100) as two:
+    async with (
+        layer_factory(capacity=100, prefetch=1) as one,
+        layer_factory(capacity=100, prefetch=1) as two,
+    ):
         for i in range(30):
             await one.send(channel, {"i": i})
         assert await receive_within(one, channel) == {"i": 0}
