@@ -257,18 +257,6 @@ class PostgresBackend(Backend):
         deadline = time.monotonic() + timeout
         listener = self._listener
         channel = self._channel(queue)
-        inbox = listener is not None and self._settings.notify and queue.endswith("!")
-        if listener is not None and not inbox:
-            known = listener.peek(channel)
-            if known is None or not known.listening.is_set():
-                # A backlog needs no LISTEN: while this process does not listen on the
-                # queue yet, claim first, and register (starting the listener, whose
-                # first LISTEN costs a connection) only once a claim finds nothing. A
-                # receive that finds a message never waits for a LISTEN, and a short
-                # event loop (``async_to_sync``) never leaves one half made.
-                early = await self._claim_early(queue, limit)
-                if early:
-                    return early
         watch = None
         event: asyncio.Event
         if listener is not None:
@@ -278,13 +266,11 @@ class PostgresBackend(Backend):
             event = self._local.setdefault(queue, asyncio.Event())
         try:
             if watch is not None and not watch.listening.is_set():
-                # LISTEN before the first drain, or a send in between waits a poll:
-                # the claim loop claims once it is in place (a new watch is not drained;
-                # a listener that reconnects wakes every watch).
+                # LISTEN before the first drain, or a send in between waits a poll.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(timeout, self._poll)):
                         await watch.listening.wait()
-            if watch is not None and inbox:
+            if watch is not None and self._settings.notify and queue.endswith("!"):
                 return await self._inboxes.receive(queue, channel, limit, deadline, watch)
             return await self._claim_loop(queue, limit, event, deadline, watch)
         finally:
@@ -294,23 +280,6 @@ class PostgresBackend(Backend):
                 listener.release(channel)
             elif self._local.get(queue) is event:
                 del self._local[queue]
-
-    async def _claim_early(self, queue: str, limit: int) -> list[bytes]:
-        """One claim made before LISTEN is in place; ``[]`` if it found nothing or failed.
-
-        The claim loop that follows an empty result claims again once LISTEN is in
-        place. A failure is left to that loop, which retries a connection lost to a
-        restart.
-        """
-        try:
-            with self._db.translate():
-                rows, _ = await self._batcher.receive(queue, limit)
-        except BackendUnavailable:
-            raise
-        except BackendError:
-            return []
-        self._vacuum.deleted(len(rows))
-        return [payload for _, payload in rows]
 
     async def _claim_loop(
         self,

@@ -153,9 +153,9 @@ def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
 
     async def main() -> None:
         async with _opened(pg_url) as (layer, backend):
+            await layer.send("hand.back", {"n": 0})  # before anyone LISTENs: no NOTIFY
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
-                # The claim finds the queue empty, so this process LISTENs on it: drained.
-                assert await backend.receive("hand.back", timeout=0.2) == []
+                assert len(await backend.receive("hand.back", timeout=3)) == 1  # drained
                 before = await _last_id(conn)
                 send = asyncio.create_task(layer.send("hand.back", {"n": 1}))
                 claim = asyncio.create_task(backend.receive("hand.back", timeout=3))

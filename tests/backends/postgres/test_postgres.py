@@ -503,8 +503,6 @@ def test_a_reader_that_took_the_last_row_waits_for_a_notify_before_claiming(
 
     async def main() -> None:
         async with _reader_and_writer(pg_url) as (backend, writer):
-            # A claim that finds nothing makes the reader LISTEN on the queue.
-            assert await backend.receive("last.q", timeout=0.2, limit=1) == []
             await writer.send("last.q", {"n": 1})
             await asyncio.sleep(0.2)  # its NOTIFY has come and gone
             assert len(await backend.receive("last.q", timeout=3, limit=1)) == 1
@@ -519,65 +517,6 @@ def test_a_reader_that_took_the_last_row_waits_for_a_notify_before_claiming(
             started = time.monotonic()
             assert len(await backend.receive("last.q", timeout=3, limit=1)) == 1
             assert time.monotonic() - started < 1
-
-    asyncio.run(main())
-
-
-def test_a_reader_takes_a_backlog_without_listening_first(pg_url: str) -> None:
-    """Claims that find messages need no LISTEN; the first that finds none starts one."""
-
-    async def main() -> None:
-        async with _reader_and_writer(pg_url) as (backend, writer):
-            for n in range(3):
-                await writer.send("early.q", {"n": n})
-            listener = backend._listener
-            assert listener is not None
-            channel = backend._channel("early.q")
-            for _ in range(3):
-                assert len(await backend.receive("early.q", timeout=3, limit=1)) == 1
-            assert listener.peek(channel) is None  # never registered: no LISTEN waited for
-            assert await backend.receive("early.q", timeout=0.2, limit=1) == []
-            watch = listener.peek(channel)
-            assert watch is not None
-            assert watch.listening.is_set()
-
-    asyncio.run(main())
-
-
-@pytest.mark.parametrize("listening_already", [False, True])
-def test_a_send_between_an_empty_claim_and_its_listen_is_not_left_to_the_poll(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch, listening_already: bool
-) -> None:
-    """The claim before LISTEN found nothing; the message sent before LISTEN came is found.
-
-    Whether the LISTEN is the listener's first (it connects) or one more on a
-    connection that already listens on another queue.
-    """
-    from layers.backends.postgres import _listener
-
-    sync_listens = _listener.Listener._sync_listens
-    slow = asyncio.Event()
-    syncing = asyncio.Event()
-
-    async def slow_sync(self: _listener.Listener, *args: Any) -> None:
-        if slow.is_set():
-            syncing.set()
-            await asyncio.sleep(0.3)  # the send below lands before LISTEN: no NOTIFY
-        await sync_listens(self, *args)
-
-    monkeypatch.setattr(_listener.Listener, "_sync_listens", slow_sync)
-
-    async def main() -> None:
-        async with _reader_and_writer(pg_url) as (backend, writer):
-            if listening_already:
-                assert await backend.receive("gap.other", timeout=0.2, limit=1) == []
-            slow.set()
-            started = time.monotonic()
-            receive = asyncio.create_task(backend.receive("gap.q", timeout=4, limit=1))
-            await asyncio.wait_for(syncing.wait(), 3)  # the early claim found nothing
-            await writer.send("gap.q", {"n": 1})
-            assert len(await receive) == 1
-            assert time.monotonic() - started < 2  # the poll interval is 5 s
 
     asyncio.run(main())
 
