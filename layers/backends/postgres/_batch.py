@@ -332,6 +332,10 @@ class Batcher:
         sends = [op for op in ops if op.rows is not None]
         receives = [op for op in ops if op.rows is None]
         rows = [row for op in sends for row in op.rows or ()]
+        claim_params = {
+            "queues": [op.queue for op in receives],
+            "limits": [op.limit for op in receives],
+        }
 
         async def pipelined(
             conn: psycopg.AsyncConnection[Any],
@@ -345,32 +349,28 @@ class Batcher:
                     await sent.execute(self._sql.send_batch, _send_params(rows))
                 if receives:
                     claimed = conn.cursor(binary=True)
-                    params = {
-                        "queues": [op.queue for op in receives],
-                        "limits": [op.limit for op in receives],
-                    }
-                    await claimed.execute(self._sql.receive_batch, params)
+                    await claimed.execute(self._sql.receive_batch, claim_params)
             return (
                 await sent.fetchall() if sent is not None else [],
                 await claimed.fetchall() if claimed is not None else [],
             )
 
-        claims = self._claims if not rows else None
+        run = pipelined
+        claims = self._claims
+        if claims is not None and not rows:
 
-        async def claims_only(
-            conn: psycopg.AsyncConnection[Any],
-        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-            # One statement: no pipeline needed, and libpq directly costs less.
-            if claims is None or not _direct.usable(conn):
-                return await pipelined(conn)
-            params = {
-                "queues": [op.queue for op in receives],
-                "limits": [op.limit for op in receives],
-            }
-            return [], await _direct.execute(conn, claims, params)
+            async def claims_only(
+                conn: psycopg.AsyncConnection[Any],
+            ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+                # One statement: no pipeline needed, and libpq directly costs less.
+                if not _direct.usable(conn):
+                    return await pipelined(conn)
+                return [], await _direct.execute(conn, claims, claim_params)
+
+            run = claims_only
 
         try:
-            stored, taken = await self._lease(pipelined if claims is None else claims_only)
+            stored, taken = await self._lease(run)
         except psycopg.OperationalError as exc:
             # Lost connection: outcome unknown, never re-run.
             for op in ops:
