@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
+import random
 import threading
 from typing import Any
 
@@ -418,3 +421,65 @@ async def test_polling_process_exits_and_loses_nothing(
     # The poller's own messages stay in order. A message it gave back on exit may
     # reach the steady consumer after later ones (as a requeue does in AMQP).
     assert polled == sorted(polled), "order changed"
+
+
+async def _loops_end_while_receiving(layer_factory: LayerFactory, *, reply: bool) -> None:
+    """Short event loops each start a receive and end wherever it is; nothing is lost.
+
+    The way ``async_to_sync`` callers poll: ``asyncio.run`` per call, around a receive
+    with a short timeout or one left pending. When a loop ends, ``asyncio.run`` cancels
+    every task it still has, including the receive and a pop it may have in flight:
+    waiting in the store, connecting, or with payloads just taken. The delays spread
+    from well under a millisecond to 20 ms, so the end lands in every one of those
+    moments on a local store. Every message must then be received exactly once, in
+    the order sent, by a later loop or by the final drain.
+    """
+    total, rounds = 60, 150
+    rng = random.Random(7)
+    delays = [10 ** rng.uniform(-4.0, math.log10(0.02)) for _ in range(rounds)]
+    async with layer_factory() as layer:
+        channel = await layer.new_channel("ending.") if reply else unique("ending")
+        for i in range(total):
+            await layer.send(channel, {"i": i})
+
+        async def timed(delay: float) -> list[int]:
+            with contextlib.suppress(TimeoutError):
+                return [(await asyncio.wait_for(layer.receive(channel), delay))["i"]]
+            return []
+
+        async def left_pending(delay: float) -> list[int]:
+            got: list[int] = []
+
+            async def take() -> None:
+                got.append((await layer.receive(channel))["i"])
+
+            asyncio.get_running_loop().create_task(take())
+            await asyncio.sleep(delay)
+            return got  # asyncio.run now cancels ``take`` wherever it is
+
+        received: list[int] = []
+        for k, delay in enumerate(delays):
+            round_ = timed if k % 2 else left_pending
+            received += await asyncio.to_thread(_in_new_loop, functools.partial(round_, delay))
+        received += [m["i"] for m in await drain(layer, channel)]
+    assert len(received) == len(set(received)), "a message was received twice"
+    missing = sorted(set(range(total)) - set(received))
+    assert not missing, (
+        f"lost {len(missing)} of {total} message(s) when event loops ended mid-receive: "
+        f"{missing[:10]}"
+    )
+    assert received == list(range(total)), "messages were received out of order"
+
+
+@async_test
+async def test_event_loops_ending_mid_receive_lose_nothing(layer_factory: LayerFactory) -> None:
+    """A normal channel polled by short-lived event loops loses and reorders nothing."""
+    await _loops_end_while_receiving(layer_factory, reply=False)
+
+
+@async_test
+async def test_event_loops_ending_mid_reply_receive_lose_nothing(
+    layer_factory: LayerFactory,
+) -> None:
+    """A reply channel polled by short-lived event loops loses and reorders nothing."""
+    await _loops_end_while_receiving(layer_factory, reply=True)

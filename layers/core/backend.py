@@ -330,10 +330,16 @@ class Backend(abc.ABC):
         most one call, in any process or host, ever (at-most-once). Expired
         payloads are never returned.
 
-        Cancellation: a payload may be removed and lost, never duplicated (the core
-        never cancels this call while a layer is open; it may on close). Raises
-        :class:`layers.BackendError` when the store fails; the core retries with
-        backoff.
+        Cancellation: the core cancels this call only when its event loop ends
+        (``asyncio.run`` cancels every task it still has) or its layer closes. A call
+        cancelled before it removed anything raises ``CancelledError``. A call
+        cancelled after the store removed payloads for it (a reply already on its way)
+        must not lose them: it waits for them (briefly: a blocked pop is unblocked,
+        not abandoned) and **returns** them, leaving the cancellation requested
+        (``asyncio.current_task().cancelling()``); the core delivers them, gives
+        normal channels' back with :meth:`restore`, then stops. Never duplicated.
+        Raises :class:`layers.BackendError` when the store fails; the core retries
+        with backoff.
         """
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:

@@ -430,6 +430,8 @@ class LoopState:
                     self.dispatch(queue, payloads)
             finally:
                 self.hub.turns.leave(turn)
+            if payloads:
+                _honour_cancellation()
         except LayerClosed:
             return
         except Exception as exc:
@@ -509,6 +511,19 @@ class LoopState:
         async with self.open_lock:
             await self.backend.aclose()
             self.opened = False
+
+
+def _honour_cancellation() -> None:
+    """Raise ``CancelledError`` if this task was cancelled while its pop brought payloads.
+
+    A backend cancelled after it took payloads from the store returns them instead of
+    losing them (see :meth:`Backend.receive`); the reader delivers them to the
+    mailboxes first, where the loop's close gives normal channels' back to the store
+    and keeps reply channels' for the layer's other loops, then stops as asked.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _guard(ref: weakref.ref[LoopState]) -> None:

@@ -255,6 +255,19 @@ class LosesMessageWhenCancelled(MemoryBackend):
         return out
 
 
+class LosesPopWhenLoopEnds(MemoryBackend):
+    """A pop's reply takes a moment to come back, as over a network; a receive cancelled
+    meanwhile (its event loop ending) drops what the store already removed."""
+
+    instant_receive = False
+
+    async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
+        out = await super().receive(queue, timeout=timeout, limit=limit)
+        if out:
+            await asyncio.sleep(0.002)  # the reply on its way back
+        return out
+
+
 # -- broken layers: rules the core enforces ---------------------------------------------
 
 
@@ -1175,6 +1188,9 @@ CATALOGUE: dict[str, Broken] = {
     "lose-on-cancel": _entry(
         "delivery", "a cancelled receive loses a message", LosesMessageWhenCancelled
     ),
+    "loses-pop-when-loop-ends": _entry(
+        "delivery", "a pop in flight when its event loop ends is lost", LosesPopWhenLoopEnds
+    ),
     "bytes-become-str": _entry("delivery", "bytes turned into str", BytesBecomeStr),
     # expiry semantics
     "expiry-ignored": _entry("expiry", "messages never expire", ExpiryIgnored),
@@ -1406,6 +1422,10 @@ RULES: dict[str, tuple[str, ...]] = {
         "test_reply_channels_are_separate",
     ),
     "duplicate-concurrent": ("test_at_most_once_many_readers_one_channel",),
+    "loses-pop-when-loop-ends": (
+        "test_event_loops_ending_mid_receive_lose_nothing",
+        "test_event_loops_ending_mid_reply_receive_lose_nothing",
+    ),
     "duplicate-1-in-1000": ("test_at_most_once_many_readers_one_channel",),
     "lifo": (
         "test_fifo_one_writer_one_reader",
