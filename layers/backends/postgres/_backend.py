@@ -250,9 +250,10 @@ class PostgresBackend(Backend):
 
         See :meth:`Backend.receive`. Each attempt is one autocommit ``DELETE …
         RETURNING`` whose claim skips rows other readers hold, so a payload is
-        returned once at most. Cancellation while waiting loses nothing; a cancelled
-        ``DELETE`` is rolled back by the server unless it had already committed, in
-        which case its rows are lost (never duplicated).
+        returned once at most. Cancellation while waiting loses nothing; a claim in
+        flight is read to its end and its rows are returned, the cancellation staying
+        requested (see :meth:`Backend.receive`). Only a claim pipelined with sends
+        (see ``_batch``) is cancelled on the server, and lost if it had committed.
         """
         deadline = time.monotonic() + timeout
         listener = self._listener

@@ -28,7 +28,11 @@ Failure rules (at-most-once):
   with the error and none is sent again.
 
 Cancelling a caller before its batch left removes its operation from the batch;
-after that, it runs (a send is stored or not, a receive's rows are lost).
+after that, it runs: a send is stored or not; a receive waits for its batch and returns
+the rows it claimed, the cancellation staying requested (see ``Backend.receive``). A
+batch task cancelled itself (its event loop ending) drains a statement of claims on
+libpq and hands their rows out; a pipelined batch of sends and claims is cancelled on
+the server by psycopg, and if it had committed, its claimed rows are lost.
 """
 
 from __future__ import annotations
@@ -160,6 +164,10 @@ class Batcher:
             self._mark_busy([op])
             try:
                 await self._alone(op)
+            except _direct.Interrupted:
+                # Cancelled once its claim had finished: the rows are in the future.
+                if op.rows is not None or not _claimed(op.future):
+                    raise
             finally:
                 self._inline -= 1
                 self._done([op])
@@ -167,7 +175,25 @@ class Batcher:
             return op.future.result()
         self._pending.append(op)
         self._kick()
-        return await op.future
+        try:
+            # Shielded: the caller's cancellation must not cancel what a batch in
+            # flight will report (a claim's rows).
+            return await asyncio.shield(op.future)
+        except asyncio.CancelledError:
+            if op in self._pending:
+                self._pending.remove(op)  # not sent: nothing happens
+                op.future.cancel()
+                raise
+            if op.rows is not None:
+                raise  # a send in flight: stored or not, as its batch goes
+            # A claim in flight: its rows are this caller's. Wait for them (the batch
+            # ends by itself, its statement drained if its own task is cancelled).
+            while not op.future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(op.future)
+            if _claimed(op.future):
+                return op.future.result()
+            raise
 
     def _mark_busy(self, ops: list[_Op]) -> None:
         """Count ``ops`` as in flight for the queues they send to (undone by ``_done``)."""
@@ -275,9 +301,15 @@ class Batcher:
         future = op.future
         try:
             if op.rows is None:
-                rows = await self._single(self._sql.receive, {"queue": op.queue, "lim": op.limit})
-                claimed = sorted((int(r[0]), bytes(r[1])) for r in rows if r[0] is not None)
-                result: Any = (claimed, len(claimed) < len(rows))
+                try:
+                    rows = await self._single(
+                        self._sql.receive, {"queue": op.queue, "lim": op.limit}
+                    )
+                except _direct.Interrupted as exc:
+                    if not future.done():
+                        future.set_result(_claim_result(exc.rows))
+                    raise
+                result: Any = _claim_result(rows)
             elif len(op.rows) == 1:
                 queue, payload, expiry, cap, channel = op.rows[0]
                 params = {
@@ -371,6 +403,11 @@ class Batcher:
 
         try:
             stored, taken = await self._lease(run)
+        except _direct.Interrupted as exc:
+            # This task was cancelled once the claims had finished: hand their rows
+            # to their callers, who wait for them, then stop.
+            self._hand_out(receives, exc.rows)
+            raise
         except psycopg.OperationalError as exc:
             # Lost connection: outcome unknown, never re-run.
             for op in ops:
@@ -390,6 +427,11 @@ class Batcher:
                 mine = flags[start : start + count]
                 op.future.set_result((False, mine[0]) if op.hand else mine)
             start += count
+        self._hand_out(receives, taken)
+
+    @staticmethod
+    def _hand_out(receives: list[_Op], taken: Sequence[tuple[Any, ...]]) -> None:
+        """Give each receive of a batch its rows of ``receive_batch``'s result."""
         by_queue: dict[str, list[tuple[int, bytes]]] = {}
         more: set[str] = set()
         for queue, ident, payload in taken:
@@ -401,4 +443,19 @@ class Batcher:
             got = sorted(by_queue.get(op.queue, ()))
             if not op.future.done():
                 op.future.set_result((got, op.queue in more))
-            # A receive cancelled after its batch left: its rows are lost (at-most-once).
+
+
+def _claim_result(rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[int, bytes]], bool]:
+    """A lone claim's rows by id, and whether its queue may hold more (see ``receive``)."""
+    claimed = sorted((int(r[0]), bytes(r[1])) for r in rows if r[0] is not None)
+    return claimed, len(claimed) < len(rows)
+
+
+def _claimed(future: asyncio.Future[Any]) -> bool:
+    """Whether a receive's ``future`` ended holding at least one claimed row."""
+    return (
+        future.done()
+        and not future.cancelled()
+        and future.exception() is None
+        and bool(future.result()[0])
+    )

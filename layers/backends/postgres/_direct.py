@@ -52,6 +52,7 @@ __all__ = [
     "TEXT",
     "TEXT_ARRAY",
     "Direct",
+    "Interrupted",
     "direct",
     "execute",
     "usable",
@@ -260,7 +261,12 @@ async def execute(
             param_formats=[1] * len(values),
             result_format=1,
         )
-        results = await _complete(pgconn)
+        try:
+            results = await _complete(pgconn, keep=True)
+        except _Drained as drained:
+            if drained.results and _failure(drained.results) is None:
+                raise Interrupted(statement.rows(drained.results[0])) from None
+            raise asyncio.CancelledError from None
         failed = _failure(results)
         if failed is None:
             return statement.rows(results[0]) if results else []
@@ -291,27 +297,58 @@ def _raise(failed: pq.abc.PGresult) -> NoReturn:
     raise error(message)
 
 
-async def _complete(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
-    """The results of the statement sent; a cancelled caller lets it finish first."""
+class Interrupted(asyncio.CancelledError):
+    """A statement's caller was cancelled, and the statement then finished: its ``rows``.
+
+    Raised by :func:`execute` so that a claim cancelled mid-flight hands over the rows
+    it took instead of losing them. Anything that does not look for it treats it as
+    the cancellation it is.
+    """
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
+class _Drained(asyncio.CancelledError):
+    """Cancelled, then the statement was read to its end: every result (internal)."""
+
+    def __init__(self, results: list[pq.abc.PGresult]) -> None:
+        super().__init__()
+        self.results = results
+
+
+async def _complete(pgconn: pq.abc.PGconn, *, keep: bool = False) -> list[pq.abc.PGresult]:
+    """The results of the statement sent; a cancelled caller lets it finish first.
+
+    Cancelled, it reads the statement's results to the end (so the connection stays
+    idle) and raises ``CancelledError``; with ``keep``, :class:`_Drained` holding the
+    results when it could read them all.
+    """
+    results: list[pq.abc.PGresult] = []
     try:
-        return await _results(pgconn)
+        await _results(pgconn, results)
+        return results
     except asyncio.CancelledError:
-        if pgconn.transaction_status == _ACTIVE:
+        finished = pgconn.transaction_status != _ACTIVE
+        if not finished:
             # Read the statement's results to the end so the connection stays idle
             # (psycopg cancels the query on the server, then does the same).
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await _results(pgconn)
+                    await _results(pgconn, results)
+                    finished = True
+        if keep and finished:
+            raise _Drained(results) from None
         raise
 
 
-async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
-    """Send what is queued, then read every result of the statement."""
+async def _results(pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult]) -> None:
+    """Send what is queued, then read every result of the statement into ``results``."""
     loop = asyncio.get_running_loop()
     fd = pgconn.socket
     while pgconn.flush():  # 1: more to send, when the socket has room
         await _writable(loop, fd)
-    results: list[pq.abc.PGresult] = []
     done: asyncio.Future[None] = loop.create_future()
 
     def readable() -> None:
@@ -333,7 +370,6 @@ async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
         await done
     finally:
         loop.remove_reader(fd)
-    return results
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from layers.backends.postgres import _inbox
+from layers.backends.postgres import _direct, _inbox
 from layers.backends.postgres._connections import Connections
 from layers.backends.postgres._listener import Listener, Wait, Watch, wait_for_wakeup
 from layers.backends.postgres._tasks import stop
@@ -130,11 +130,15 @@ class InboxReader:
         token = _inbox.new_token()
         started = led.begin_claim()
         rows: list[tuple[Any, ...]] | None = None
+        interrupted: _direct.Interrupted | None = None
         try:
             rows = await self._db.query(
                 self._sql.claim_inbox,
                 {"queue": queue, "lim": limit, "channel": channel, "marker": f"m{token}"},
             )
+        except _direct.Interrupted as exc:
+            # Cancelled once the claim had finished: its rows are returned, not lost.
+            rows, interrupted = exc.rows, exc
         finally:
             claimed = sorted((int(r[0]), bytes(r[1])) for r in rows or () if r[0] is not None)
             keep = led.end_claim(token, started, [ident for ident, _ in claimed] if rows else None)
@@ -143,7 +147,10 @@ class InboxReader:
             watch.need_claim = False
             if listening and generation == watch.generation:
                 watch.gap = False
-        return [payload for (_, payload), ok in zip(claimed, keep, strict=True) if ok]
+        out = [payload for (_, payload), ok in zip(claimed, keep, strict=True) if ok]
+        if interrupted is not None and not out:
+            raise interrupted
+        return out
 
     def _delete_later(self, queue: str, led: _inbox.InboxLedger, ids: list[int]) -> None:
         self._to_delete.setdefault(queue, []).extend(ids)
