@@ -309,9 +309,11 @@ class RedisBackend(Backend):
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         """Pipelined ``LPOP``; if the queue is empty, ``BLMPOP`` on the queue's own connection.
 
-        Expired payloads are dropped. Cancellation during the ``LPOP`` keeps what it
-        pops for this queue's next call; during ``BLMPOP`` it closes that connection:
-        a payload already popped by the server is lost, never duplicated. A connection error
+        Expired payloads are dropped. Cancelled once a pop is sent, it waits for the
+        reply (a ``BLMPOP`` is first ended with ``CLIENT UNBLOCK``) and returns what
+        was popped, the cancellation staying requested (see
+        :meth:`~layers.Backend.receive`); if no reply comes, the connection is closed
+        and a payload the server popped is lost, never duplicated. A connection error
         raises :class:`~layers.BackendError`; the next call reconnects.
         """
         key = self._queue_prefix + "{" + queue + "}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -17,6 +18,8 @@ __all__ = ["Pipe"]
 
 #: Bytes asked of the socket per read; every complete reply in them is parsed at once.
 READ_SIZE = 65536
+#: How long a reader cancelled from outside keeps reading the replies in flight.
+DRAIN_TIMEOUT = 2.0
 
 
 class Pipe:
@@ -37,6 +40,8 @@ class Pipe:
         self.conn: Connection | None = None
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.StreamWriter | None = None
+        #: The server's id of this connection (``CLIENT ID``), when asked for.
+        self.client_id: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -48,6 +53,7 @@ class Pipe:
 
         Cancellation leaves the pipe unconnected (a half-open socket is closed).
         """
+        self.client_id = None
         self.conn = conn = await self.connector.open()
         self.writer = conn.writer
         self.reader = self.loop.create_task(self._read(conn))
@@ -94,11 +100,18 @@ class Pipe:
         try:
             await self._read_batches(conn)
         except (RedisError, OSError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not self.broken and self.inflight:
+                # Cancelled from outside (its event loop ends), not by close(): read
+                # the replies already on their way, so a pop the server made is seen by
+                # the caller that waits for it, not dropped with the connection.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        await self._read_batches(conn, until_idle=True)
             self.fail(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    async def _read_batches(self, conn: Connection) -> None:
+    async def _read_batches(self, conn: Connection, *, until_idle: bool = False) -> None:
         """Parse every reply already received per socket read (no await per reply).
 
         Error replies are values (:class:`redis.ResponseError`, subclassed by
@@ -108,7 +121,7 @@ class Pipe:
         """
         parser, stream, sentinel = conn.parser, conn.reader, conn.sentinel
         gets, feed, inflight = parser.gets, parser.feed, self.inflight
-        while not self.broken:
+        while not self.broken and (inflight or not until_idle):
             reply = gets(False)
             if reply is False:
                 data = await stream.read(READ_SIZE)

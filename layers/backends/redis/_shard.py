@@ -22,6 +22,7 @@ push whose reply was lost could store it twice. Only connecting is retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -46,6 +47,12 @@ MAX_IDLE_READERS = 64
 READ_MARGIN = 5.0
 #: How often the estimate of the server clock is refreshed, in seconds.
 CLOCK_REFRESH = 30.0
+
+
+def _cancel_requested() -> bool:
+    """Whether the running task was asked to stop (a pop then returns what it took)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _ignore(future: asyncio.Future[Any]) -> None:
@@ -222,6 +229,14 @@ class Shard:
         try:
             reply = await asyncio.shield(future)
         except asyncio.CancelledError:
+            # The pop is sent: wait for its reply, and return what it took rather
+            # than lose it (see ``Backend.receive``). Failing that, the next call of
+            # this instance gets it.
+            live = await self._reply_of_cancelled(future)
+            if live is not None:
+                live = self._live(live)
+                if live:
+                    return self._merge(key, live, limit)
             future.add_done_callback(lambda f: self._stash_reply(key, f))
             raise
         if isinstance(reply, ResponseError):
@@ -264,6 +279,7 @@ class Shard:
                         await pipe.connect()
                     except (RedisError, OSError) as exc:
                         raise NotSent(f"redis {self.spec.id}: {exc or type(exc).__name__}") from exc
+                    await self._identify(pipe)
                     await self._sync_clock(pipe)
                 elif self.clock_stale():
                     await self._sync_clock(pipe)
@@ -272,6 +288,8 @@ class Shard:
                 live = self._live(items)
                 if live or time.monotonic() >= deadline:
                     break
+                if _cancel_requested():
+                    raise asyncio.CancelledError  # what it took had expired
         except (RedisError, OSError, ValueError, LayerError) as exc:
             self.busy.discard(pipe)
             await pipe.close()
@@ -293,43 +311,73 @@ class Shard:
             _, oldest = self.readers.popitem(last=False)
             await oldest.close()
 
-    async def _command(self, pipe: Pipe, wait: float | None, *args: Any) -> Any:
+    async def _command(self, pipe: Pipe, wait: float | None, *args: Any, pop: bool = False) -> Any:
         """One command on a dedicated pipe; a Redis error reply is raised.
 
         With ``wait``, gives up ``READ_MARGIN`` seconds after it (the caller then
-        closes the pipe, so no reply is left unread on it).
+        closes the pipe, so no reply is left unread on it). ``pop``: the command
+        removes elements; cancelled, it is unblocked (``CLIENT UNBLOCK``) and its
+        reply awaited, and what it took is returned, the cancellation staying
+        requested; it raises ``CancelledError`` when it took nothing.
         """
         future: asyncio.Future[Any] = self.loop.create_future()
         pipe.write_nowait([(args, future)])
-        if wait is None:
-            reply = await future
-        else:
-            async with asyncio.timeout(wait + READ_MARGIN):
-                reply = await future
+        try:
+            if wait is None:
+                reply = await asyncio.shield(future)
+            else:
+                async with asyncio.timeout(wait + READ_MARGIN):
+                    reply = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not pop:
+                raise
+            if wait is not None and pipe.client_id is not None and not future.done():
+                with contextlib.suppress(Exception):
+                    self.execute("CLIENT", "UNBLOCK", pipe.client_id).add_done_callback(_ignore)
+            reply = await self._reply_of_cancelled(future)
+            if not reply or isinstance(reply, ResponseError):
+                raise
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
+    async def _reply_of_cancelled(self, future: asyncio.Future[Any]) -> Any:
+        """Wait (at most ``READ_MARGIN``, whatever cancels) for the reply of a sent pop.
+
+        None when it did not come (its connection failed, or too slow).
+        """
+        deadline = time.monotonic() + READ_MARGIN
+        while not future.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(future)
+        if future.cancelled() or future.exception() is not None:
+            return None
+        return future.result()
+
     async def _pop_once(self, conn: Pipe, key: str, wait: float, limit: int) -> list[bytes]:
         if wait <= 0:
-            reply = await self._command(conn, None, "LPOP", key, limit)
+            reply = await self._command(conn, None, "LPOP", key, limit, pop=True)
             return list(reply or ())
         if self.blmpop:
             try:
                 reply = await self._command(
-                    conn, wait, "BLMPOP", f"{wait:.3f}", 1, key, "LEFT", "COUNT", limit
+                    conn, wait, "BLMPOP", f"{wait:.3f}", 1, key, "LEFT", "COUNT", limit, pop=True
                 )
                 return list(reply[1]) if reply else []
             except ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise
                 self.blmpop = False  # Redis 6.2: BLPOP, then LPOP for the rest
-        reply = await self._command(conn, wait, "BLPOP", key, f"{wait:.3f}")
+        reply = await self._command(conn, wait, "BLPOP", key, f"{wait:.3f}", pop=True)
         if not reply:
             return []
         items = [reply[1]]
-        if limit > 1:
-            items.extend(await self._command(conn, None, "LPOP", key, limit - 1) or ())
+        if limit > 1 and not _cancel_requested():
+            items.extend(await self._command(conn, None, "LPOP", key, limit - 1, pop=True) or ())
         return items
 
     async def _sync_clock(self, conn: Pipe) -> None:
@@ -337,6 +385,15 @@ class Shard:
         before = time.monotonic()
         seconds, micros = await self._command(conn, READ_MARGIN, "TIME")
         self._set_clock(seconds, micros, before)
+
+    async def _identify(self, conn: Pipe) -> None:
+        """Learn a blocking connection's ``CLIENT ID`` (to unblock it if cancelled).
+
+        A server that refuses the command (an ACL) leaves it unknown: a cancelled
+        blocking pop then closes its connection, and may lose what the server popped.
+        """
+        with contextlib.suppress(ResponseError):
+            conn.client_id = int(await self._command(conn, READ_MARGIN, "CLIENT", "ID"))
 
     # -- lifecycle --------------------------------------------------------------------
 
