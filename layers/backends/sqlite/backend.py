@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -79,6 +80,9 @@ class SqliteBackend(Backend):
         self._stash: dict[str, deque[_Row]] = {}
         self._taking: dict[str, asyncio.Task[list[_Row]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # The takes' own connection, used in executor threads one take at a time.
+        self._take_conn: sqlite3.Connection | None = None
+        self._take_lock = threading.Lock()
 
     # -- configuration --------------------------------------------------------------
 
@@ -164,6 +168,10 @@ class SqliteBackend(Backend):
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
+        if self._take_conn is not None:
+            # In a thread: it waits for a take still running there.
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(None, self._close_take_conn)
         hub, self._hub = self._hub, None
         if hub is not None:
             _hub.detach(hub, self._token)
@@ -326,7 +334,8 @@ class SqliteBackend(Backend):
         see another process's commit (within ``poll_interval``).
 
         Cancellation loses nothing: while waiting no payload is held; a take already
-        handed to the connection runs to its end and its payloads are kept for the
+        running finishes, and its payloads are returned (the cancellation staying
+        requested, see :meth:`Backend.receive`), or, before SQLite 3.35, kept for the
         next ``receive`` of ``queue`` on this instance.
         """
         conn = self._connection()
@@ -347,7 +356,16 @@ class SqliteBackend(Backend):
         return await wait_then_claim(claim, WaiterSignal(hub.waiters, queue), timeout=timeout)
 
     async def _take(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
-        """Run one take shielded from the caller's cancellation (see :meth:`receive`)."""
+        """Run one take shielded from the caller's cancellation (see :meth:`receive`).
+
+        With ``RETURNING``, the take is one statement on the takes' own connection, in
+        an executor thread: a caller cancelled meanwhile (its event loop ending
+        included) waits for it and returns its rows, the cancellation staying
+        requested (see :meth:`Backend.receive`), or raises ``CancelledError`` if it
+        took none. Before SQLite 3.35, a cancelled caller's rows go to the stash.
+        """
+        if self._returning:
+            return await self._take_apart(queue, limit)
         task = self._spawn(self._take_rows(conn, queue, limit))
         self._taking[queue] = task
         try:
@@ -360,6 +378,55 @@ class SqliteBackend(Backend):
             raise
         self._forget_take(queue, task)
         return rows
+
+    async def _take_apart(self, queue: str, limit: int) -> list[_Row]:
+        future = asyncio.get_running_loop().run_in_executor(
+            None, self._take_in_thread, queue, limit
+        )
+        try:
+            # A plain future, not a task: ending the event loop does not cancel it.
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(future)
+            if not future.cancelled() and future.exception() is None and future.result():
+                return future.result()
+            raise
+
+    def _take_in_thread(self, queue: str, limit: int) -> list[_Row]:
+        """One ``DELETE … RETURNING`` on the takes' connection; busy: again, as ``_retry``."""
+        with self._take_lock, translate(self.path):
+            conn = self._take_conn
+            if conn is None:
+                if self._conn is None:
+                    raise LayerClosed(f"the SQLite backend for {self.path} is not open")
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                self._take_conn = conn
+            deadline = time.monotonic() + self.busy_timeout
+            delay = _BUSY_FIRST_PAUSE
+            while True:
+                try:
+                    rows = conn.execute(_sql.TAKE, (queue, time.time(), limit)).fetchall()
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _connect.is_busy(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        rows.sort()  # RETURNING order is unspecified; id order is FIFO
+        return [(expires_at, payload) for _, expires_at, payload in rows]
+
+    def _close_take_conn(self) -> None:
+        with self._take_lock:
+            conn, self._take_conn = self._take_conn, None
+            if conn is not None:
+                conn.close()
 
     def _forget_take(self, queue: str, task: asyncio.Task[list[_Row]]) -> None:
         if self._taking.get(queue) is task:
