@@ -80,7 +80,7 @@ class PostgresBackend(Backend):
             self._db.lease,
             self._db.query,
             self._sql,
-            claims=self._db.direct(self._sql.receive_batch),
+            direct=self._db.direct,
         )
         self._vacuum = Vacuum(
             self._db.lease, self._sql.may_vacuum, self._sql.vacuum, settings.vacuum_every

@@ -103,13 +103,16 @@ class Batcher:
         statements: Statements,
         *,
         parallel: int = 2,
-        claims: _direct.Direct | None = None,
+        direct: Callable[[bytes], _direct.Direct | None] = lambda query: None,
     ) -> None:
         self._lease = lease
         self._single = single
         self._sql = statements
-        #: ``receive_batch`` on libpq directly: a batch of receives alone is one statement.
-        self._claims = claims
+        # The batch statements on libpq directly (see ``_direct``), when allowed: a batch
+        # of claims alone is one statement; sends are a pipeline of lock and insert.
+        self._claims = direct(statements.receive_batch)
+        lock, send = direct(statements.lock_queues), direct(statements.send_batch)
+        self._lock_send = (lock, send) if lock is not None and send is not None else None
         self._parallel = max(1, parallel)
         self._pending: list[_Op] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -346,8 +349,13 @@ class Batcher:
         first statement fails before anything happened) goes through ``single``, which
         re-creates it and runs the statement alone.
         """
+        lock_send = self._lock_send if query == self._sql.send_batch else None
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            if lock_send is not None and _direct.usable(conn):
+                lock, send = lock_send
+                steps = [(lock, {"queues": queues}), (send, params)]
+                return (await _direct.execute_pipeline(conn, steps))[1]
             async with conn.pipeline():
                 await conn.execute(self._sql.lock_queues, {"queues": queues}, binary=True)
                 cursor = conn.cursor(binary=True)
@@ -388,7 +396,7 @@ class Batcher:
             )
 
         run = pipelined
-        claims = self._claims
+        claims, lock_send = self._claims, self._lock_send
         if claims is not None and not rows:
 
             async def claims_only(
@@ -397,16 +405,43 @@ class Batcher:
                 # One statement: no pipeline needed, and libpq directly costs less.
                 if not _direct.usable(conn):
                     return await pipelined(conn)
-                return [], await _direct.execute(conn, claims, claim_params)
+                try:
+                    return [], await _direct.execute(conn, claims, claim_params)
+                except _direct.Interrupted as exc:
+                    raise _direct.Interrupted([[], exc.rows]) from None
 
             run = claims_only
+        elif claims is not None and lock_send is not None:
+            lock, send = lock_send
+
+            async def mixed(
+                conn: psycopg.AsyncConnection[Any],
+            ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+                if not _direct.usable(conn):
+                    return await pipelined(conn)
+                queues = [row[0] for row in rows]
+                steps: list[tuple[_direct.Direct, dict[str, Any]]] = [
+                    (lock, {"queues": queues}),
+                    (send, _send_params(rows)),
+                ]
+                if receives:
+                    steps.append((claims, claim_params))
+                try:
+                    out = await _direct.execute_pipeline(conn, steps)
+                except _direct.Interrupted as exc:
+                    done = exc.rows
+                    raise _direct.Interrupted([done[1], done[2] if receives else []]) from None
+                return out[1], out[2] if receives else []
+
+            run = mixed
 
         try:
             stored, taken = await self._lease(run)
         except _direct.Interrupted as exc:
-            # This task was cancelled once the claims had finished: hand their rows
-            # to their callers, who wait for them, then stop.
-            self._hand_out(receives, exc.rows)
+            # This task was cancelled once its statements had committed: settle the
+            # sends and hand the claims' rows to their callers (who wait), then stop.
+            self._settle(sends, exc.rows[0])
+            self._hand_out(receives, exc.rows[1])
             raise
         except psycopg.OperationalError as exc:
             # Lost connection: outcome unknown, never re-run.
@@ -419,6 +454,12 @@ class Batcher:
             for op in ops:
                 await self._alone(op)
             return
+        self._settle(sends, stored)
+        self._hand_out(receives, taken)
+
+    @staticmethod
+    def _settle(sends: list[_Op], stored: Sequence[tuple[Any, ...]]) -> None:
+        """Give each send of a batch its rows' "stored" flags from ``send_batch``."""
         flags = [bool(r[1]) for r in stored]  # ordered by the rows' position
         start = 0
         for op in sends:
@@ -427,7 +468,6 @@ class Batcher:
                 mine = flags[start : start + count]
                 op.future.set_result((False, mine[0]) if op.hand else mine)
             start += count
-        self._hand_out(receives, taken)
 
     @staticmethod
     def _hand_out(receives: list[_Op], taken: Sequence[tuple[Any, ...]]) -> None:

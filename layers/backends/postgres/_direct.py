@@ -46,21 +46,26 @@ from psycopg import pq
 __all__ = [
     "BOOL",
     "BYTEA",
+    "BYTEA_ARRAY",
     "FLOAT8",
+    "FLOAT8_ARRAY",
     "INT4_ARRAY",
     "INT8",
     "TEXT",
     "TEXT_ARRAY",
+    "VOID",
     "Direct",
     "Interrupted",
     "direct",
     "execute",
+    "execute_pipeline",
     "usable",
 ]
 
 #: Type OIDs.
 TEXT, BYTEA, INT8, FLOAT8, BOOL = 25, 17, 20, 701, 16
 INT4, TEXT_ARRAY, INT4_ARRAY = 23, 1009, 1007
+BYTEA_ARRAY, FLOAT8_ARRAY, VOID = 1001, 1022, 2278
 _PACK_INT4 = struct.Struct(">i").pack
 _PACK_INT8 = struct.Struct(">q").pack
 _PACK_FLOAT8 = struct.Struct(">d").pack
@@ -69,6 +74,7 @@ _UNPACK_INT8 = struct.Struct(">q").unpack
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _PIPELINE_OFF = pq.PipelineStatus.OFF
+_PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 _CONNECTION_OK = pq.ConnStatus.OK
 _IDLE = pq.TransactionStatus.IDLE
 _ACTIVE = pq.TransactionStatus.ACTIVE
@@ -144,12 +150,15 @@ _ENCODERS: dict[int, Callable[[Any], bytes | None]] = {
     FLOAT8: _float8,
     TEXT_ARRAY: _array(TEXT, _text),
     INT4_ARRAY: _array(INT4, _int4),
+    BYTEA_ARRAY: _array(BYTEA, _bytea),
+    FLOAT8_ARRAY: _array(FLOAT8, _float8),
 }
 _DECODERS: dict[int, Callable[[bytes], Any]] = {
     TEXT: bytes.decode,
     BYTEA: bytes,
     INT8: _read_int8,
     BOOL: _read_bool,
+    VOID: lambda value: None,
 }
 
 _PLACEHOLDER = re.compile(rb"%\((\w+)\)[sb]")
@@ -246,15 +255,7 @@ async def execute(
         if names is None:
             names = _prepared[pgconn] = set()
         if statement.name not in names:
-            pgconn.send_prepare(statement.name, statement.text, param_types=statement.types)
-            prepared = await _complete(pgconn)
-            failed = _failure(prepared)
-            # Already there: a caller cancelled just after its prepare completed left
-            # the connection idle (so back in use) with the statement unrecorded. The
-            # name is a hash of the text, so the statement there is this one.
-            if failed is not None and failed.error_field(_SQLSTATE) != _ALREADY_PREPARED:
-                _raise(failed)
-            names.add(statement.name)
+            await _prepare(pgconn, statement, names)
         pgconn.send_query_prepared(
             statement.name,
             values,
@@ -275,6 +276,133 @@ async def execute(
             continue
         _raise(failed)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _prepare(pgconn: pq.abc.PGconn, statement: Direct, names: set[bytes]) -> None:
+    """Prepare ``statement`` on the connection and record it in ``names``."""
+    pgconn.send_prepare(statement.name, statement.text, param_types=statement.types)
+    prepared = await _complete(pgconn)
+    failed = _failure(prepared)
+    # Already there: a caller cancelled just after its prepare completed left
+    # the connection idle (so back in use) with the statement unrecorded. The
+    # name is a hash of the text, so the statement there is this one.
+    if failed is not None and failed.error_field(_SQLSTATE) != _ALREADY_PREPARED:
+        _raise(failed)
+    names.add(statement.name)
+
+
+async def execute_pipeline(
+    conn: psycopg.AsyncConnection[Any], steps: Sequence[tuple[Direct, Mapping[str, Any]]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run ``steps`` in one pipeline and return each one's rows.
+
+    One network write and one Sync: the statements run in one implicit transaction,
+    each seeing what the ones before it did, and all commit or none does. A failed
+    statement raises as :func:`execute` does, after the server rolled everything back.
+    Cancelled while they run, it reads them to the end (up to :data:`DRAIN_TIMEOUT`)
+    and raises :class:`Interrupted` holding every step's rows when they committed,
+    else ``CancelledError``.
+    """
+    pgconn = conn.pgconn
+    for attempt in (0, 1):
+        names = _prepared.get(pgconn)
+        if names is None:
+            names = _prepared[pgconn] = set()
+        for statement, _ in steps:
+            if statement.name not in names:
+                await _prepare(pgconn, statement, names)
+        pgconn.enter_pipeline_mode()
+        try:
+            for statement, params in steps:
+                values = statement.values(params)
+                pgconn.send_query_prepared(
+                    statement.name, values, param_formats=[1] * len(values), result_format=1
+                )
+            pgconn.pipeline_sync()
+            groups: list[list[pq.abc.PGresult]] = []
+            partial: list[pq.abc.PGresult] = []
+            try:
+                await _read_until_sync(pgconn, groups, partial)
+            except asyncio.CancelledError:
+                drained = await _drain_pipeline(pgconn, groups, partial)
+                if drained and all(_failure(g) is None for g in groups):
+                    raise Interrupted(_rows_of(steps, groups)) from None
+                raise asyncio.CancelledError from None
+        finally:
+            if pgconn.pipeline_status != _PIPELINE_OFF and not pgconn.is_busy():
+                with contextlib.suppress(Exception):
+                    pgconn.exit_pipeline_mode()
+        failed = next((f for g in groups if (f := _failure(g)) is not None), None)
+        if failed is None:
+            return _rows_of(steps, groups)
+        if attempt == 0 and failed.error_field(_SQLSTATE) == _NO_STATEMENT:
+            names.clear()  # deallocated (DEALLOCATE ALL): prepare them again
+            continue
+        _raise(failed)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _rows_of(
+    steps: Sequence[tuple[Direct, Mapping[str, Any]]], groups: list[list[pq.abc.PGresult]]
+) -> list[list[tuple[Any, ...]]]:
+    return [
+        statement.rows(group[0]) if group else []
+        for (statement, _), group in zip(steps, groups, strict=False)
+    ]
+
+
+async def _drain_pipeline(
+    pgconn: pq.abc.PGconn, groups: list[list[pq.abc.PGresult]], partial: list[pq.abc.PGresult]
+) -> bool:
+    """Read a cancelled pipeline to its Sync; True if every result came."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            await _read_until_sync(pgconn, groups, partial)
+            return True
+    return False
+
+
+async def _read_until_sync(
+    pgconn: pq.abc.PGconn, groups: list[list[pq.abc.PGresult]], current: list[pq.abc.PGresult]
+) -> None:
+    """Flush, then read a pipeline's results into ``groups`` (one list per statement).
+
+    Returns at the Sync. ``current`` holds the results of the statement being read.
+    Safe to call again after a cancellation, with the same lists: it goes on from
+    where it stopped.
+    """
+    loop = asyncio.get_running_loop()
+    fd = pgconn.socket
+    while pgconn.flush():
+        await _writable(loop, fd)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:
+                    if current:
+                        groups.append(list(current))
+                        current.clear()
+                        continue
+                    return  # nothing more for now
+                if result.status == _PIPELINE_SYNC:
+                    if not done.done():
+                        done.set_result(None)
+                    return
+                current.append(result)
+        except Exception as exc:  # a lost connection: OperationalError
+            if not done.done():
+                done.set_exception(exc)
+
+    loop.add_reader(fd, readable)
+    try:
+        readable()  # results already buffered by libpq
+        await done
+    finally:
+        loop.remove_reader(fd)
 
 
 def _failure(results: list[pq.abc.PGresult]) -> pq.abc.PGresult | None:
@@ -300,12 +428,13 @@ def _raise(failed: pq.abc.PGresult) -> NoReturn:
 class Interrupted(asyncio.CancelledError):
     """A statement's caller was cancelled, and the statement then finished: its ``rows``.
 
-    Raised by :func:`execute` so that a claim cancelled mid-flight hands over the rows
-    it took instead of losing them. Anything that does not look for it treats it as
-    the cancellation it is.
+    Raised by :func:`execute` (``rows``: the statement's rows) and
+    :func:`execute_pipeline` (``rows``: each step's rows) so that a claim cancelled
+    mid-flight hands over the rows it took instead of losing them. Anything that does
+    not look for it treats it as the cancellation it is.
     """
 
-    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+    def __init__(self, rows: Any) -> None:
         super().__init__()
         self.rows = rows
 

@@ -569,6 +569,18 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
             {"queue": text, "payload": bytea, "expiry": float8, "cap": int8, "channel": text},
             [boolean, boolean],
         ),
+        _direct.direct(st.lock_queues, {"queues": _direct.TEXT_ARRAY}, [_direct.VOID]),
+        _direct.direct(
+            st.send_batch,
+            {
+                "queues": _direct.TEXT_ARRAY,
+                "payloads": _direct.BYTEA_ARRAY,
+                "expiries": _direct.FLOAT8_ARRAY,
+                "caps": _direct.INT4_ARRAY,
+                "channels": _direct.TEXT_ARRAY,
+            },
+            [int8, boolean, boolean],
+        ),
         _direct.direct(
             st.claim_inbox,
             {"queue": text, "lim": int8, "channel": text, "marker": text},
