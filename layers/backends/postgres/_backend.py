@@ -252,8 +252,9 @@ class PostgresBackend(Backend):
         RETURNING`` whose claim skips rows other readers hold, so a payload is
         returned once at most. Cancellation while waiting loses nothing; a claim in
         flight is read to its end and its rows are returned, the cancellation staying
-        requested (see :meth:`Backend.receive`). Only a claim pipelined with sends
-        (see ``_batch``) is cancelled on the server, and lost if it had committed.
+        requested (see :meth:`Backend.receive`). Only with ``poll_only`` (statements
+        through psycopg) is a claim cancelled on the server, and lost if it had
+        already committed.
         """
         deadline = time.monotonic() + timeout
         listener = self._listener

@@ -10,7 +10,8 @@ statements**, pipelined (one network write, one Sync, so one implicit transactio
   per-queue limit, which therefore sees the rows sent in the same batch.
 
 A batch of receives alone is that one statement, run on libpq directly (``_direct``)
-when its connection allows, without a pipeline.
+when its connection allows, without a pipeline; a batch with sends is a libpq
+pipeline (``_direct.execute_pipeline``) of the lock, the insert and the claim.
 
 Statement count, not row count, is what a round trip costs on both sides, so a busy
 process pays two statements per batch instead of two per message. A lone send or
@@ -30,9 +31,10 @@ Failure rules (at-most-once):
 Cancelling a caller before its batch left removes its operation from the batch;
 after that, it runs: a send is stored or not; a receive waits for its batch and returns
 the rows it claimed, the cancellation staying requested (see ``Backend.receive``). A
-batch task cancelled itself (its event loop ending) drains a statement of claims on
-libpq and hands their rows out; a pipelined batch of sends and claims is cancelled on
-the server by psycopg, and if it had committed, its claimed rows are lost.
+batch task cancelled itself (its event loop ending) reads its statements on libpq to
+their end and hands the claims' rows out. Only where the batch runs through psycopg
+(``poll_only``: no prepared statements) is a cancelled batch cancelled on the server,
+and its claimed rows lost if it had already committed.
 """
 
 from __future__ import annotations
