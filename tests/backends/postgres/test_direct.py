@@ -362,3 +362,48 @@ def test_the_direct_statements_and_their_types_match_the_sql() -> None:
             assert f"%({name})".encode() in direct.query
             assert b"$%d" % n in direct.text
         assert len(direct.types) == len(direct.params)
+
+
+def test_a_batched_receive_cancelled_in_flight_returns_its_rows(pg_url: str) -> None:
+    """A caller cancelled once its claim left in a batch waits for the batch and returns
+    the rows it claimed (``Backend.receive``), instead of leaving them to nobody."""
+
+    async def main() -> None:
+        async with layers.from_url(pg_url) as layer:
+            await layer.flush()
+            for queue in ("inflight.a", "inflight.b", "inflight.c"):
+                await layer.send(queue, {"q": queue})
+            backend = await layer._state().ready()
+            batcher = backend._batcher  # type: ignore[attr-defined]
+            lease, single = batcher._lease, batcher._single
+            inline, in_flight = asyncio.Event(), asyncio.Event()
+
+            async def slow_lease(fn: Any) -> Any:
+                in_flight.set()
+                await asyncio.sleep(0.1)  # the batch is in flight for this long
+                return await lease(fn)
+
+            async def slow_single(*args: Any) -> Any:
+                inline.set()
+                await asyncio.sleep(0.1)  # keeps the first receive inline meanwhile
+                return await single(*args)
+
+            batcher._lease, batcher._single = slow_lease, slow_single
+            # One operation in flight at a time: the two receives that arrive while the
+            # first runs inline leave together, as one batch, once it ends.
+            batcher._parallel = 1
+            first = asyncio.ensure_future(backend.receive("inflight.a", timeout=2))
+            await inline.wait()
+            second = asyncio.ensure_future(backend.receive("inflight.b", timeout=2))
+            third = asyncio.ensure_future(backend.receive("inflight.c", timeout=2))
+            async with asyncio.timeout(2):
+                await in_flight.wait()  # both taken into one batch, in flight
+            assert not batcher._pending
+            second.cancel()
+            assert len(await second) == 1  # returned, though cancelled
+            assert len(await first) == 1
+            assert len(await third) == 1
+            batcher._lease, batcher._single, batcher._parallel = lease, single, 2
+            assert await backend.receive("inflight.b", timeout=0) == []  # taken once
+
+    asyncio.run(main())

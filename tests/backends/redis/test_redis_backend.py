@@ -165,6 +165,28 @@ def test_sharded_reply_channels_route_by_inbox(spawn) -> None:  # type: ignore[n
     asyncio.run(main())
 
 
+def test_a_cancelled_blocking_pop_is_unblocked_not_waited_out(shared_url: str) -> None:
+    """Cancelled in ``BLMPOP``, a receive ends it with ``CLIENT UNBLOCK`` and returns at
+    once: it neither waits out the server-side timeout nor closes the connection, whose
+    reply could hold a payload popped meanwhile."""
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            backend = await layer._state().ready()
+            task = asyncio.create_task(backend.receive("unblock.chan", timeout=5))
+            await asyncio.sleep(0.2)  # blocked on the server now
+            started = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - started < 1.0
+            await backend.send("unblock.chan", b"next", expiry=60, capacity=10)
+            assert await backend.receive("unblock.chan", timeout=1) == [b"next"]
+            await layer.flush()
+
+    asyncio.run(main())
+
+
 def test_a_receive_cancelled_mid_pop_loses_nothing(shared_url: str) -> None:
     async def main() -> None:
         async with layers.from_url(shared_url) as layer:
