@@ -430,8 +430,7 @@ class LoopState:
                     self.dispatch(queue, payloads)
             finally:
                 self.hub.turns.leave(turn)
-            if payloads:
-                _honour_cancellation()
+            _honour_cancellation()
         except LayerClosed:
             return
         except Exception as exc:
@@ -514,7 +513,7 @@ class LoopState:
 
 
 def _honour_cancellation() -> None:
-    """Raise ``CancelledError`` if this task was cancelled while its pop brought payloads.
+    """Raise ``CancelledError`` if this task was cancelled while it popped.
 
     A backend cancelled after it took payloads from the store returns them instead of
     losing them (see :meth:`Backend.receive`); the reader delivers them to the

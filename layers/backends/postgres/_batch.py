@@ -169,7 +169,7 @@ class Batcher:
             self._mark_busy([op])
             try:
                 await self._alone(op)
-            except _direct.Interrupted:
+            except asyncio.CancelledError:
                 # Cancelled once its claim had finished: the rows are in the future.
                 if op.rows is not None or not _claimed(op.future):
                     raise
@@ -313,7 +313,7 @@ class Batcher:
                 except _direct.Interrupted as exc:
                     if not future.done():
                         future.set_result(_claim_result(exc.rows))
-                    raise
+                    raise asyncio.CancelledError from None
                 result: Any = _claim_result(rows)
             elif len(op.rows) == 1:
                 queue, payload, expiry, cap, channel = op.rows[0]
@@ -444,7 +444,7 @@ class Batcher:
             # sends and hand the claims' rows to their callers (who wait), then stop.
             self._settle(sends, exc.rows[0])
             self._hand_out(receives, exc.rows[1])
-            raise
+            raise asyncio.CancelledError from None
         except psycopg.OperationalError as exc:
             # Lost connection: outcome unknown, never re-run.
             for op in ops:

@@ -37,7 +37,7 @@ import re
 import struct
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import psycopg
@@ -179,6 +179,9 @@ class Direct:
     types: tuple[int, ...]
     #: The result columns' type OIDs.
     columns: tuple[int, ...]
+    #: It removes rows and returns them (a claim): cancelled once it has finished, it
+    #: raises :class:`Interrupted` with them instead of a bare ``CancelledError``.
+    claims: bool = False
 
     def values(self, params: Mapping[str, Any]) -> list[bytes | None]:
         """Encode named parameters for libpq, in ``$n`` order, binary."""
@@ -199,10 +202,13 @@ class Direct:
         return rows
 
 
-def direct(query: bytes, types: Mapping[str, int], columns: Sequence[int]) -> Direct:
+def direct(
+    query: bytes, types: Mapping[str, int], columns: Sequence[int], *, claims: bool = False
+) -> Direct:
     """Describe ``query`` (psycopg's ``%(name)s`` style) for direct execution.
 
-    ``types`` gives each parameter's type OID; ``columns`` the result's.
+    ``types`` gives each parameter's type OID; ``columns`` the result's; ``claims``:
+    see :attr:`Direct.claims`.
     """
     names: list[str] = []
 
@@ -223,6 +229,7 @@ def direct(query: bytes, types: Mapping[str, int], columns: Sequence[int]) -> Di
         params=tuple(names),
         types=tuple(types[name] for name in names),
         columns=tuple(columns),
+        claims=claims,
     )
 
 
@@ -265,7 +272,7 @@ async def execute(
         try:
             results = await _complete(pgconn, keep=True)
         except _Drained as drained:
-            if drained.results and _failure(drained.results) is None:
+            if statement.claims and drained.results and _failure(drained.results) is None:
                 raise Interrupted(statement.rows(drained.results[0])) from None
             raise asyncio.CancelledError from None
         failed = _failure(results)
@@ -319,13 +326,14 @@ async def execute_pipeline(
                     statement.name, values, param_formats=[1] * len(values), result_format=1
                 )
             pgconn.pipeline_sync()
-            groups: list[list[pq.abc.PGresult]] = []
-            partial: list[pq.abc.PGresult] = []
+            reading = _Reading()
+            groups = reading.groups
             try:
-                await _read_until_sync(pgconn, groups, partial)
+                await _read_until_sync(pgconn, reading)
             except asyncio.CancelledError:
-                drained = await _drain_pipeline(pgconn, groups, partial)
-                if drained and all(_failure(g) is None for g in groups):
+                drained = await _drain_pipeline(pgconn, reading)
+                claims = any(statement.claims for statement, _ in steps)
+                if claims and drained and all(_failure(g) is None for g in groups):
                     raise Interrupted(_rows_of(steps, groups)) from None
                 raise asyncio.CancelledError from None
         finally:
@@ -351,31 +359,41 @@ def _rows_of(
     ]
 
 
-async def _drain_pipeline(
-    pgconn: pq.abc.PGconn, groups: list[list[pq.abc.PGresult]], partial: list[pq.abc.PGresult]
-) -> bool:
+@dataclass(slots=True)
+class _Reading:
+    """How far the results of one pipeline have been read (kept across a cancellation)."""
+
+    #: Each finished statement's results, in order.
+    groups: list[list[pq.abc.PGresult]] = field(default_factory=list)
+    #: The results of the statement being read.
+    current: list[pq.abc.PGresult] = field(default_factory=list)
+    #: The Sync was read: every result is in ``groups``.
+    synced: bool = False
+
+
+async def _drain_pipeline(pgconn: pq.abc.PGconn, reading: _Reading) -> bool:
     """Read a cancelled pipeline to its Sync; True if every result came."""
+    if reading.synced:
+        return True  # read to the end just before the cancellation was delivered
     with contextlib.suppress(Exception, asyncio.CancelledError):
         async with asyncio.timeout(DRAIN_TIMEOUT):
-            await _read_until_sync(pgconn, groups, partial)
+            await _read_until_sync(pgconn, reading)
             return True
     return False
 
 
-async def _read_until_sync(
-    pgconn: pq.abc.PGconn, groups: list[list[pq.abc.PGresult]], current: list[pq.abc.PGresult]
-) -> None:
-    """Flush, then read a pipeline's results into ``groups`` (one list per statement).
+async def _read_until_sync(pgconn: pq.abc.PGconn, reading: _Reading) -> None:
+    """Flush, then read a pipeline's results into ``reading`` until its Sync.
 
-    Returns at the Sync. ``current`` holds the results of the statement being read.
-    Safe to call again after a cancellation, with the same lists: it goes on from
-    where it stopped.
+    Safe to call again after a cancellation, with the same ``reading``: it goes on
+    from where it stopped.
     """
     loop = asyncio.get_running_loop()
     fd = pgconn.socket
     while pgconn.flush():
         await _writable(loop, fd)
     done: asyncio.Future[None] = loop.create_future()
+    groups, current = reading.groups, reading.current
 
     def readable() -> None:
         try:
@@ -389,6 +407,7 @@ async def _read_until_sync(
                         continue
                     return  # nothing more for now
                 if result.status == _PIPELINE_SYNC:
+                    reading.synced = True
                     if not done.done():
                         done.set_result(None)
                     return
@@ -397,6 +416,8 @@ async def _read_until_sync(
             if not done.done():
                 done.set_exception(exc)
 
+    if reading.synced:
+        return
     loop.add_reader(fd, readable)
     try:
         readable()  # results already buffered by libpq

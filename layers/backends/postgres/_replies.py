@@ -130,7 +130,7 @@ class InboxReader:
         token = _inbox.new_token()
         started = led.begin_claim()
         rows: list[tuple[Any, ...]] | None = None
-        interrupted: _direct.Interrupted | None = None
+        interrupted = False
         try:
             rows = await self._db.query(
                 self._sql.claim_inbox,
@@ -138,7 +138,7 @@ class InboxReader:
             )
         except _direct.Interrupted as exc:
             # Cancelled once the claim had finished: its rows are returned, not lost.
-            rows, interrupted = exc.rows, exc
+            rows, interrupted = exc.rows, True
         finally:
             claimed = sorted((int(r[0]), bytes(r[1])) for r in rows or () if r[0] is not None)
             keep = led.end_claim(token, started, [ident for ident, _ in claimed] if rows else None)
@@ -148,8 +148,8 @@ class InboxReader:
             if listening and generation == watch.generation:
                 watch.gap = False
         out = [payload for (_, payload), ok in zip(claimed, keep, strict=True) if ok]
-        if interrupted is not None and not out:
-            raise interrupted
+        if interrupted and not out:
+            raise asyncio.CancelledError from None  # took nothing: cancelled
         return out
 
     def _delete_later(self, queue: str, led: _inbox.InboxLedger, ids: list[int]) -> None:

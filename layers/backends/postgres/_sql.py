@@ -553,11 +553,12 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
         _direct.BOOL,
     )
     return [
-        _direct.direct(st.receive, {"queue": text, "lim": int8}, [int8, bytea]),
+        _direct.direct(st.receive, {"queue": text, "lim": int8}, [int8, bytea], claims=True),
         _direct.direct(
             st.receive_batch,
             {"queues": _direct.TEXT_ARRAY, "limits": _direct.INT4_ARRAY},
             [text, int8, bytea],
+            claims=True,
         ),
         _direct.direct(
             st.send_locked,
@@ -585,5 +586,6 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
             st.claim_inbox,
             {"queue": text, "lim": int8, "channel": text, "marker": text},
             [int8, bytea, boolean],
+            claims=True,
         ),
     ]

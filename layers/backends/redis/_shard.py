@@ -232,9 +232,9 @@ class Shard:
             # The pop is sent: wait for its reply, and return what it took rather
             # than lose it (see ``Backend.receive``). Failing that, the next call of
             # this instance gets it.
-            live = await self._reply_of_cancelled(future)
-            if live is not None:
-                live = self._live(live)
+            reply = await self._reply_of_cancelled(future)
+            if reply is not None and not isinstance(reply, ResponseError):
+                live = self._live(reply)
                 if live:
                     return self._merge(key, live, limit)
             future.add_done_callback(lambda f: self._stash_reply(key, f))
@@ -286,10 +286,12 @@ class Shard:
                 wait = max(0.0, deadline - time.monotonic())
                 items = await self._pop_once(pipe, key, wait, limit)
                 live = self._live(items)
-                if live or time.monotonic() >= deadline:
+                if live:
                     break
                 if _cancel_requested():
                     raise asyncio.CancelledError  # what it took had expired
+                if time.monotonic() >= deadline:
+                    break
         except (RedisError, OSError, ValueError, LayerError) as exc:
             self.busy.discard(pipe)
             await pipe.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +17,15 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDriver("sqlite", "sqlite", "aiosqlite") from exc
 
-__all__ = ["JOURNAL_SIZE_LIMIT", "aiosqlite", "connect", "is_busy", "translate"]
+__all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "aiosqlite",
+    "connect",
+    "is_busy",
+    "open_raw",
+    "take_connection",
+    "translate",
+]
 
 #: The WAL file is truncated to this size when SQLite resets it after a checkpoint.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
@@ -47,10 +57,24 @@ async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     Raises :class:`~layers.ConfigurationError` (setting ``path``) when the file cannot
     be opened or cannot use WAL. Cancellation closes what was opened.
     """
+    # Cancellation (an event loop ending cancels its tasks) must not leave a thread
+    # that reports to the loop after it closed: the file is opened in a thread whose
+    # result is awaited, then handed to aiosqlite; if that hand-over is cancelled,
+    # aiosqlite stops its thread, and this waits for the thread to end.
+    raw = await open_raw(path, busy_timeout)
+    threads: list[threading.Thread] = []
+
+    def hand_over() -> sqlite3.Connection:
+        threads.append(threading.current_thread())
+        return raw
+
+    conn = aiosqlite.Connection(hand_over, 64)
     try:
-        conn = await aiosqlite.connect(path, timeout=busy_timeout, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise ConfigurationError("path", f"cannot open {path}: {exc}") from exc
+        await conn
+    except BaseException:
+        await _thread_ended(threads)
+        raw.close()
+        raise
     try:
         await _set_wal(conn, path, busy_timeout)
         await conn.execute("PRAGMA synchronous = NORMAL")
@@ -58,6 +82,61 @@ async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.close()
+        raise
+    return conn
+
+
+async def _thread_ended(threads: list[threading.Thread], limit: float = 2.0) -> None:
+    """Wait (up to ``limit`` s, whatever cancels) until the thread ``threads`` gets ends."""
+    deadline = time.monotonic() + limit
+    while (not threads or threads[0].is_alive()) and time.monotonic() < deadline:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.001)
+
+
+def _open_file(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """``sqlite3.connect`` in autocommit mode, usable from the thread that gets it."""
+    return sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+
+
+async def open_raw(
+    path: str, busy_timeout: float, executor: concurrent.futures.Executor | None = None
+) -> sqlite3.Connection:
+    """Open ``path`` in ``executor`` (the loop's default if None); cancellation-safe.
+
+    Cancelled while the file opens, it waits for that, closes what was opened, and
+    raises ``CancelledError``. Raises :class:`~layers.ConfigurationError` (setting
+    ``path``) when the file cannot be opened.
+    """
+    opening = asyncio.get_running_loop().run_in_executor(executor, _open_file, path, busy_timeout)
+    try:
+        # A plain future, not a task: ending the event loop does not cancel it.
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        while not opening.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(opening)
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().close()
+        raise
+    except sqlite3.Error as exc:
+        raise ConfigurationError("path", f"cannot open {path}: {exc}") from exc
+
+
+def take_connection(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A second connection for the takes (run in a thread): same settings as ``connect``.
+
+    The file is in WAL mode already (``connect`` made it so); ``synchronous`` and
+    ``journal_size_limit`` are per connection.
+    """
+    conn = _open_file(path, busy_timeout)
+    try:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    except BaseException:
+        conn.close()
         raise
     return conn
 

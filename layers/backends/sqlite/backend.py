@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -80,9 +80,9 @@ class SqliteBackend(Backend):
         self._stash: dict[str, deque[_Row]] = {}
         self._taking: dict[str, asyncio.Task[list[_Row]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        # The takes' own connection, used in executor threads one take at a time.
+        # The takes' own connection, used only in the takes' own thread.
         self._take_conn: sqlite3.Connection | None = None
-        self._take_lock = threading.Lock()
+        self._taker: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- configuration --------------------------------------------------------------
 
@@ -168,10 +168,12 @@ class SqliteBackend(Backend):
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
-        if self._take_conn is not None:
-            # In a thread: it waits for a take still running there.
+        taker, self._taker = self._taker, None
+        if taker is not None:
+            # In the takes' thread: after a take still running or queued there.
             with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(None, self._close_take_conn)
+                await asyncio.get_running_loop().run_in_executor(taker, self._close_take_conn)
+            taker.shutdown(wait=False)
         hub, self._hub = self._hub, None
         if hub is not None:
             _hub.detach(hub, self._token)
@@ -380,8 +382,15 @@ class SqliteBackend(Backend):
         return rows
 
     async def _take_apart(self, queue: str, limit: int) -> list[_Row]:
+        taker = self._taker
+        if taker is None:
+            if self._conn is None:
+                raise LayerClosed(f"the SQLite backend for {self.path} is not open")
+            taker = self._taker = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="layers-sqlite-take"
+            )
         future = asyncio.get_running_loop().run_in_executor(
-            None, self._take_in_thread, queue, limit
+            taker, self._take_in_thread, queue, limit
         )
         try:
             # A plain future, not a task: ending the event loop does not cancel it.
@@ -396,17 +405,12 @@ class SqliteBackend(Backend):
 
     def _take_in_thread(self, queue: str, limit: int) -> list[_Row]:
         """One ``DELETE … RETURNING`` on the takes' connection; busy: again, as ``_retry``."""
-        with self._take_lock, translate(self.path):
+        with translate(self.path):
             conn = self._take_conn
             if conn is None:
                 if self._conn is None:
                     raise LayerClosed(f"the SQLite backend for {self.path} is not open")
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.busy_timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
+                conn = _connect.take_connection(self.path, self.busy_timeout)
                 self._take_conn = conn
             deadline = time.monotonic() + self.busy_timeout
             delay = _BUSY_FIRST_PAUSE
@@ -423,10 +427,9 @@ class SqliteBackend(Backend):
         return [(expires_at, payload) for _, expires_at, payload in rows]
 
     def _close_take_conn(self) -> None:
-        with self._take_lock:
-            conn, self._take_conn = self._take_conn, None
-            if conn is not None:
-                conn.close()
+        conn, self._take_conn = self._take_conn, None
+        if conn is not None:
+            conn.close()
 
     def _forget_take(self, queue: str, task: asyncio.Task[list[_Row]]) -> None:
         if self._taking.get(queue) is task:

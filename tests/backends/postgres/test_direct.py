@@ -407,3 +407,25 @@ def test_a_batched_receive_cancelled_in_flight_returns_its_rows(pg_url: str) -> 
             assert await backend.receive("inflight.b", timeout=0) == []  # taken once
 
     asyncio.run(main())
+
+
+def test_a_send_under_a_short_timeout_raises_timeout_error_never_cancelled(pg_url: str) -> None:
+    """A statement drained after its caller's timeout fired ends as ``TimeoutError``.
+
+    Python 3.11's ``asyncio.timeout`` turns only ``CancelledError`` itself into
+    ``TimeoutError``: a subclass escaping the backend would cancel the caller instead.
+    """
+
+    async def main() -> None:
+        async with layers.from_url(pg_url, capacity=1000) as layer:
+            await layer.flush()
+            timed_out = 0
+            for k in range(200):
+                try:
+                    async with asyncio.timeout(0.00001 * (k % 30 + 1)):
+                        await layer.send("timeout.sends", {"k": k})
+                except TimeoutError:
+                    timed_out += 1
+            assert timed_out  # the timeouts did fire mid-statement
+
+    asyncio.run(main())
