@@ -187,6 +187,26 @@ def test_a_cancelled_blocking_pop_is_unblocked_not_waited_out(shared_url: str) -
     asyncio.run(main())
 
 
+def test_a_cancelled_pop_answered_with_an_error_ends_cancelled(shared_url: str) -> None:
+    """A pop cancelled in flight whose reply is an error (WRONGTYPE here; MOVED in a
+    cluster) raises ``CancelledError``: not a ``TypeError`` that the reader would retry."""
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            backend = await layer._state().ready()
+            prefix = layer._backend_options["config"].prefix
+            client(shared_url).set(f"{prefix}:q:{{wrong.type}}", b"not a list")
+            assert await backend.receive("wrong.warm", timeout=0) == []  # clock read
+            task = asyncio.create_task(backend.receive("wrong.type", timeout=1))
+            await asyncio.sleep(0)  # the pop is written
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await layer.flush()
+
+    asyncio.run(main())
+
+
 def test_a_receive_cancelled_mid_pop_loses_nothing(shared_url: str) -> None:
     async def main() -> None:
         async with layers.from_url(shared_url) as layer:
