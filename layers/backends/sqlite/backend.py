@@ -416,7 +416,7 @@ class SqliteBackend(Backend):
             delay = _BUSY_FIRST_PAUSE
             while True:
                 try:
-                    rows = conn.execute(_sql.TAKE, (queue, time.time(), limit)).fetchall()
+                    rows = self._take_with(conn, queue, limit)
                     break
                 except sqlite3.OperationalError as exc:
                     if not _connect.is_busy(exc) or time.monotonic() > deadline:
@@ -425,6 +425,10 @@ class SqliteBackend(Backend):
                     delay = min(delay * 2, 0.05)
         rows.sort()  # RETURNING order is unspecified; id order is FIFO
         return [(expires_at, payload) for _, expires_at, payload in rows]
+
+    def _take_with(self, conn: sqlite3.Connection, queue: str, limit: int) -> list[Any]:
+        """The take itself, in the takes' thread: ``(id, expires_at, payload)`` rows."""
+        return conn.execute(_sql.TAKE, (queue, time.time(), limit)).fetchall()
 
     def _close_take_conn(self) -> None:
         conn, self._take_conn = self._take_conn, None
