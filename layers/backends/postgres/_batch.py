@@ -60,6 +60,8 @@ Single = Callable[[bytes, Sequence[Any] | dict[str, Any]], Awaitable[list[tuple[
 Row = tuple[str, bytes, float, int, str | None]
 
 _MAX_BATCH = 256
+#: No outcome yet (an operation's result may be None).
+_UNSET: Any = object()
 
 
 @dataclass(slots=True)
@@ -74,10 +76,26 @@ class _Op:
     hand: bool = False
     #: The distinct queues ``rows`` send to (derived once, read on every batch step).
     sends_to: tuple[str, ...] = field(init=False, default=())
+    #: The result, kept for a caller cancelled while its batch ran (``_UNSET`` until then).
+    outcome: Any = field(init=False, default=None)
+    #: Its batch has ended (whatever the outcome).
+    ended: bool = field(init=False, default=False)
+    #: Set by a caller cancelled while its batch ran: resolved when the batch ends.
+    late: asyncio.Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.outcome = _UNSET
         if self.rows:
             self.sends_to = tuple(dict.fromkeys(row[0] for row in self.rows))
+
+    def resolve(self, result: Any) -> None:
+        """Give the caller ``result`` (kept too, should the caller have been cancelled)."""
+        self.outcome = result
+        if not self.future.done():
+            self.future.set_result(result)
+        late = self.late
+        if late is not None and not late.done():
+            late.set_result(None)
 
 
 def _send_params(rows: Sequence[Row]) -> dict[str, Any]:
@@ -181,9 +199,7 @@ class Batcher:
         self._pending.append(op)
         self._kick()
         try:
-            # Shielded: the caller's cancellation must not cancel what a batch in
-            # flight will report (a claim's rows).
-            return await asyncio.shield(op.future)
+            return await op.future
         except asyncio.CancelledError:
             if op in self._pending:
                 self._pending.remove(op)  # not sent: nothing happens
@@ -191,13 +207,16 @@ class Batcher:
                 raise
             if op.rows is not None:
                 raise  # a send in flight: stored or not, as its batch goes
-            # A claim in flight: its rows are this caller's. Wait for them (the batch
-            # ends by itself, its statement drained if its own task is cancelled).
-            while not op.future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(op.future)
-            if _claimed(op.future):
-                return op.future.result()
+            # A claim in flight: its rows are this caller's (``resolve`` keeps them).
+            # Wait for the batch; it ends by itself, its statements drained if its
+            # own task is cancelled.
+            if op.outcome is _UNSET and not op.ended:
+                late = op.late = asyncio.get_running_loop().create_future()
+                while not late.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(late)
+            if op.outcome is not _UNSET and op.outcome[0]:
+                return op.outcome
             raise
 
     def _mark_busy(self, ops: list[_Op]) -> None:
@@ -260,6 +279,10 @@ class Batcher:
     def _done(self, ops: list[_Op]) -> None:
         busy = self._busy
         for op in ops:
+            op.ended = True
+            late = op.late
+            if late is not None and not late.done():
+                late.set_result(None)  # ended without a result: the caller raises
             for q in op.sends_to:
                 left = busy.get(q, 0) - 1
                 if left > 0:
@@ -311,8 +334,7 @@ class Batcher:
                         self._sql.receive, {"queue": op.queue, "lim": op.limit}
                     )
                 except _direct.Interrupted as exc:
-                    if not future.done():
-                        future.set_result(_claim_result(exc.rows))
+                    op.resolve(_claim_result(exc.rows))
                     raise asyncio.CancelledError from None
                 result: Any = _claim_result(rows)
             elif len(op.rows) == 1:
@@ -339,8 +361,7 @@ class Batcher:
             if not future.done():
                 future.set_exception(exc)
             return
-        if not future.done():
-            future.set_result(result)
+        op.resolve(result)
 
     async def _locked(
         self, query: bytes, params: dict[str, Any], queues: list[str]
@@ -468,7 +489,7 @@ class Batcher:
             count = len(op.rows or ())
             if not op.future.done():
                 mine = flags[start : start + count]
-                op.future.set_result((False, mine[0]) if op.hand else mine)
+                op.resolve((False, mine[0]) if op.hand else mine)
             start += count
 
     @staticmethod
@@ -482,9 +503,7 @@ class Batcher:
             else:
                 by_queue.setdefault(queue, []).append((int(ident), bytes(payload)))
         for op in receives:
-            got = sorted(by_queue.get(op.queue, ()))
-            if not op.future.done():
-                op.future.set_result((got, op.queue in more))
+            op.resolve((sorted(by_queue.get(op.queue, ())), op.queue in more))
 
 
 def _claim_result(rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[int, bytes]], bool]:
