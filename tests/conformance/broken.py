@@ -1098,15 +1098,10 @@ class SqliteRacyTake(SqliteBackend):
     """Selects the oldest rows, then deletes them in a second statement: two processes
     can both return the same row."""
 
-    def _take_with(self, conn: Any, queue: str, limit: int) -> list[Any]:
-        rows = conn.execute(_sql.SELECT_OLDEST, (queue, time.time(), limit)).fetchall()
-        if rows:
-            time.sleep(0.002)  # the round trip between the select and the delete
-            conn.execute(_sql.delete_ids(len(rows)), [r[0] for r in rows])
-        return list(rows)
+    async def _take_kept(self, conn: Any, queue: str, limit: int) -> list[Any]:
+        return await self._take_rows(conn, queue, limit)
 
     async def _take_rows(self, conn: Any, queue: str, limit: int) -> list[Any]:
-        # The same race where SQLite lacks RETURNING (the take on the main connection).
         rows = await self._rows(conn, _sql.SELECT_OLDEST, (queue, time.time(), limit))
         if rows:
             await asyncio.sleep(0.002)  # the round trip between the select and the delete

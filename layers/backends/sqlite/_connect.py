@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import sqlite3
 import threading
@@ -23,7 +22,6 @@ __all__ = [
     "connect",
     "is_busy",
     "open_raw",
-    "take_connection",
     "translate",
 ]
 
@@ -101,16 +99,14 @@ def _open_file(path: str, busy_timeout: float) -> sqlite3.Connection:
     )
 
 
-async def open_raw(
-    path: str, busy_timeout: float, executor: concurrent.futures.Executor | None = None
-) -> sqlite3.Connection:
-    """Open ``path`` in ``executor`` (the loop's default if None); cancellation-safe.
+async def open_raw(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open ``path`` in a thread of the loop's default executor; cancellation-safe.
 
     Cancelled while the file opens, it waits for that, closes what was opened, and
     raises ``CancelledError``. Raises :class:`~layers.ConfigurationError` (setting
     ``path``) when the file cannot be opened.
     """
-    opening = asyncio.get_running_loop().run_in_executor(executor, _open_file, path, busy_timeout)
+    opening = asyncio.get_running_loop().run_in_executor(None, _open_file, path, busy_timeout)
     try:
         # A plain future, not a task: ending the event loop does not cancel it.
         return await asyncio.shield(opening)
@@ -123,22 +119,6 @@ async def open_raw(
         raise
     except sqlite3.Error as exc:
         raise ConfigurationError("path", f"cannot open {path}: {exc}") from exc
-
-
-def take_connection(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A second connection for the takes (run in a thread): same settings as ``connect``.
-
-    The file is in WAL mode already (``connect`` made it so); ``synchronous`` and
-    ``journal_size_limit`` are per connection.
-    """
-    conn = _open_file(path, busy_timeout)
-    try:
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 async def _set_wal(conn: aiosqlite.Connection, path: str, busy_timeout: float) -> None:

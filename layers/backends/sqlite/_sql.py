@@ -165,6 +165,14 @@ DELETE FROM layers_messages WHERE id IN (
 ) RETURNING id, expires_at, payload
 """
 
+#: ``TAKE``, each row also handed to ``layers_keep(token, …)`` as it is deleted.
+TAKE_KEEPING = """
+DELETE FROM layers_messages WHERE id IN (
+    SELECT id FROM layers_messages
+    WHERE queue = ? AND expires_at > ? ORDER BY id LIMIT ?
+) RETURNING id, expires_at, payload, layers_keep(?, id, expires_at, payload)
+"""
+
 #: The fallback for SQLite < 3.35, inside BEGIN IMMEDIATE: select, then delete_ids().
 SELECT_OLDEST = """
 SELECT id, expires_at, payload FROM layers_messages

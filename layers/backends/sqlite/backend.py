@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
+import itertools
 import logging
 import sqlite3
 import time
@@ -31,6 +31,8 @@ _SEND_MANY_CHUNK = 200
 _CLEANUP_BATCH = 500
 #: The first and the longest pause before a statement SQLite refused as busy runs again.
 _BUSY_FIRST_PAUSE = 0.001
+#: How long a cancelled take waits for its statement's end (seconds).
+_KEPT_WAIT = 5.0
 _BUSY_LAST_PAUSE = 0.05
 
 _T = TypeVar("_T")
@@ -80,9 +82,9 @@ class SqliteBackend(Backend):
         self._stash: dict[str, deque[_Row]] = {}
         self._taking: dict[str, asyncio.Task[list[_Row]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        # The takes' own connection, used only in the takes' own thread.
-        self._take_conn: sqlite3.Connection | None = None
-        self._taker: concurrent.futures.ThreadPoolExecutor | None = None
+        # Rows each take deleted, by its token, kept by ``layers_keep`` as it runs.
+        self._kept: dict[int, list[tuple[int, float, bytes]]] = {}
+        self._tokens = itertools.count(1)
 
     # -- configuration --------------------------------------------------------------
 
@@ -116,6 +118,7 @@ class SqliteBackend(Backend):
         self._hub, self._token = _hub.attach(self.path, self.poll_interval, self.busy_timeout)
         try:
             self._conn = await _connect.connect(self.path, self.busy_timeout)
+            await self._conn.create_function("layers_keep", 4, self._keep_row)
             if not self._hub.schema_ready:
                 await self._create_schema(self._conn)
                 self._hub.schema_ready = True
@@ -168,12 +171,6 @@ class SqliteBackend(Backend):
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
-        taker, self._taker = self._taker, None
-        if taker is not None:
-            # In the takes' thread: after a take still running or queued there.
-            with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(taker, self._close_take_conn)
-            taker.shutdown(wait=False)
         hub, self._hub = self._hub, None
         if hub is not None:
             _hub.detach(hub, self._token)
@@ -360,14 +357,14 @@ class SqliteBackend(Backend):
     async def _take(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
         """Run one take shielded from the caller's cancellation (see :meth:`receive`).
 
-        With ``RETURNING``, the take is one statement on the takes' own connection, in
-        an executor thread: a caller cancelled meanwhile (its event loop ending
-        included) waits for it and returns its rows, the cancellation staying
-        requested (see :meth:`Backend.receive`), or raises ``CancelledError`` if it
-        took none. Before SQLite 3.35, a cancelled caller's rows go to the stash.
+        With ``RETURNING`` (see :meth:`_take_kept`), a caller cancelled meanwhile (its
+        event loop ending included) waits for the take and returns its rows, the
+        cancellation staying requested (see :meth:`Backend.receive`), or raises
+        ``CancelledError`` if it took none. Before SQLite 3.35, a cancelled caller's
+        rows go to the stash.
         """
         if self._returning:
-            return await self._take_apart(queue, limit)
+            return await self._take_kept(conn, queue, limit)
         task = self._spawn(self._take_rows(conn, queue, limit))
         self._taking[queue] = task
         try:
@@ -381,59 +378,60 @@ class SqliteBackend(Backend):
         self._forget_take(queue, task)
         return rows
 
-    async def _take_apart(self, queue: str, limit: int) -> list[_Row]:
-        taker = self._taker
-        if taker is None:
-            if self._conn is None:
-                raise LayerClosed(f"the SQLite backend for {self.path} is not open")
-            taker = self._taker = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="layers-sqlite-take"
-            )
-        future = asyncio.get_running_loop().run_in_executor(
-            taker, self._take_in_thread, queue, limit
-        )
+    async def _take_kept(self, conn: aiosqlite.Connection, queue: str, limit: int) -> list[_Row]:
+        """One ``DELETE … RETURNING`` whose rows are also kept, as it runs, for a cancelled caller.
+
+        The statement calls ``layers_keep`` for each row it deletes, in aiosqlite's
+        thread, which stores the row under this take's token: cancelling the caller
+        does not stop the statement (aiosqlite runs what it was handed), and its
+        rows would otherwise go to a future nobody reads.
+        """
+        token = next(self._tokens)
         try:
-            # A plain future, not a task: ending the event loop does not cancel it.
-            return await asyncio.shield(future)
+            rows = await self._rows(conn, _sql.TAKE_KEEPING, (queue, time.time(), limit, token))
         except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(future)
-            if not future.cancelled() and future.exception() is None and future.result():
-                return future.result()
-            raise
-
-    def _take_in_thread(self, queue: str, limit: int) -> list[_Row]:
-        """One ``DELETE … RETURNING`` on the takes' connection; busy: again, as ``_retry``."""
-        with translate(self.path):
-            conn = self._take_conn
-            if conn is None:
-                if self._conn is None:
-                    raise LayerClosed(f"the SQLite backend for {self.path} is not open")
-                conn = _connect.take_connection(self.path, self.busy_timeout)
-                self._take_conn = conn
-            deadline = time.monotonic() + self.busy_timeout
-            delay = _BUSY_FIRST_PAUSE
-            while True:
-                try:
-                    rows = self._take_with(conn, queue, limit)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if not _connect.is_busy(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+            kept = await self._kept_after_cancel(conn, token)
+            if not kept:
+                raise
+            return kept  # the cancellation stays requested (see Backend.receive)
+        finally:
+            self._kept.pop(token, None)
         rows.sort()  # RETURNING order is unspecified; id order is FIFO
-        return [(expires_at, payload) for _, expires_at, payload in rows]
+        return [(expires_at, payload) for _, expires_at, payload, _ in rows]
 
-    def _take_with(self, conn: sqlite3.Connection, queue: str, limit: int) -> list[Any]:
-        """The take itself, in the takes' thread: ``(id, expires_at, payload)`` rows."""
-        return conn.execute(_sql.TAKE, (queue, time.time(), limit)).fetchall()
+    async def _kept_after_cancel(self, conn: aiosqlite.Connection, token: int) -> list[_Row]:
+        """The rows a take whose caller was cancelled deleted (none if it failed).
 
-    def _close_take_conn(self) -> None:
-        conn, self._take_conn = self._take_conn, None
-        if conn is not None:
-            conn.close()
+        A statement handed to the connection later returns after it (one thread, in
+        order); the rows kept are this process's only if the take committed, which
+        the rows' absence from the table shows (a failed take rolled back, leaving
+        every one). Unknown (the connection failed): none, as at-most-once wants.
+        """
+        deadline = time.monotonic() + _KEPT_WAIT
+        while time.monotonic() < deadline:
+            try:
+                await conn.execute_fetchall("SELECT 1")  # after the take, in order
+                kept = self._kept.pop(token, [])
+                if not kept:
+                    return []
+                ids = [row[0] for row in kept]
+                marks = ",".join("?" * len(ids))
+                left = await conn.execute_fetchall(
+                    f"SELECT count(*) FROM layers_messages WHERE id IN ({marks})", ids
+                )
+            except asyncio.CancelledError:
+                continue  # cancelled again while waiting: wait on
+            except Exception:
+                return []
+            if int(next(iter(left))[0]):
+                return []  # the take failed and rolled back: its rows are still queued
+            kept.sort()
+            return [(expires_at, payload) for _, expires_at, payload in kept]
+        return []
+
+    def _keep_row(self, token: int, ident: int, expires_at: float, payload: bytes) -> None:
+        """``layers_keep``: called by a take, in aiosqlite's thread, for each row it deletes."""
+        self._kept.setdefault(token, []).append((ident, expires_at, payload))
 
     def _forget_take(self, queue: str, task: asyncio.Task[list[_Row]]) -> None:
         if self._taking.get(queue) is task:
