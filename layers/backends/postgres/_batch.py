@@ -77,16 +77,19 @@ class _Op:
     #: The distinct queues ``rows`` send to (derived once, read on every batch step).
     sends_to: tuple[str, ...] = field(init=False, default=())
     #: The result, kept for a caller cancelled while its batch ran (``_UNSET`` until then).
-    outcome: Any = field(init=False, default=None)
+    outcome: Any = field(init=False, default=_UNSET)
     #: Its batch has ended (whatever the outcome).
     ended: bool = field(init=False, default=False)
     #: Set by a caller cancelled while its batch ran: resolved when the batch ends.
     late: asyncio.Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.outcome = _UNSET
         if self.rows:
             self.sends_to = tuple(dict.fromkeys(row[0] for row in self.rows))
+
+    def claimed(self) -> bool:
+        """A receive that ended holding at least one claimed row."""
+        return self.rows is None and self.outcome is not _UNSET and bool(self.outcome[0])
 
     def resolve(self, result: Any) -> None:
         """Give the caller ``result`` (kept too, should the caller have been cancelled)."""
@@ -189,7 +192,7 @@ class Batcher:
                 await self._alone(op)
             except asyncio.CancelledError:
                 # Cancelled once its claim had finished: the rows are in the future.
-                if op.rows is not None or not _claimed(op.future):
+                if not op.claimed():
                     raise
             finally:
                 self._inline -= 1
@@ -215,7 +218,7 @@ class Batcher:
                 while not late.done():
                     with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.shield(late)
-            if op.outcome is not _UNSET and op.outcome[0]:
+            if op.claimed():
                 return op.outcome
             raise
 
@@ -510,13 +513,3 @@ def _claim_result(rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[int, byte
     """A lone claim's rows by id, and whether its queue may hold more (see ``receive``)."""
     claimed = sorted((int(r[0]), bytes(r[1])) for r in rows if r[0] is not None)
     return claimed, len(claimed) < len(rows)
-
-
-def _claimed(future: asyncio.Future[Any]) -> bool:
-    """Whether a receive's ``future`` ended holding at least one claimed row."""
-    return (
-        future.done()
-        and not future.cancelled()
-        and future.exception() is None
-        and bool(future.result()[0])
-    )

@@ -21,10 +21,11 @@ __all__ = [
     "aiosqlite",
     "connect",
     "is_busy",
-    "open_raw",
     "translate",
 ]
 
+#: Rows a cursor fetches per round when iterated (``aiosqlite.connect``'s default).
+_ITER_CHUNK_SIZE = 64
 #: The WAL file is truncated to this size when SQLite resets it after a checkpoint.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
@@ -59,14 +60,14 @@ async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     # that reports to the loop after it closed: the file is opened in a thread whose
     # result is awaited, then handed to aiosqlite; if that hand-over is cancelled,
     # aiosqlite stops its thread, and this waits for the thread to end.
-    raw = await open_raw(path, busy_timeout)
+    raw = await _open_raw(path, busy_timeout)
     threads: list[threading.Thread] = []
 
     def hand_over() -> sqlite3.Connection:
         threads.append(threading.current_thread())
         return raw
 
-    conn = aiosqlite.Connection(hand_over, 64)
+    conn = aiosqlite.Connection(hand_over, _ITER_CHUNK_SIZE)
     try:
         await conn
     except BaseException:
@@ -85,7 +86,7 @@ async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
 
 
 async def _thread_ended(threads: list[threading.Thread], limit: float = 2.0) -> None:
-    """Wait (up to ``limit`` s, whatever cancels) until the thread ``threads`` gets ends."""
+    """Wait (up to ``limit`` s, whatever cancels) until the thread put in ``threads`` ends."""
     deadline = time.monotonic() + limit
     while (not threads or threads[0].is_alive()) and time.monotonic() < deadline:
         with contextlib.suppress(asyncio.CancelledError):
@@ -99,7 +100,7 @@ def _open_file(path: str, busy_timeout: float) -> sqlite3.Connection:
     )
 
 
-async def open_raw(path: str, busy_timeout: float) -> sqlite3.Connection:
+async def _open_raw(path: str, busy_timeout: float) -> sqlite3.Connection:
     """Open ``path`` in a thread of the loop's default executor; cancellation-safe.
 
     Cancelled while the file opens, it waits for that, closes what was opened, and

@@ -31,9 +31,9 @@ _SEND_MANY_CHUNK = 200
 _CLEANUP_BATCH = 500
 #: The first and the longest pause before a statement SQLite refused as busy runs again.
 _BUSY_FIRST_PAUSE = 0.001
+_BUSY_LAST_PAUSE = 0.05
 #: How long a cancelled take waits for its statement's end (seconds).
 _KEPT_WAIT = 5.0
-_BUSY_LAST_PAUSE = 0.05
 
 _T = TypeVar("_T")
 
@@ -408,10 +408,12 @@ class SqliteBackend(Backend):
         every one). Unknown (the connection failed): none, as at-most-once wants.
         """
         deadline = time.monotonic() + _KEPT_WAIT
+        kept: list[tuple[int, float, bytes]] | None = None
         while time.monotonic() < deadline:
             try:
-                await conn.execute_fetchall("SELECT 1")  # after the take, in order
-                kept = self._kept.pop(token, [])
+                if kept is None:
+                    await conn.execute_fetchall("SELECT 1")  # after the take, in order
+                    kept = self._kept.pop(token, [])
                 if not kept:
                     return []
                 ids = [row[0] for row in kept]
@@ -420,7 +422,7 @@ class SqliteBackend(Backend):
                     f"SELECT count(*) FROM layers_messages WHERE id IN ({marks})", ids
                 )
             except asyncio.CancelledError:
-                continue  # cancelled again while waiting: wait on
+                continue  # cancelled again while waiting: wait on, with what was kept
             except Exception:
                 return []
             if int(next(iter(left))[0]):
