@@ -483,3 +483,56 @@ async def test_event_loops_ending_mid_reply_receive_lose_nothing(
 ) -> None:
     """A reply channel polled by short-lived event loops loses and reorders nothing."""
     await _loops_end_while_receiving(layer_factory, reply=True)
+
+
+@async_test
+async def test_event_loops_ending_mid_give_back_lose_nothing(layer_factory: LayerFactory) -> None:
+    """A loop ending while its reader gives a timed-out consumer's message back loses nothing.
+
+    A thread polls as ``async_to_sync`` callers do: each poll is a new event loop
+    that waits for a message with a timeout of 1 to 30 ms, then stays up 0.05 to
+    5 ms more (the caller doing other work) and ends. Meanwhile messages arrive one
+    every few milliseconds, so a pop waiting in the store when its consumer timed out
+    often returns one with no consumer left: the reader puts it back at the head of
+    the store (``Backend.restore``), and the loop's end lands at every moment of that
+    restore (before it reached the store, while the store works, after). Every
+    message must be received exactly once, in the order sent.
+    """
+    total = 100
+    rng = random.Random(11)
+    async with layer_factory(capacity=total) as layer:
+        channel = unique("giveback")
+        stop = threading.Event()
+        received: list[int] = []
+
+        async def poll(wait: float, after: float) -> list[int]:
+            try:
+                return [(await asyncio.wait_for(layer.receive(channel), wait))["i"]]
+            except TimeoutError:
+                await asyncio.sleep(after)  # asyncio.run then cancels the reader
+                return []
+
+        def poller() -> None:
+            while not stop.is_set():
+                wait = 10 ** rng.uniform(-3.0, math.log10(0.03))
+                after = 10 ** rng.uniform(math.log10(0.00005), math.log10(0.005))
+                received.extend(_in_new_loop(functools.partial(poll, wait, after)))
+
+        thread = threading.Thread(target=poller, daemon=True)
+        thread.start()
+        try:
+            for i in range(total):
+                await layer.send(channel, {"i": i})
+                await asyncio.sleep(0.006)
+            await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, settings.wait * 2)
+        received += [m["i"] for m in await drain(layer, channel)]
+    assert len(received) == len(set(received)), "a message was received twice"
+    missing = sorted(set(range(total)) - set(received))
+    assert not missing, (
+        f"lost {len(missing)} of {total} message(s) when event loops ended mid-give-back: "
+        f"{missing[:10]}"
+    )
+    assert received == list(range(total)), "messages were received out of order"

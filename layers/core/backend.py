@@ -354,8 +354,17 @@ class Backend(abc.ABC):
 
         Return True when stored. The default returns False: the core then keeps the
         payloads buffered in this process, receivable only here, and they are lost
-        if the process exits before it receives them. Cancellation: every payload is
-        restored once or not at all.
+        if the process exits before it receives them.
+
+        Cancellation (the core's reader gives payloads back when its consumer timed
+        out, and an event loop may end meanwhile): every payload is restored once or
+        not at all, and the core must learn which, or it drops them. A call
+        cancelled before the store took anything returns False; one cancelled while
+        the store works waits for the outcome (briefly) and returns it; either way
+        the cancellation stays requested, and the core buffers what was not stored
+        for the loop's close to give back again. Raise ``CancelledError`` only when
+        the outcome cannot be known (the connection failed mid-call): the core then
+        drops the payloads rather than risk delivering them twice.
         """
         return False
 

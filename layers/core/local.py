@@ -362,11 +362,13 @@ class LoopState:
                     await asyncio.sleep(0)
                     if demand.get(queue, 0) <= 0:
                         await self.give_back(queue, keep=self.hold)
+                        _honour_cancellation()
                         if demand.get(queue, 0) <= 0 and not await self._linger(queue):
                             break
                 await self._read_once(queue)
             # Idle for a whole linger, or closing: hold nothing for this loop any more.
             await self.give_back(queue, keep=0)
+            _honour_cancellation()
             if self.closing or demand.get(queue, 0) <= 0:
                 break
         # No await between the last demand check and this removal, so a consumer
@@ -404,12 +406,27 @@ class LoopState:
             (self.pack(None, dumps(item[1]), wall + (item[0] - now)), item[0] - now)
             for item in items
         ]
+        backend: Backend | None = None
         try:
             backend = await self.ready()
             restored = await backend.restore(queue, payloads)
+        except asyncio.CancelledError:
+            if backend is None:  # cancelled while connecting: nothing reached the store
+                self.hub.put_front(box, items, self.loop)
+            else:
+                # The backend cannot tell whether the store took them (see
+                # Backend.restore): dropped rather than risked twice.
+                logger.warning(
+                    "%d message(s) given back to %r may be lost: cancelled mid-restore",
+                    len(items),
+                    queue,
+                )
+            raise
         except Exception:
             logger.exception("could not give %d message(s) back to %r", len(items), queue)
             restored = False
+        # Not stored (a failure, or a restore cancelled before the store took them):
+        # buffered here again; the loop's close gives them back once more.
         if not restored:
             self.hub.put_front(box, items, self.loop)
 

@@ -268,6 +268,17 @@ class LosesPopWhenLoopEnds(MemoryBackend):
         return out
 
 
+class LosesGiveBackWhenLoopEnds(MemoryBackend):
+    """A restore takes a round trip before it stores; cancelled meanwhile (its event loop
+    ending), it raises ``CancelledError`` instead of saying it stored nothing."""
+
+    instant_receive = False
+
+    async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
+        await asyncio.sleep(0.002)  # the request on its way to the store
+        return await super().restore(queue, payloads)
+
+
 # -- broken layers: rules the core enforces ---------------------------------------------
 
 
@@ -1194,6 +1205,11 @@ CATALOGUE: dict[str, Broken] = {
     "loses-pop-when-loop-ends": _entry(
         "delivery", "a pop in flight when its event loop ends is lost", LosesPopWhenLoopEnds
     ),
+    "loses-give-back-when-loop-ends": _entry(
+        "delivery",
+        "a restore cancelled before it stored raises instead of returning False",
+        LosesGiveBackWhenLoopEnds,
+    ),
     "bytes-become-str": _entry("delivery", "bytes turned into str", BytesBecomeStr),
     # expiry semantics
     "expiry-ignored": _entry("expiry", "messages never expire", ExpiryIgnored),
@@ -1429,6 +1445,7 @@ RULES: dict[str, tuple[str, ...]] = {
         "test_event_loops_ending_mid_receive_lose_nothing",
         "test_event_loops_ending_mid_reply_receive_lose_nothing",
     ),
+    "loses-give-back-when-loop-ends": ("test_event_loops_ending_mid_give_back_lose_nothing",),
     "duplicate-1-in-1000": ("test_at_most_once_many_readers_one_channel",),
     "lifo": (
         "test_fifo_one_writer_one_reader",
