@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from layers.backends.postgres import _options, _sql
+from layers.backends.postgres import _direct, _options, _sql
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._connections import Connections
 from layers.backends.postgres._hand import HAND_WINDOW, Hand, HandSignal, Wakeup
@@ -377,14 +377,26 @@ class PostgresBackend(Backend):
         return skipped
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
-        """Insert them below the queue's lowest id, in one statement; see ``Backend.restore``."""
+        """Insert them below the queue's lowest id, in one statement; see ``Backend.restore``.
+
+        Cancelled, the statement (run on libpq directly) is read to its end: True
+        once it committed, False when it was never sent or failed, the cancellation
+        staying requested. Unknown (the connection did not answer, or a transaction
+        pooler's ``poll_only``, where the statement runs through psycopg):
+        ``CancelledError``.
+        """
         params = {
             "queue": queue,
             "payloads": [payload for payload, _ in payloads],
             "expiries": [float(expiry) for _, expiry in payloads],
             "channel": self._notify(queue),
         }
-        await self._db.query(self._sql.restore, params)
+        try:
+            await self._db.query(self._sql.restore, params)
+        except _direct.NotRun:
+            return False
+        except _direct.Interrupted:
+            pass  # committed: wake the readers as below; the cancellation stays requested
         self._wake_local(queue)
         if self._listener is not None:
             watch = self._listener.peek(self._channel(queue))

@@ -56,6 +56,7 @@ __all__ = [
     "VOID",
     "Direct",
     "Interrupted",
+    "NotRun",
     "direct",
     "execute",
     "execute_pipeline",
@@ -182,6 +183,11 @@ class Direct:
     #: It removes rows and returns them (a claim): cancelled once it has finished, it
     #: raises :class:`Interrupted` with them instead of a bare ``CancelledError``.
     claims: bool = False
+    #: Its caller must learn, even when cancelled, whether it ran (a restore): then it
+    #: raises :class:`Interrupted` once it committed, :class:`NotRun` when it did
+    #: nothing (cancelled before it was sent, or it failed), and a bare
+    #: ``CancelledError`` only when that is unknown (the connection did not answer).
+    settles: bool = False
 
     def values(self, params: Mapping[str, Any]) -> list[bytes | None]:
         """Encode named parameters for libpq, in ``$n`` order, binary."""
@@ -203,12 +209,17 @@ class Direct:
 
 
 def direct(
-    query: bytes, types: Mapping[str, int], columns: Sequence[int], *, claims: bool = False
+    query: bytes,
+    types: Mapping[str, int],
+    columns: Sequence[int],
+    *,
+    claims: bool = False,
+    settles: bool = False,
 ) -> Direct:
     """Describe ``query`` (psycopg's ``%(name)s`` style) for direct execution.
 
-    ``types`` gives each parameter's type OID; ``columns`` the result's; ``claims``:
-    see :attr:`Direct.claims`.
+    ``types`` gives each parameter's type OID; ``columns`` the result's; ``claims``
+    and ``settles``: see :attr:`Direct.claims` and :attr:`Direct.settles`.
     """
     names: list[str] = []
 
@@ -230,6 +241,7 @@ def direct(
         types=tuple(types[name] for name in names),
         columns=tuple(columns),
         claims=claims,
+        settles=settles,
     )
 
 
@@ -262,7 +274,12 @@ async def execute(
         if names is None:
             names = _prepared[pgconn] = set()
         if statement.name not in names:
-            await _prepare(pgconn, statement, names)
+            try:
+                await _prepare(pgconn, statement, names)
+            except asyncio.CancelledError:
+                if statement.settles:
+                    raise NotRun from None  # the statement itself was never sent
+                raise
         pgconn.send_query_prepared(
             statement.name,
             values,
@@ -272,8 +289,12 @@ async def execute(
         try:
             results = await _complete(pgconn, keep=True)
         except _Drained as drained:
-            if statement.claims and drained.results and _failure(drained.results) is None:
+            reports = statement.claims or statement.settles
+            ran = bool(drained.results) and _failure(drained.results) is None
+            if reports and ran:
                 raise Interrupted(statement.rows(drained.results[0])) from None
+            if statement.settles and drained.results and not ran:
+                raise NotRun from None  # it failed: the server rolled it back
             raise asyncio.CancelledError from None
         failed = _failure(results)
         if failed is None:
@@ -458,6 +479,14 @@ class Interrupted(asyncio.CancelledError):
     def __init__(self, rows: Any) -> None:
         super().__init__()
         self.rows = rows
+
+
+class NotRun(asyncio.CancelledError):
+    """A :attr:`~Direct.settles` statement's caller was cancelled, and it did nothing.
+
+    Raised by :func:`execute` when the cancellation came before the statement was
+    sent, or the statement then failed (the server rolled it back).
+    """
 
 
 class _Drained(asyncio.CancelledError):

@@ -583,6 +583,17 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
             [int8, boolean, boolean],
         ),
         _direct.direct(
+            st.restore,
+            {
+                "queue": text,
+                "payloads": _direct.BYTEA_ARRAY,
+                "expiries": _direct.FLOAT8_ARRAY,
+                "channel": text,
+            },
+            [boolean],
+            settles=True,
+        ),
+        _direct.direct(
             st.claim_inbox,
             {"queue": text, "lim": int8, "channel": text, "marker": text},
             [int8, bytea, boolean],

@@ -295,3 +295,56 @@ def test_without_wake_ups_a_send_never_looks_for_a_claim(
 
     asyncio.run(main())
     assert looks == []
+
+
+def test_a_restore_cancelled_while_it_runs_reports_that_it_stored(
+    pg_url: str, pg_server: str
+) -> None:
+    """A restore cancelled mid-statement waits for it and returns True, the cancellation
+    left requested (``Backend.restore``): the core then neither drops nor repeats it."""
+
+    async def main() -> None:
+        async with _opened(pg_url) as (layer, backend):
+            await layer.send("restore.cancel", {"warm": True})
+            [warm] = await backend.receive("restore.cancel", timeout=1)
+            # Prepared on the connection first: a prepare waits for the lock too.
+            assert await backend.restore("restore.cancel", [(warm, 60.0)]) is True
+            assert await backend.receive("restore.cancel", timeout=1) == [warm]
+            async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
+                # Hold the table so the restore's statement waits, mid-flight.
+                await blocker.execute(f"LOCK TABLE {SCHEMA}.messages IN ACCESS EXCLUSIVE MODE")
+                restore = asyncio.create_task(backend.restore("restore.cancel", [(warm, 60.0)]))
+                await asyncio.sleep(0.2)
+                restore.cancel()
+                await asyncio.sleep(0.1)
+                assert not restore.done(), "a cancelled restore did not wait for its statement"
+                await blocker.rollback()  # the statement runs now
+            assert await asyncio.wait_for(restore, 5) is True
+            assert await backend.receive("restore.cancel", timeout=1) == [warm]
+            assert await backend.receive("restore.cancel", timeout=0) == []
+
+    asyncio.run(main())
+
+
+def test_a_restore_cancelled_before_its_statement_was_sent_reports_nothing_stored(
+    pg_url: str, pg_server: str
+) -> None:
+    """Cancelled while its statement is still being prepared (never sent), a restore
+    returns False: the core keeps the payloads and gives them back again later."""
+
+    async def main() -> None:
+        async with _opened(pg_url) as (layer, backend):
+            await layer.send("restore.unsent", {"warm": True})
+            [warm] = await backend.receive("restore.unsent", timeout=1)
+            async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
+                # Hold the table so the restore's first prepare waits for it.
+                await blocker.execute(f"LOCK TABLE {SCHEMA}.messages IN ACCESS EXCLUSIVE MODE")
+                restore = asyncio.create_task(backend.restore("restore.unsent", [(warm, 60.0)]))
+                await asyncio.sleep(0.2)
+                restore.cancel()
+                await asyncio.sleep(0.1)
+                await blocker.rollback()
+            assert await asyncio.wait_for(restore, 5) is False
+            assert await backend.receive("restore.unsent", timeout=0.2) == []
+
+    asyncio.run(main())
