@@ -298,12 +298,30 @@ class RedisBackend(Backend):
         return results
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
-        """One ``RESTORE`` script: ``LPUSH`` back at the head, in order; see ``Backend.restore``."""
+        """One ``RESTORE`` script: ``LPUSH`` back at the head, in order; see ``Backend.restore``.
+
+        Cancelled, it waits for the script's reply (the command is written whatever
+        happens to its caller): True when it ran, False when the server refused it
+        (a lost script cache: not run), the cancellation staying requested. No
+        reply (the connection failed): ``CancelledError``, the outcome unknown.
+        """
         key = self._queue_prefix + "{" + queue + "}"
         args: list[Any] = []
         for payload, expiry in payloads:
             args += (max(1, _ms(expiry)), payload)
-        await self._eval(self._shard(queue), _RESTORE, key, *args)
+        shard = self._shard(queue)
+        future = shard.execute("EVALSHA", _RESTORE.sha, 1, key, *args)
+        try:
+            reply = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            reply = await shard.reply_of_cancelled(future)
+            if reply is None:
+                raise
+            return not isinstance(reply, ResponseError)
+        if isinstance(reply, NoScriptError):  # not run: the server lost its script cache
+            reply = await shard.execute("EVAL", _RESTORE.source, 1, key, *args)
+        if isinstance(reply, ResponseError):
+            raise translate(reply, shard.spec.id)
         return True
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:

@@ -232,7 +232,7 @@ class Shard:
             # The pop is sent: wait for its reply, and return what it took rather
             # than lose it (see ``Backend.receive``). Failing that, the next call of
             # this instance gets it.
-            reply = await self._reply_of_cancelled(future)
+            reply = await self.reply_of_cancelled(future)
             if reply is not None and not isinstance(reply, ResponseError):
                 live = self._live(reply)
                 if live:
@@ -336,15 +336,15 @@ class Shard:
             if wait is not None and pipe.client_id is not None and not future.done():
                 with contextlib.suppress(Exception):
                     self.execute("CLIENT", "UNBLOCK", pipe.client_id).add_done_callback(_ignore)
-            reply = await self._reply_of_cancelled(future)
+            reply = await self.reply_of_cancelled(future)
             if not reply or isinstance(reply, ResponseError):
                 raise
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
-    async def _reply_of_cancelled(self, future: asyncio.Future[Any]) -> Any:
-        """Wait (at most ``READ_MARGIN``, whatever cancels) for the reply of a sent pop.
+    async def reply_of_cancelled(self, future: asyncio.Future[Any]) -> Any:
+        """Wait (at most ``READ_MARGIN``, whatever cancels) for the reply of a sent command.
 
         None when it did not come (its connection failed, or too slow).
         """

@@ -207,6 +207,33 @@ def test_a_cancelled_pop_answered_with_an_error_ends_cancelled(shared_url: str) 
     asyncio.run(main())
 
 
+def test_a_restore_cancelled_in_flight_waits_for_its_reply(shared_url: str) -> None:
+    """A restore cancelled once written returns whether it ran (``Backend.restore``):
+    True when the script ran, False when the server refused it (a lost script cache)."""
+
+    async def main() -> None:
+        async with layers.from_url(shared_url) as layer:
+            backend = await layer._state().ready()
+            assert await backend.receive("restore.flight", timeout=0) == []  # clock read
+            # The server knows the script (its first EVALSHA may meet an empty cache).
+            assert await backend.restore("restore.flight", [(b"warm", 60.0)]) is True
+            assert await backend.receive("restore.flight", timeout=0) == [b"warm"]
+            task = asyncio.create_task(backend.restore("restore.flight", [(b"r0", 60.0)]))
+            await asyncio.sleep(0)  # the script is written
+            task.cancel()
+            assert await task is True
+            assert await backend.receive("restore.flight", timeout=0, limit=5) == [b"r0"]
+            client(shared_url).script_flush()  # the next EVALSHA is refused: not run
+            task = asyncio.create_task(backend.restore("restore.flight", [(b"r1", 60.0)]))
+            await asyncio.sleep(0)
+            task.cancel()
+            assert await task is False
+            assert await backend.receive("restore.flight", timeout=0, limit=5) == []
+            await layer.flush()
+
+    asyncio.run(main())
+
+
 def test_a_receive_cancelled_mid_pop_loses_nothing(shared_url: str) -> None:
     async def main() -> None:
         async with layers.from_url(shared_url) as layer:
