@@ -143,16 +143,20 @@ def restore(rows: int) -> str:
 
     They take ids below every id in the table, oldest lowest, so they come out
     first and in order; the capacity is not checked (they were in the queue). The
-    uncorrelated subquery runs once, and one statement is atomic. Parameters: the
-    queue, the row count, then per row its position (0 = oldest), expires_at and
-    payload.
+    uncorrelated subquery runs once, and one statement is atomic. Each row is also
+    handed to ``layers_keep(token, …)`` (which returns NULL) as it is inserted, so a
+    caller cancelled meanwhile learns that it ran. Parameters: per row its position
+    (0 = oldest), expires_at and payload, then the row count, the queue and the token.
     """
     values = ", ".join(["(?, ?, ?)"] * rows)
     return f"""
 WITH back (position, expires_at, payload) AS (VALUES {values}),
 base (low) AS (SELECT coalesce(min(id), 1) - ? FROM layers_messages)
 INSERT INTO layers_messages (id, queue, expires_at, payload)
-SELECT base.low + back.position, ?, back.expires_at, back.payload FROM back, base
+SELECT base.low + back.position, ?, back.expires_at,
+    coalesce(layers_keep(?, base.low + back.position, back.expires_at, back.payload),
+        back.payload)
+FROM back, base
 """
 
 

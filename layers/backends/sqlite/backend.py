@@ -309,18 +309,49 @@ class SqliteBackend(Backend):
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
         """Put payloads back at the head of ``queue``, in one statement.
 
-        See :meth:`Backend.restore`.
+        See :meth:`Backend.restore`. Cancelled, it learns whether the statement ran
+        (it hands each row it inserts to ``layers_keep``, once it holds SQLite's
+        write lock, and a later statement on the same connection returns after it):
+        True if so, False if it never ran, the cancellation staying requested.
         """
         conn = self._connection()
         now = time.time()
+        token = next(self._tokens)
         params: list[Any] = []
         for position, (payload, expiry) in enumerate(payloads):
             params += (position, now + expiry, payload)
-        params += (len(payloads), queue)
-        await self._run(conn, _sql.restore(len(payloads)), params)
+        params += (len(payloads), queue, token)
+        try:
+            await self._run(conn, _sql.restore(len(payloads)), params)
+        except asyncio.CancelledError:
+            ran = await self._ran_after_cancel(conn, token)
+            if ran is None:
+                raise  # unknown: the connection failed
+            if not ran:
+                return False
+        finally:
+            self._kept.pop(token, None)
         if self._hub is not None:
             self._hub.notify(queue)
         return True
+
+    async def _ran_after_cancel(self, conn: aiosqlite.Connection, token: int) -> bool | None:
+        """Whether the restore of ``token``, whose caller was cancelled, ran.
+
+        A statement handed to the connection later returns after it (one thread, in
+        order). The restore hands its rows to ``layers_keep`` only once it holds the
+        write lock, after which only an I/O error could undo it. None: unknown.
+        """
+        deadline = time.monotonic() + _KEPT_WAIT
+        while time.monotonic() < deadline:
+            try:
+                await conn.execute_fetchall("SELECT 1")  # after the restore, in order
+            except asyncio.CancelledError:
+                continue  # cancelled again while waiting: wait on
+            except Exception:
+                return None
+            return bool(self._kept.get(token))
+        return None
 
     # -- receiving ------------------------------------------------------------------
 

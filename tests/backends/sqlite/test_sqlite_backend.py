@@ -405,6 +405,39 @@ async def test_cancelled_receive_returns_a_take_in_flight(make_backend: BackendF
 
 
 @arun
+async def test_a_restore_cancelled_while_it_waits_for_the_lock_reports_it_ran(
+    make_backend: BackendFactory, db_path: Path
+) -> None:
+    """A restore cancelled while its statement waits for another connection's write
+    lock returns True once the statement ran (see ``Backend.restore``), and stores once;
+    one that could not run, the lock held past ``busy_timeout``, returns False."""
+    backend = make_backend(busy_timeout=0.6)
+    await backend.open()
+    try:
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            task = asyncio.create_task(backend.restore("rx", [(b"r0", 60.0)]))
+            await asyncio.sleep(0.1)  # handed to the thread, waiting for the lock
+            task.cancel()
+            await asyncio.sleep(0.1)
+            assert not task.done(), "a cancelled restore did not wait for its statement"
+            blocker.execute("ROLLBACK")
+            assert await task is True
+            blocker.execute("BEGIN IMMEDIATE")
+            task = asyncio.create_task(backend.restore("rx", [(b"r1", 60.0)]))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            assert await task is False  # refused as busy: nothing stored
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        assert await backend.receive("rx", timeout=0, limit=10) == [b"r0"]
+    finally:
+        await backend.aclose()
+
+
+@arun
 async def test_cancelled_waiting_receive_takes_nothing(make_backend: BackendFactory) -> None:
     backend = make_backend()
     await backend.open()
