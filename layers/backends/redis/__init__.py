@@ -104,7 +104,7 @@ from layers.backends.redis._config import (
     parse_hosts,
     url_query_names,
 )
-from layers.backends.redis._errors import translate
+from layers.backends.redis._errors import NotSent, translate
 from layers.backends.redis._shard import Shard
 from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
 from layers.core.layer import ChannelLayer
@@ -310,16 +310,24 @@ class RedisBackend(Backend):
         for payload, expiry in payloads:
             args += (max(1, _ms(expiry)), payload)
         shard = self._shard(queue)
-        future = shard.execute("EVALSHA", _RESTORE.sha, 1, key, *args)
-        try:
-            reply = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            reply = await shard.reply_of_cancelled(future)
-            if reply is None:
-                raise
-            return not isinstance(reply, ResponseError)
-        if isinstance(reply, NoScriptError):  # not run: the server lost its script cache
-            reply = await shard.execute("EVAL", _RESTORE.source, 1, key, *args)
+        for script in (_RESTORE.sha, None):
+            future = (
+                shard.execute("EVALSHA", script, 1, key, *args)
+                if script is not None
+                else shard.execute("EVAL", _RESTORE.source, 1, key, *args)
+            )
+            try:
+                reply = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                reply = await shard.reply_of_cancelled(future)
+                if reply is not None:
+                    return not isinstance(reply, ResponseError)  # refused: not run
+                failed = future.done() and not future.cancelled() and future.exception()
+                if isinstance(failed, NotSent):
+                    return False  # never written
+                raise  # unknown: no reply
+            if not isinstance(reply, NoScriptError):  # else not run: the cache was lost
+                break
         if isinstance(reply, ResponseError):
             raise translate(reply, shard.spec.id)
         return True

@@ -353,7 +353,8 @@ class Shard:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            # Its failure (NotSent, a lost connection) is read from the future below.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 async with asyncio.timeout(remaining):
                     await asyncio.shield(future)
         if future.cancelled() or future.exception() is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -230,6 +231,24 @@ def test_a_restore_cancelled_in_flight_waits_for_its_reply(shared_url: str) -> N
             assert await task is False
             assert await backend.receive("restore.flight", timeout=0, limit=5) == []
             await layer.flush()
+
+    asyncio.run(main())
+
+
+def test_a_restore_cancelled_before_it_was_written_reports_nothing_stored() -> None:
+    """Cancelled while its connection fails to open (nothing written), a restore
+    returns False: the core keeps the payloads instead of dropping them."""
+
+    async def main() -> None:
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        async with layers.from_url(f"redis://127.0.0.1:{port}/0") as layer:
+            backend = await layer._state().ready()
+            task = asyncio.create_task(backend.restore("restore.unsent", [(b"r", 60.0)]))
+            await asyncio.sleep(0)
+            task.cancel()
+            assert await task is False
 
     asyncio.run(main())
 
