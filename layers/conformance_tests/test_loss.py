@@ -15,6 +15,7 @@ import functools
 import math
 import random
 import threading
+import time
 from typing import Any
 
 from layers.conformance_tests.helpers import drain, receive_within, unique
@@ -489,50 +490,46 @@ async def test_event_loops_ending_mid_reply_receive_lose_nothing(
 async def test_event_loops_ending_mid_give_back_lose_nothing(layer_factory: LayerFactory) -> None:
     """A loop ending while its reader gives a timed-out consumer's message back loses nothing.
 
-    A thread polls as ``async_to_sync`` callers do: each poll is a new event loop
-    that waits for a message with a timeout of 1 to 30 ms, then stays up 0.05 to
-    5 ms more (the caller doing other work) and ends. Meanwhile messages arrive one
-    every few milliseconds, so a pop waiting in the store when its consumer timed out
-    often returns one with no consumer left: the reader puts it back at the head of
-    the store (``Backend.restore``), and the loop's end lands at every moment of that
-    restore (before it reached the store, while the store works, after). Every
-    message must be received exactly once, in the order sent.
+    A thread polls as ``async_to_sync`` callers do, each poll a new event loop that
+    waits for a message for 2 to 15 ms. A poll that times out sends the next message
+    itself, so the pop its reader has waiting in the store returns it with no consumer
+    left, and the reader puts it back at the head of the store (``Backend.restore``);
+    the loop ends 0 to 2 ms later, at any moment of that restore (before it reached the
+    store, while the store works, after). Every message must be received exactly once,
+    in the order sent.
     """
-    total = 100
+    most, budget = 100, 2.5
     rng = random.Random(11)
-    async with layer_factory(capacity=total) as layer:
+    async with layer_factory(capacity=most) as layer:
         channel = unique("giveback")
-        stop = threading.Event()
         received: list[int] = []
+        sent = 0
 
-        async def poll(wait: float, after: float) -> list[int]:
+        async def poll(wait: float, after: float) -> None:
+            nonlocal sent
             try:
-                return [(await asyncio.wait_for(layer.receive(channel), wait))["i"]]
+                received.append((await asyncio.wait_for(layer.receive(channel), wait))["i"])
             except TimeoutError:
+                await layer.send(channel, {"i": sent})
+                sent += 1
                 await asyncio.sleep(after)  # asyncio.run then cancels the reader
-                return []
 
         def poller() -> None:
-            while not stop.is_set():
-                wait = 10 ** rng.uniform(-3.0, math.log10(0.03))
-                after = 10 ** rng.uniform(math.log10(0.00005), math.log10(0.005))
-                received.extend(_in_new_loop(functools.partial(poll, wait, after)))
+            ends = time.monotonic() + budget
+            while sent < most and time.monotonic() < ends:
+                wait, after = rng.uniform(0.002, 0.015), rng.uniform(0.0, 0.002)
+                _in_new_loop(functools.partial(poll, wait, after))
 
         thread = threading.Thread(target=poller, daemon=True)
         thread.start()
-        try:
-            for i in range(total):
-                await layer.send(channel, {"i": i})
-                await asyncio.sleep(0.006)
-            await asyncio.sleep(0.1)
-        finally:
-            stop.set()
-            await asyncio.to_thread(thread.join, settings.wait * 2)
+        await asyncio.to_thread(thread.join, budget + settings.wait * 2)
+        assert not thread.is_alive(), "a poll never ended"
         received += [m["i"] for m in await drain(layer, channel)]
+    assert sent >= 10, f"only {sent} polls timed out in {budget} s"
     assert len(received) == len(set(received)), "a message was received twice"
-    missing = sorted(set(range(total)) - set(received))
+    missing = sorted(set(range(sent)) - set(received))
     assert not missing, (
-        f"lost {len(missing)} of {total} message(s) when event loops ended mid-give-back: "
+        f"lost {len(missing)} of {sent} message(s) when event loops ended mid-give-back: "
         f"{missing[:10]}"
     )
-    assert received == list(range(total)), "messages were received out of order"
+    assert received == list(range(sent)), "messages were received out of order"
