@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from layers.backends.postgres import _direct, _options, _sql
+from layers.backends.postgres import _direct, _options, _sql, _wakeups
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._connections import Connections
 from layers.backends.postgres._hand import HAND_WINDOW, Hand, HandSignal, Wakeup
@@ -73,7 +73,8 @@ class PostgresBackend(Backend):
         self._poll = settings.effective_poll_interval()
         self._db = Connections(conninfo=conninfo, settings=settings, statements=self._sql)
         self._listener: Listener | None = None
-        self._local: dict[str, asyncio.Event] = {}  # poll-only: in-process wake-ups
+        #: Poll-only: the process's wake-ups between instances (see ``_wakeups``).
+        self._local = _wakeups.registry(conninfo, settings.schema) if settings.poll_only else None
         self._cleanup: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}
         self._batcher = Batcher(
@@ -241,9 +242,8 @@ class PostgresBackend(Backend):
         return stored
 
     def _wake_local(self, queue: str) -> None:
-        event = self._local.get(queue)
-        if event is not None:
-            event.set()
+        if self._local is not None:
+            self._local.wake(queue)
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         """Claim and delete up to ``limit`` rows, else wait for a wake-up or the poll.
@@ -252,9 +252,8 @@ class PostgresBackend(Backend):
         RETURNING`` whose claim skips rows other readers hold, so a payload is
         returned once at most. Cancellation while waiting loses nothing; a claim in
         flight is read to its end and its rows are returned, the cancellation staying
-        requested (see :meth:`Backend.receive`). Only with ``poll_only`` (statements
-        through psycopg) is a claim cancelled on the server, and lost if it had
-        already committed.
+        requested (see :meth:`Backend.receive`), with ``poll_only`` too (unnamed
+        statements).
         """
         deadline = time.monotonic() + timeout
         listener = self._listener
@@ -265,7 +264,9 @@ class PostgresBackend(Backend):
             watch = listener.watch(channel)
             event = watch.event
         else:
-            event = self._local.setdefault(queue, asyncio.Event())
+            event = asyncio.Event()
+            if self._local is not None:
+                self._local.add(queue, event)
         try:
             if watch is not None and not watch.listening.is_set():
                 # LISTEN before the first drain, or a send in between waits a poll.
@@ -280,8 +281,8 @@ class PostgresBackend(Backend):
                 if watch is not None:
                     watch.claimed_at = time.monotonic()
                 listener.release(channel)
-            elif self._local.get(queue) is event:
-                del self._local[queue]
+            elif self._local is not None:
+                self._local.discard(queue, event)
 
     async def _claim_loop(
         self,
@@ -370,10 +371,9 @@ class PostgresBackend(Backend):
         }
         rows = await self._db.query(self._sql.group_send, params)
         stored, skipped = int(rows[0][0]), int(rows[0][1])
-        if stored and self._local:
-            # Poll-only mode: wake this process's own readers of the group's queues.
-            for queue in list(self._local):
-                self._wake_local(queue)
+        if stored and self._local is not None:
+            # Poll-only mode: wake this process's readers (the members are not known here).
+            self._local.wake_all()
         return skipped
 
     async def restore(self, queue: str, payloads: Sequence[tuple[bytes, float]]) -> bool:
@@ -381,9 +381,8 @@ class PostgresBackend(Backend):
 
         Cancelled, the statement (run on libpq directly) is read to its end: True
         once it committed, False when it was never sent or failed, the cancellation
-        staying requested. Unknown (the connection did not answer, or a transaction
-        pooler's ``poll_only``, where the statement runs through psycopg):
-        ``CancelledError``.
+        staying requested. Unknown (the connection did not answer, or it was not idle
+        and the statement went through psycopg): ``CancelledError``.
         """
         params = {
             "queue": queue,
@@ -392,7 +391,7 @@ class PostgresBackend(Backend):
             "channel": self._notify(queue),
         }
         try:
-            await self._db.query(self._sql.restore, params)
+            await self._db.query(self._sql.restore, params, settles=True)
         except _direct.NotRun:
             return False
         except _direct.Interrupted:

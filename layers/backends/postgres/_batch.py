@@ -32,9 +32,9 @@ Cancelling a caller before its batch left removes its operation from the batch;
 after that, it runs: a send is stored or not; a receive waits for its batch and returns
 the rows it claimed, the cancellation staying requested (see ``Backend.receive``). A
 batch task cancelled itself (its event loop ending) reads its statements on libpq to
-their end and hands the claims' rows out. Only where the batch runs through psycopg
-(``poll_only``: no prepared statements) is a cancelled batch cancelled on the server,
-and its claimed rows lost if it had already committed.
+their end and hands the claims' rows out (with ``poll_only`` too: the statements are
+then unnamed). Only a batch on a connection that was not idle runs through psycopg,
+which cancels it on the server: its claimed rows are lost if it had already committed.
 """
 
 from __future__ import annotations

@@ -53,11 +53,11 @@ class Connections:
         self._checking: asyncio.Task[None] | None = None
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._waiting = 0  # tasks blocked in pool.getconn()
-        #: The hot statements run on libpq directly, by their psycopg text (none for a
-        #: transaction pooler, which keeps no prepared statement between transactions).
-        self._direct: dict[bytes, _direct.Direct] = (
-            {} if settings.poll_only else {d.query: d for d in _sql.direct_statements(statements)}
-        )
+        #: The hot statements run on libpq directly, by their psycopg text; unnamed for a
+        #: transaction pooler, which keeps no prepared statement between transactions.
+        self._direct: dict[bytes, _direct.Direct] = {
+            d.query: d for d in _sql.direct_statements(statements, prepared=not settings.poll_only)
+        }
 
     def direct(self, query: bytes) -> _direct.Direct | None:
         """The direct form of ``query`` (see ``_direct``), or None if it runs through psycopg."""
@@ -215,19 +215,29 @@ class Connections:
             self._checking = asyncio.get_running_loop().create_task(check())
 
     async def query(
-        self, query: bytes, params: Params = None, *, rows: bool = True, scan: bool = False
+        self,
+        query: bytes,
+        params: Params = None,
+        *,
+        rows: bool = True,
+        scan: bool = False,
+        settles: bool = False,
     ) -> list[tuple[Any, ...]]:
         """Run one statement on a pooled connection; re-create a dropped schema once.
 
         Returns its rows (none when ``rows`` is false). ``scan``: the statement reads
         the whole table (statistics), so it runs in a transaction that allows a
-        sequential scan again (see :meth:`_configure`). Raises
-        :class:`layers.BackendError` (or ``BackendUnavailable``) for driver errors.
+        sequential scan again (see :meth:`_configure`). ``settles``: a caller
+        cancelled while it waits for a connection gets :class:`_direct.NotRun` (see
+        :attr:`_direct.Direct.settles`). Raises :class:`layers.BackendError` (or
+        ``BackendUnavailable``) for driver errors.
         """
         for attempt in (0, 1):
             try:
                 with self.translate():
-                    result = await (self._scan(query) if scan else self._run(query, params, rows))
+                    result = await (
+                        self._scan(query) if scan else self._run(query, params, rows, settles)
+                    )
                     return result if isinstance(result, list) else []
             except BackendError as exc:
                 missing = (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
@@ -244,7 +254,9 @@ class Connections:
             result = await self._run(query, params, False)
         return result if isinstance(result, int) else 0
 
-    async def _run(self, query: bytes, params: Params, rows: bool) -> list[tuple[Any, ...]] | int:
+    async def _run(
+        self, query: bytes, params: Params, rows: bool, settles: bool = False
+    ) -> list[tuple[Any, ...]] | int:
         """Execute on a leased connection: rows if ``rows``, else the row count."""
         named = params if rows and isinstance(params, Mapping) else None
         fast = self._direct.get(query) if named is not None else None
@@ -255,7 +267,7 @@ class Connections:
             cur = await conn.execute(query, params, binary=params is not None)
             return await cur.fetchall() if rows else int(cur.rowcount)
 
-        result: list[tuple[Any, ...]] | int = await self.lease(execute)
+        result: list[tuple[Any, ...]] | int = await self.lease(execute, settles=settles)
         return result
 
     async def _scan(self, query: bytes) -> list[tuple[Any, ...]]:
@@ -269,11 +281,18 @@ class Connections:
 
     # -- leasing ----------------------------------------------------------------------
 
-    async def lease(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]) -> Any:
+    async def lease(
+        self,
+        fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]],
+        *,
+        settles: bool = False,
+    ) -> Any:
         """Run ``fn`` on a connection kept checked out of the pool between uses.
 
         A pool round trip costs as much as a short query; a connection that failed
-        or is not idle goes back to the pool, which repairs or replaces it.
+        or is not idle goes back to the pool, which repairs or replaces it. With
+        ``settles``, a cancellation while waiting for a connection raises
+        :class:`_direct.NotRun`: ``fn`` never ran.
         """
         pool = self._pool
         if pool is None:
@@ -285,6 +304,10 @@ class Connections:
             self._waiting += 1
             try:
                 conn = await pool.getconn()
+            except asyncio.CancelledError:
+                if settles:
+                    raise _direct.NotRun from None
+                raise
             finally:
                 self._waiting -= 1
         reuse = False

@@ -188,6 +188,10 @@ class Direct:
     #: nothing (cancelled before it was sent, or it failed), and a bare
     #: ``CancelledError`` only when that is unknown (the connection did not answer).
     settles: bool = False
+    #: Prepared once per connection and run by name; else sent whole at each run as an
+    #: unnamed statement, which a transaction pooler (``poll_only``) allows: it keeps
+    #: no prepared statement between transactions.
+    prepared: bool = True
 
     def values(self, params: Mapping[str, Any]) -> list[bytes | None]:
         """Encode named parameters for libpq, in ``$n`` order, binary."""
@@ -215,11 +219,13 @@ def direct(
     *,
     claims: bool = False,
     settles: bool = False,
+    prepared: bool = True,
 ) -> Direct:
     """Describe ``query`` (psycopg's ``%(name)s`` style) for direct execution.
 
-    ``types`` gives each parameter's type OID; ``columns`` the result's; ``claims``
-    and ``settles``: see :attr:`Direct.claims` and :attr:`Direct.settles`.
+    ``types`` gives each parameter's type OID; ``columns`` the result's; ``claims``,
+    ``settles`` and ``prepared``: see :attr:`Direct.claims`, :attr:`Direct.settles`
+    and :attr:`Direct.prepared`.
     """
     names: list[str] = []
 
@@ -242,6 +248,7 @@ def direct(
         columns=tuple(columns),
         claims=claims,
         settles=settles,
+        prepared=prepared,
     )
 
 
@@ -270,22 +277,18 @@ async def execute(
     pgconn = conn.pgconn
     values = statement.values(params)
     for attempt in (0, 1):
-        names = _prepared.get(pgconn)
-        if names is None:
-            names = _prepared[pgconn] = set()
-        if statement.name not in names:
-            try:
-                await _prepare(pgconn, statement, names)
-            except asyncio.CancelledError:
-                if statement.settles:
-                    raise NotRun from None  # the statement itself was never sent
-                raise
-        pgconn.send_query_prepared(
-            statement.name,
-            values,
-            param_formats=[1] * len(values),
-            result_format=1,
-        )
+        if statement.prepared:
+            names = _prepared.get(pgconn)
+            if names is None:
+                names = _prepared[pgconn] = set()
+            if statement.name not in names:
+                try:
+                    await _prepare(pgconn, statement, names)
+                except asyncio.CancelledError:
+                    if statement.settles:
+                        raise NotRun from None  # the statement itself was never sent
+                    raise
+        _send(pgconn, statement, values)
         try:
             results = await _complete(pgconn, keep=True)
         except _Drained as drained:
@@ -299,11 +302,26 @@ async def execute(
         failed = _failure(results)
         if failed is None:
             return statement.rows(results[0]) if results else []
-        if attempt == 0 and failed.error_field(_SQLSTATE) == _NO_STATEMENT:
-            names.discard(statement.name)  # deallocated (DEALLOCATE ALL): prepare again
+        if attempt == 0 and statement.prepared and failed.error_field(_SQLSTATE) == _NO_STATEMENT:
+            _prepared[pgconn].discard(statement.name)  # deallocated: prepare again
             continue
         _raise(failed)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _send(pgconn: pq.abc.PGconn, statement: Direct, values: list[bytes | None]) -> None:
+    """Send one execution of ``statement``: by name if prepared, else whole, unnamed."""
+    formats = [1] * len(values)
+    if statement.prepared:
+        pgconn.send_query_prepared(statement.name, values, param_formats=formats, result_format=1)
+    else:
+        pgconn.send_query_params(
+            statement.text,
+            values,
+            param_types=statement.types,
+            param_formats=formats,
+            result_format=1,
+        )
 
 
 async def _prepare(pgconn: pq.abc.PGconn, statement: Direct, names: set[bytes]) -> None:
@@ -337,15 +355,12 @@ async def execute_pipeline(
         if names is None:
             names = _prepared[pgconn] = set()
         for statement, _ in steps:
-            if statement.name not in names:
+            if statement.prepared and statement.name not in names:
                 await _prepare(pgconn, statement, names)
         pgconn.enter_pipeline_mode()
         try:
             for statement, params in steps:
-                values = statement.values(params)
-                pgconn.send_query_prepared(
-                    statement.name, values, param_formats=[1] * len(values), result_format=1
-                )
+                _send(pgconn, statement, statement.values(params))
             pgconn.pipeline_sync()
             reading = _Reading()
             groups = reading.groups

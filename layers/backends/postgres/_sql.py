@@ -21,7 +21,7 @@ Tables (in the layer's own schema)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from psycopg import sql
 
@@ -543,8 +543,11 @@ def _maintenance_statements(t: _Schema) -> dict[str, bytes]:
     }
 
 
-def direct_statements(st: Statements) -> list[_direct.Direct]:
-    """The statements run on libpq directly (see ``_direct``), with their types."""
+def direct_statements(st: Statements, *, prepared: bool = True) -> list[_direct.Direct]:
+    """The statements run on libpq directly (see ``_direct``), with their types.
+
+    ``prepared``: see :attr:`_direct.Direct.prepared` (false for a transaction pooler).
+    """
     text, bytea, int8, float8, boolean = (
         _direct.TEXT,
         _direct.BYTEA,
@@ -552,7 +555,7 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
         _direct.FLOAT8,
         _direct.BOOL,
     )
-    return [
+    statements = [
         _direct.direct(st.receive, {"queue": text, "lim": int8}, [int8, bytea], claims=True),
         _direct.direct(
             st.receive_batch,
@@ -600,3 +603,4 @@ def direct_statements(st: Statements) -> list[_direct.Direct]:
             claims=True,
         ),
     ]
+    return statements if prepared else [replace(d, prepared=False) for d in statements]

@@ -348,3 +348,31 @@ def test_a_restore_cancelled_before_its_statement_was_sent_reports_nothing_store
             assert await backend.receive("restore.unsent", timeout=0.2) == []
 
     asyncio.run(main())
+
+
+def test_a_restore_cancelled_while_it_waits_for_a_connection_reports_nothing_stored(
+    pg_url: str,
+) -> None:
+    """Cancelled while every pooled connection is busy, a restore sent nothing: False."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5, pool_min_size=1, pool_max_size=1)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            held = asyncio.Event()
+
+            async def hold(conn: object) -> None:
+                held.set()
+                await asyncio.sleep(0.3)
+
+            holder = asyncio.create_task(backend._db.lease(hold))
+            await held.wait()  # the pool's only connection is busy
+            restore = asyncio.create_task(backend.restore("restore.pool", [(b"p", 60.0)]))
+            await asyncio.sleep(0.05)
+            restore.cancel()
+            assert await asyncio.wait_for(restore, 5) is False
+            await holder
+            assert await backend.receive("restore.pool", timeout=0.2) == []
+
+    asyncio.run(main())

@@ -222,6 +222,37 @@ def test_poll_only_mode_needs_no_listen(pg_url: str) -> None:
     asyncio.run(main())
 
 
+def test_poll_only_wakes_waiting_receives_of_other_layers_and_loops(pg_url: str) -> None:
+    """With ``poll_only`` no NOTIFY comes, but a send or group send of this process wakes
+    a receive waiting in another layer, in another event loop, without waiting a poll."""
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_only=1, poll_interval=5)
+        async with layers.from_url(url) as layer, layers.from_url(url) as other:
+            await layer.flush()
+            await layer.group_add("poll.group", "poll.grouped")
+
+            def wait_in_a_thread(channel: str) -> float:
+                async def take() -> float:
+                    assert (await other.receive(channel))["n"] == 1
+                    return time.monotonic()
+
+                return asyncio.run(take())
+
+            for channel, send in (
+                ("poll.sent", lambda: layer.send("poll.sent", {"n": 1})),
+                ("poll.grouped", lambda: layer.group_send("poll.group", {"n": 1})),
+            ):
+                waiting = asyncio.create_task(asyncio.to_thread(wait_in_a_thread, channel))
+                await asyncio.sleep(0.3)  # its claim found nothing and waits
+                sent = time.monotonic()
+                await send()
+                # The core's reader claims again at least every second by itself.
+                assert await asyncio.wait_for(waiting, 6) - sent < 0.25, channel
+
+    asyncio.run(main())
+
+
 def test_cleanup_deletes_expired_rows_in_batches(pg_server: str, fresh_schema: str) -> None:
     async def main() -> None:
         url = with_params(pg_server, schema=fresh_schema, cleanup_batch=7)
