@@ -67,6 +67,15 @@ def _postgres(request: pytest.FixtureRequest) -> str:
     return with_params(server, schema=schema)
 
 
+def _postgres_pgbouncer(request: pytest.FixtureRequest) -> str:
+    """Through a PgBouncer in transaction mode, as ``poll_only`` is meant to run."""
+    server = request.getfixturevalue("pg_server")
+    bouncer = request.getfixturevalue("pgbouncer")
+    schema = f"layers_conformance_{_tag()}"
+    request.addfinalizer(lambda: sql(server, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    return with_params(bouncer, schema=schema, poll_only="true")
+
+
 @dataclass(frozen=True)
 class Target:
     """A built-in backend deployment the suite runs on."""
@@ -91,6 +100,9 @@ TARGETS = {
     "redis-sentinel": Target(_redis_sentinel, marks=SLOW_REDIS),
     "redis-cluster": Target(_redis_cluster, marks=SLOW_REDIS),
     "postgres": Target(_postgres, timeout=900, warnings="default", marks=(pytest.mark.postgres,)),
+    "postgres-pgbouncer": Target(
+        _postgres_pgbouncer, timeout=900, warnings="default", marks=(pytest.mark.postgres,)
+    ),
 }
 
 

@@ -5,7 +5,8 @@ conformance run uses the same server.
 
 ``pg_url`` points at ``$LAYERS_TEST_POSTGRES_URL`` (default the local ``test``
 database) with this suite's own schema. ``private_cluster`` runs ``initdb`` and
-``pg_ctl`` on a spare port so a test can restart the server. Missing servers skip,
+``pg_ctl`` on a spare port so a test can restart the server; ``pgbouncer`` puts a
+PgBouncer in transaction mode in front of the shared server. Missing servers skip,
 or fail when ``LAYERS_TEST_REQUIRE_SERVICES=1``.
 """
 
@@ -17,11 +18,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -105,8 +107,8 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _free_port() -> int | None:
-    for port in range(15433, 15441):
+def _free_port(ports: range = range(15433, 15441)) -> int | None:
+    for port in ports:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -148,3 +150,78 @@ def private_cluster() -> Iterator[Cluster]:
             cluster.ctl("-m", "immediate", "stop")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pgbouncer_binary() -> str | None:
+    return shutil.which("pgbouncer") or next(
+        (path for path in ("/usr/sbin/pgbouncer",) if os.access(path, os.X_OK)), None
+    )
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: str) -> Iterator[str]:
+    """A PgBouncer in transaction mode in front of the shared server: its URL.
+
+    Started on a spare port in 16433-16440 from a configuration of its own, as the
+    ``postgres`` OS user (PgBouncer refuses to run as root), and stopped by its PID.
+    """
+    binary = _pgbouncer_binary()
+    if binary is None:
+        unavailable("no pgbouncer binary (apt-get install pgbouncer)")
+    parts = urlsplit(pg_server)
+    port = _free_port(range(16433, 16441))
+    if port is None:
+        unavailable("no free port in 16433-16440 for PgBouncer")
+    tmp = tempfile.mkdtemp(prefix="layers-pgbouncer-")
+    os.chmod(tmp, 0o777)
+    database = parts.path.lstrip("/") or "postgres"
+    config = f"{tmp}/pgbouncer.ini"
+    with open(config, "w", encoding="utf-8") as out:
+        out.write(
+            "[databases]\n"
+            f"{database} = host={parts.hostname} port={parts.port or 5432}"
+            f" dbname={database} user={parts.username or 'postgres'}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            "auth_type = any\npool_mode = transaction\n"
+            "max_client_conn = 1000\ndefault_pool_size = 40\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {tmp}/pgbouncer.log\n"
+        )
+    os.chmod(config, 0o644)
+    log = f"{tmp}/pgbouncer.log"
+    # Dropped to the postgres user by this process itself (not runuser), so the PID
+    # is PgBouncer's own: stopped and reaped by it.
+    user = (
+        {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+    )
+    process = subprocess.Popen(
+        [binary, config],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **user,  # type: ignore[arg-type]
+    )
+    url = f"postgresql://{parts.username or 'postgres'}@127.0.0.1:{port}/{database}"
+    try:
+        for _ in range(100):
+            if process.poll() is not None:
+                said = ""
+                if os.path.exists(log):
+                    with open(log, encoding="utf-8", errors="replace") as out:
+                        said = out.read()[-500:].strip()
+                unavailable(f"PgBouncer did not start (exit {process.returncode}): {said}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            unavailable("PgBouncer did not listen within 5 s")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
