@@ -463,12 +463,14 @@ async def _loops_end_while_receiving(layer_factory: LayerFactory, *, reply: bool
             round_ = timed if k % 2 else left_pending
             received += await asyncio.to_thread(_in_new_loop, functools.partial(round_, delay))
         received += [m["i"] for m in await drain(layer, channel)]
+    _each_once_in_order(received, total, "when event loops ended mid-receive")
+
+
+def _each_once_in_order(received: list[int], total: int, when: str) -> None:
+    """Messages ``0 .. total - 1`` were each received once, in order (``when``: the loss's)."""
     assert len(received) == len(set(received)), "a message was received twice"
     missing = sorted(set(range(total)) - set(received))
-    assert not missing, (
-        f"lost {len(missing)} of {total} message(s) when event loops ended mid-receive: "
-        f"{missing[:10]}"
-    )
+    assert not missing, f"lost {len(missing)} of {total} message(s) {when}: {missing[:10]}"
     assert received == list(range(total)), "messages were received out of order"
 
 
@@ -526,10 +528,4 @@ async def test_event_loops_ending_mid_give_back_lose_nothing(layer_factory: Laye
         assert not thread.is_alive(), "a poll never ended"
         received += [m["i"] for m in await drain(layer, channel)]
     assert sent >= 10, f"only {sent} polls timed out in {budget} s"
-    assert len(received) == len(set(received)), "a message was received twice"
-    missing = sorted(set(range(sent)) - set(received))
-    assert not missing, (
-        f"lost {len(missing)} of {sent} message(s) when event loops ended mid-give-back: "
-        f"{missing[:10]}"
-    )
-    assert received == list(range(sent)), "messages were received out of order"
+    _each_once_in_order(received, sent, "when event loops ended mid-give-back")

@@ -297,6 +297,24 @@ def test_without_wake_ups_a_send_never_looks_for_a_claim(
     assert looks == []
 
 
+async def _restore_cancelled_under_lock(
+    backend: PostgresBackend, pg_server: str, queue: str, payload: bytes
+) -> bool:
+    """Restore ``payload`` while another session locks the table; cancel it meanwhile.
+
+    The lock is released 0.1 s after the cancellation; returns what the restore did.
+    """
+    async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
+        await blocker.execute(f"LOCK TABLE {SCHEMA}.messages IN ACCESS EXCLUSIVE MODE")
+        restore = asyncio.create_task(backend.restore(queue, [(payload, 60.0)]))
+        await asyncio.sleep(0.2)
+        restore.cancel()
+        await asyncio.sleep(0.1)
+        assert not restore.done(), "a cancelled restore did not wait for its statement"
+        await blocker.rollback()  # the statement (or its prepare) runs now
+    return bool(await asyncio.wait_for(restore, 5))
+
+
 def test_a_restore_cancelled_while_it_runs_reports_that_it_stored(
     pg_url: str, pg_server: str
 ) -> None:
@@ -310,16 +328,7 @@ def test_a_restore_cancelled_while_it_runs_reports_that_it_stored(
             # Prepared on the connection first: a prepare waits for the lock too.
             assert await backend.restore("restore.cancel", [(warm, 60.0)]) is True
             assert await backend.receive("restore.cancel", timeout=1) == [warm]
-            async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
-                # Hold the table so the restore's statement waits, mid-flight.
-                await blocker.execute(f"LOCK TABLE {SCHEMA}.messages IN ACCESS EXCLUSIVE MODE")
-                restore = asyncio.create_task(backend.restore("restore.cancel", [(warm, 60.0)]))
-                await asyncio.sleep(0.2)
-                restore.cancel()
-                await asyncio.sleep(0.1)
-                assert not restore.done(), "a cancelled restore did not wait for its statement"
-                await blocker.rollback()  # the statement runs now
-            assert await asyncio.wait_for(restore, 5) is True
+            assert await _restore_cancelled_under_lock(backend, pg_server, "restore.cancel", warm)
             assert await backend.receive("restore.cancel", timeout=1) == [warm]
             assert await backend.receive("restore.cancel", timeout=0) == []
 
@@ -336,15 +345,11 @@ def test_a_restore_cancelled_before_its_statement_was_sent_reports_nothing_store
         async with _opened(pg_url) as (layer, backend):
             await layer.send("restore.unsent", {"warm": True})
             [warm] = await backend.receive("restore.unsent", timeout=1)
-            async with await psycopg.AsyncConnection.connect(pg_server) as blocker:
-                # Hold the table so the restore's first prepare waits for it.
-                await blocker.execute(f"LOCK TABLE {SCHEMA}.messages IN ACCESS EXCLUSIVE MODE")
-                restore = asyncio.create_task(backend.restore("restore.unsent", [(warm, 60.0)]))
-                await asyncio.sleep(0.2)
-                restore.cancel()
-                await asyncio.sleep(0.1)
-                await blocker.rollback()
-            assert await asyncio.wait_for(restore, 5) is False
+            # Not prepared on this connection yet: the prepare waits for the lock.
+            restored = await _restore_cancelled_under_lock(
+                backend, pg_server, "restore.unsent", warm
+            )
+            assert restored is False
             assert await backend.receive("restore.unsent", timeout=0.2) == []
 
     asyncio.run(main())
