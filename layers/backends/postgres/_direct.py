@@ -424,42 +424,24 @@ async def _read_until_sync(pgconn: pq.abc.PGconn, reading: _Reading) -> None:
     Safe to call again after a cancellation, with the same ``reading``: it goes on
     from where it stopped.
     """
-    loop = asyncio.get_running_loop()
-    fd = pgconn.socket
-    while pgconn.flush():
-        await _writable(loop, fd)
-    done: asyncio.Future[None] = loop.create_future()
-    groups, current = reading.groups, reading.current
-
-    def readable() -> None:
-        try:
-            pgconn.consume_input()
-            while not pgconn.is_busy():
-                result = pgconn.get_result()
-                if result is None:
-                    if current:
-                        groups.append(list(current))
-                        current.clear()
-                        continue
-                    return  # nothing more for now
-                if result.status == _PIPELINE_SYNC:
-                    reading.synced = True
-                    if not done.done():
-                        done.set_result(None)
-                    return
-                current.append(result)
-        except Exception as exc:  # a lost connection: OperationalError
-            if not done.done():
-                done.set_exception(exc)
-
     if reading.synced:
         return
-    loop.add_reader(fd, readable)
-    try:
-        readable()  # results already buffered by libpq
-        await done
-    finally:
-        loop.remove_reader(fd)
+    groups, current = reading.groups, reading.current
+
+    def take(result: pq.abc.PGresult | None) -> bool | None:
+        if result is None:
+            if current:  # a statement's results ended
+                groups.append(list(current))
+                current.clear()
+                return False
+            return None  # nothing more for now
+        if result.status == _PIPELINE_SYNC:
+            reading.synced = True
+            return True
+        current.append(result)
+        return False
+
+    await _read(pgconn, take, buffered=True)
 
 
 def _failure(results: list[pq.abc.PGresult]) -> pq.abc.PGresult | None:
@@ -539,6 +521,30 @@ async def _complete(pgconn: pq.abc.PGconn, *, keep: bool = False) -> list[pq.abc
 
 async def _results(pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult]) -> None:
     """Send what is queued, then read every result of the statement into ``results``."""
+
+    def take(result: pq.abc.PGresult | None) -> bool:
+        if result is None:
+            return True  # the statement's results ended
+        results.append(result)
+        return False
+
+    await _read(pgconn, take)
+
+
+async def _read(
+    pgconn: pq.abc.PGconn,
+    take: Callable[[pq.abc.PGresult | None], bool | None],
+    *,
+    buffered: bool = False,
+) -> None:
+    """Send what is queued, then hand each result libpq parses to ``take``, until it is done.
+
+    ``take`` gets each result, or None where one statement's results end, and answers
+    True (done), False (go on) or None (nothing more until the socket is readable).
+    ``buffered``: libpq may already hold results (a read resumed after a
+    cancellation), so look before waiting. A lost connection raises libpq's
+    :class:`psycopg.OperationalError`.
+    """
     loop = asyncio.get_running_loop()
     fd = pgconn.socket
     while pgconn.flush():  # 1: more to send, when the socket has room
@@ -549,18 +555,21 @@ async def _results(pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult]) -> Non
         try:
             pgconn.consume_input()
             while not pgconn.is_busy():
-                result = pgconn.get_result()
-                if result is None:
+                step = take(pgconn.get_result())
+                if step is None:
+                    return
+                if step:
                     if not done.done():
                         done.set_result(None)
                     return
-                results.append(result)
         except Exception as exc:  # a lost connection: OperationalError
             if not done.done():
                 done.set_exception(exc)
 
     loop.add_reader(fd, readable)
     try:
+        if buffered:
+            readable()
         await done
     finally:
         loop.remove_reader(fd)
