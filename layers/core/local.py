@@ -43,6 +43,7 @@ from layers.core.errors import BackendError, LayerClosed
 from layers.core.mailboxes import Hub, Item, Mailbox, Waiter
 from layers.core.serializers import InProcessSerializer, Serializer
 from layers.core.turns import Ticket
+from layers.core.wakeups import cancel_requested
 
 __all__ = ["LoopState"]
 
@@ -537,8 +538,7 @@ def _honour_cancellation() -> None:
     mailboxes first, where the loop's close gives normal channels' back to the store
     and keeps reply channels' for the layer's other loops, then stops as asked.
     """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if cancel_requested():
         raise asyncio.CancelledError
 
 

@@ -18,6 +18,11 @@ Two signals come with it:
   waiters and resolves them with :func:`wake`, each in its own loop, thread-safely.
 - :class:`EventSignal` over one :class:`asyncio.Event`, for a backend whose wake-ups
   arrive in one event loop (a listener connection, a pub/sub subscription).
+
+Two helpers serve the cancellation clauses of ``receive`` and ``restore``: a call
+cancelled after its request left waits for the answer with :func:`outlast` and returns
+it, and :func:`cancel_requested` tells the core's reader (or a backend's inner loop)
+that such a call's task was asked to stop.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ __all__ = [
     "Waiter",
     "WaiterSignal",
     "Waiters",
+    "cancel_requested",
+    "outlast",
     "wait_then_claim",
     "wake",
 ]
@@ -303,3 +310,37 @@ async def wait_then_claim(
                 signal.arm()  # a poll: listen anew before the next claim
     finally:
         signal.disarm()
+
+
+async def outlast(future: asyncio.Future[Any], timeout: float | None = None) -> bool:
+    """Wait for ``future`` whatever cancels the calling task; True once it is done.
+
+    For a call cancelled after its request left (a statement running, a command
+    written, a file opening in a thread): the answer is on its way and must not be
+    dropped. ``future`` must be one that ending the event loop does not cancel (a
+    plain future, not a task). Waits at most ``timeout`` seconds (None: as long as it
+    takes) and returns False if the future is still pending then. Never raises the
+    future's exception; read it from the future. The caller's cancellation stays
+    requested (:func:`cancel_requested`), so the caller ends cancelled, or returns
+    what the answer brought as the backend contract's cancellation clauses say.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while not future.done():
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            return False
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            async with asyncio.timeout(remaining):
+                await asyncio.shield(future)
+    return True
+
+
+def cancel_requested() -> bool:
+    """Whether the running task was asked to stop (``asyncio.Task.cancelling``).
+
+    A call that caught its cancellation to finish what it started (see
+    :func:`outlast`) leaves it requested; its caller checks here before going on.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

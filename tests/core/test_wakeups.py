@@ -11,6 +11,8 @@ from layers.core.wakeups import (
     Waiter,
     Waiters,
     WaiterSignal,
+    cancel_requested,
+    outlast,
     wait_then_claim,
     wake,
 )
@@ -274,5 +276,45 @@ def test_a_wake_up_whose_payload_was_stolen_waits_quietly_again() -> None:
         assert got == []
         assert store.claims == 3  # armed, unarmed after the wake-up, armed again
         assert not store.waiters
+
+    asyncio.run(main())
+
+
+def test_outlast_waits_through_cancellations_and_leaves_them_requested() -> None:
+    async def main() -> None:
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        seen: list[object] = []
+
+        async def caller() -> None:
+            try:
+                await asyncio.shield(answer)
+            except asyncio.CancelledError:
+                seen.append(await outlast(answer))
+                seen.append(cancel_requested())
+
+        task = asyncio.create_task(caller())
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0.01)
+        task.cancel()  # cancelled again while it waits: it waits on
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        answer.set_result("reply")
+        await task
+        assert seen == [True, True]
+
+    asyncio.run(main())
+
+
+def test_outlast_gives_up_after_its_timeout_and_never_raises_the_future_error() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] = loop.create_future()
+        assert await outlast(pending, 0.05) is False
+        failed: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.01, failed.set_exception, ConnectionError("lost"))
+        assert await outlast(failed, 1.0) is True
+        assert isinstance(failed.exception(), ConnectionError)
+        assert cancel_requested() is False
 
     asyncio.run(main())

@@ -49,6 +49,7 @@ import psycopg
 
 from layers.backends.postgres import _direct
 from layers.backends.postgres._sql import Statements
+from layers.core.wakeups import outlast
 
 __all__ = ["Batcher", "Lease", "Row", "Single"]
 
@@ -214,10 +215,8 @@ class Batcher:
             # Wait for the batch; it ends by itself, its statements drained if its
             # own task is cancelled.
             if op.outcome is _UNSET and not op.ended:
-                late = op.late = asyncio.get_running_loop().create_future()
-                while not late.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(late)
+                op.late = asyncio.get_running_loop().create_future()
+                await outlast(op.late)
             if op.claimed():
                 return op.outcome
             raise

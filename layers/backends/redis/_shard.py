@@ -36,6 +36,7 @@ from layers.backends.redis._errors import NotSent, translate
 from layers.backends.redis._pipe import Pipe
 from layers.backends.redis._scripts import STAMP_WIDTH
 from layers.core.errors import LayerClosed, LayerError
+from layers.core.wakeups import cancel_requested, outlast
 
 __all__ = ["Shard"]
 
@@ -47,12 +48,6 @@ MAX_IDLE_READERS = 64
 READ_MARGIN = 5.0
 #: How often the estimate of the server clock is refreshed, in seconds.
 CLOCK_REFRESH = 30.0
-
-
-def _cancel_requested() -> bool:
-    """Whether the running task was asked to stop (a pop then returns what it took)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _ignore(future: asyncio.Future[Any]) -> None:
@@ -288,7 +283,7 @@ class Shard:
                 live = self._live(items)
                 if live:
                     break
-                if _cancel_requested():
+                if cancel_requested():
                     raise asyncio.CancelledError  # what it took had expired
                 if time.monotonic() >= deadline:
                     break
@@ -348,17 +343,10 @@ class Shard:
 
         None when it did not come (its connection failed, or too slow).
         """
-        deadline = time.monotonic() + READ_MARGIN
-        while not future.done():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            # Its failure (NotSent, a lost connection) is read from the future below.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(remaining):
-                    await asyncio.shield(future)
-        if future.cancelled() or future.exception() is not None:
+        if not await outlast(future, READ_MARGIN):
             return None
+        if future.cancelled() or future.exception() is not None:
+            return None  # its failure (NotSent, a lost connection): no reply
         return future.result()
 
     async def _pop_once(self, conn: Pipe, key: str, wait: float, limit: int) -> list[bytes]:
@@ -379,7 +367,7 @@ class Shard:
         if not reply:
             return []
         items = [reply[1]]
-        if limit > 1 and not _cancel_requested():
+        if limit > 1 and not cancel_requested():
             items.extend(await self._command(conn, None, "LPOP", key, limit - 1, pop=True) or ())
         return items
 

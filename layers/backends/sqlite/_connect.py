@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 from layers.core.errors import BackendError, ConfigurationError, LayerClosed, MissingDriver
+from layers.core.wakeups import outlast
 
 try:
     import aiosqlite
@@ -112,9 +113,7 @@ async def _open_raw(path: str, busy_timeout: float) -> sqlite3.Connection:
         # A plain future, not a task: ending the event loop does not cancel it.
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
-        while not opening.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(opening)
+        await outlast(opening)
         if not opening.cancelled() and opening.exception() is None:
             opening.result().close()
         raise
