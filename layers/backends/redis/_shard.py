@@ -274,8 +274,7 @@ class Shard:
                         await pipe.connect()
                     except (RedisError, OSError) as exc:
                         raise NotSent(f"redis {self.spec.id}: {exc or type(exc).__name__}") from exc
-                    await self._identify(pipe)
-                    await self._sync_clock(pipe)
+                    await self._introduce(pipe)
                 elif self.clock_stale():
                     await self._sync_clock(pipe)
                 wait = max(0.0, deadline - time.monotonic())
@@ -377,14 +376,25 @@ class Shard:
         seconds, micros = await self._command(conn, READ_MARGIN, "TIME")
         self._set_clock(seconds, micros, before)
 
-    async def _identify(self, conn: Pipe) -> None:
-        """Learn a blocking connection's ``CLIENT ID`` (to unblock it if cancelled).
+    async def _introduce(self, conn: Pipe) -> None:
+        """A new blocking connection's ``CLIENT ID`` and the clock, in one round trip.
 
-        A server that refuses the command (an ACL) leaves it unknown: a cancelled
-        blocking pop then closes its connection, and may lose what the server popped.
+        The id serves to unblock the connection's pop if it is cancelled. A server
+        that refuses ``CLIENT ID`` (an ACL) leaves it unknown: a cancelled blocking pop
+        then closes its connection, and may lose what the server popped.
         """
-        with contextlib.suppress(ResponseError):
-            conn.client_id = int(await self._command(conn, READ_MARGIN, "CLIENT", "ID"))
+        ident: asyncio.Future[Any] = self.loop.create_future()
+        clock: asyncio.Future[Any] = self.loop.create_future()
+        before = time.monotonic()
+        conn.write_nowait([(("CLIENT", "ID"), ident), (("TIME",), clock)])
+        async with asyncio.timeout(READ_MARGIN):
+            client_id = await asyncio.shield(ident)
+            now = await asyncio.shield(clock)
+        if not isinstance(client_id, ResponseError):
+            conn.client_id = int(client_id)
+        if isinstance(now, ResponseError):
+            raise now
+        self._set_clock(now[0], now[1], before)
 
     # -- lifecycle --------------------------------------------------------------------
 
