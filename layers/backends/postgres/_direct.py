@@ -17,6 +17,9 @@ What it relies on, and what happens otherwise:
 * psycopg deallocates every prepared statement of a connection after some commands
   (``DEALLOCATE ALL`` after a ``ROLLBACK``, a ``DROP``...): an execution that finds
   its statement gone (SQLSTATE 26000) prepares it again and runs once more;
+* a transaction pooler keeps no prepared statement between transactions: there
+  (``poll_only``) a statement is sent whole at each run, unnamed
+  (:attr:`Direct.prepared` false), and everything else holds;
 * a lost connection raises :class:`psycopg.OperationalError` from libpq, a failed
   statement the :mod:`psycopg.errors` class of its SQLSTATE, so error handling is the
   same as through psycopg;
