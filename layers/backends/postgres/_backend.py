@@ -258,6 +258,16 @@ class PostgresBackend(Backend):
         deadline = time.monotonic() + timeout
         listener = self._listener
         channel = self._channel(queue)
+        inbox = self._settings.notify and queue.endswith("!")
+        if listener is not None and not inbox:
+            known = listener.peek(channel)
+            if known is None or not known.listening.is_set():
+                # Not listened to yet (this event loop's first receive of the queue, as
+                # each async_to_sync call is): what is queued comes at once, without
+                # waiting for a LISTEN, or for the listener's connection at all.
+                rows = await self._claim(queue, limit, known)
+                if rows:
+                    return rows
         watch = None
         event: asyncio.Event
         if listener is not None:
@@ -269,11 +279,12 @@ class PostgresBackend(Backend):
                 self._local.add(queue, event)
         try:
             if watch is not None and not watch.listening.is_set():
-                # LISTEN before the first drain, or a send in between waits a poll.
+                # LISTEN before the claim that may be followed by a wait, or a send in
+                # between waits a poll.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(timeout, self._poll)):
                         await watch.listening.wait()
-            if watch is not None and self._settings.notify and queue.endswith("!"):
+            if watch is not None and inbox:
                 return await self._inboxes.receive(queue, channel, limit, deadline, watch)
             return await self._claim_loop(queue, limit, event, deadline, watch)
         finally:
@@ -283,6 +294,29 @@ class PostgresBackend(Backend):
                 listener.release(channel)
             elif self._local is not None:
                 self._local.discard(queue, event)
+
+    async def _claim(self, queue: str, limit: int, watch: Watch | None) -> list[bytes]:
+        """One claim of up to ``limit`` rows; ``watch.drained`` says if it emptied the queue."""
+        failures = 0
+        while True:
+            if watch is not None:
+                watch.drained = False
+            try:
+                with self._db.translate():
+                    rows, more = await self._batcher.receive(queue, limit)
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:
+                # A pooled connection killed by a restart or pg_terminate_backend
+                # fails once; retrying a claim is safe (it committed or it did not).
+                failures += 1
+                if failures > 3 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                    raise
+                continue
+            if watch is not None:
+                watch.drained = not more
+            self._vacuum.deleted(len(rows))
+            return [payload for _, payload in rows]
 
     async def _claim_loop(
         self,
@@ -315,33 +349,13 @@ class PostgresBackend(Backend):
             # deadline: the next receive would otherwise wait for another one.
             if not woken and deadline - time.monotonic() <= 0 and not event.is_set():
                 return []
-        failures = 0
 
         async def claim() -> list[bytes]:
-            nonlocal failures
             if hands is not None:
                 handed = hands.take_handed()
                 if handed is not None:
                     return handed  # the queue stays drained: nothing was stored
-            while True:
-                if watch is not None:
-                    watch.drained = False
-                try:
-                    with self._db.translate():
-                        rows, more = await self._batcher.receive(queue, limit)
-                except BackendUnavailable:
-                    raise
-                except BackendError as exc:
-                    # A pooled connection killed by a restart or pg_terminate_backend
-                    # fails once; retrying a claim is safe (it committed or it did not).
-                    failures += 1
-                    if failures > 3 or not isinstance(exc.__cause__, psycopg.OperationalError):
-                        raise
-                    continue
-                if watch is not None:
-                    watch.drained = not more
-                self._vacuum.deleted(len(rows))
-                return [payload for _, payload in rows]
+            return await self._claim(queue, limit, watch)
 
         # The caller's next receive drains first anyway, so a deadline ends it at once.
         return await wait_then_claim(

@@ -63,6 +63,7 @@ __all__ = [
     "direct",
     "execute",
     "execute_pipeline",
+    "run_simple",
     "usable",
 ]
 
@@ -325,6 +326,23 @@ def _send(pgconn: pq.abc.PGconn, statement: Direct, values: list[bytes | None]) 
             param_formats=formats,
             result_format=1,
         )
+
+
+async def run_simple(conn: psycopg.AsyncConnection[Any], query: bytes) -> None:
+    """Run ``query`` (no parameters, no rows wanted) on ``conn``, idle (see :func:`usable`).
+
+    Cancelled, it lets the statement finish (as :func:`execute` does), so the server
+    is not asked to cancel it and the connection stays usable; a connection that is
+    not idle runs it through psycopg. Raises as :func:`execute` does.
+    """
+    if not usable(conn):
+        await conn.execute(query)
+        return
+    pgconn = conn.pgconn
+    pgconn.send_query(query)
+    failed = _failure(await _complete(pgconn))
+    if failed is not None:
+        _raise(failed)
 
 
 async def _prepare(pgconn: pq.abc.PGconn, statement: Direct, names: set[bytes]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from layers.backends.postgres import _direct
 from layers.backends.postgres._hand import Wakeup
 from layers.backends.postgres._inbox import MAX_NOTES, Notes, parse_note
 from layers.backends.postgres._tasks import stop
@@ -243,7 +244,9 @@ class Listener:
         commands = [sql.SQL("UNLISTEN {}").format(sql.Identifier(ch)) for ch in drop]
         commands += [sql.SQL("LISTEN {}").format(sql.Identifier(ch)) for ch in add]
         if commands:
-            await conn.execute(sql.SQL("; ").join(commands))
+            # On libpq: an event loop ending meanwhile lets it finish instead of having
+            # psycopg cancel it on the server (and log that it closed the connection).
+            await _direct.run_simple(conn, sql.SQL("; ").join(commands).as_bytes(conn))
             listened.difference_update(drop)
             listened.update(add)
         for ch in add:
@@ -285,7 +288,7 @@ class Listener:
         """
         while True:
             if not await self._read_notifications(conn):
-                await conn.execute("SELECT 1")
+                await _direct.run_simple(conn, b"SELECT 1")
                 if any(w.users <= 0 for w in self._watches.values()):
                     self._changed.set()  # let _serve UNLISTEN idle channels
 

@@ -153,7 +153,10 @@ def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
 
     async def main() -> None:
         async with _opened(pg_url) as (layer, backend):
-            await layer.send("hand.back", {"n": 0})  # before anyone LISTENs: no NOTIFY
+            # A consumer that waited once: its queue is listened to (a first receive
+            # that finds a message returns before any LISTEN, and sets up none).
+            assert await backend.receive("hand.back", timeout=0.2) == []
+            await layer.send("hand.back", {"n": 0})
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
                 assert len(await backend.receive("hand.back", timeout=3)) == 1  # drained
                 before = await _last_id(conn)

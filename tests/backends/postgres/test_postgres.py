@@ -534,6 +534,8 @@ def test_a_reader_that_took_the_last_row_waits_for_a_notify_before_claiming(
 
     async def main() -> None:
         async with _reader_and_writer(pg_url) as (backend, writer):
+            # Listened to once (a first receive that finds a row sets up no LISTEN).
+            assert await backend.receive("last.q", timeout=0.2) == []
             await writer.send("last.q", {"n": 1})
             await asyncio.sleep(0.2)  # its NOTIFY has come and gone
             assert len(await backend.receive("last.q", timeout=3, limit=1)) == 1
@@ -826,3 +828,22 @@ def test_statistics_may_scan_the_table_they_read_whole(pg_server: str, fresh_sch
 def test_a_bad_synchronous_commit_names_the_allowed_values_and_the_bad_one() -> None:
     with pytest.raises(ConfigurationError, match=r"remote_apply, or default .* not 'maybe'"):
         PostgresBackend.prepare_options({"synchronous_commit": "maybe"})
+
+
+def test_a_first_receive_that_finds_a_message_waits_for_no_listen(pg_url: str) -> None:
+    """An event loop's first receive (each ``async_to_sync`` call is one) claims at once:
+    a queued message comes without the listener's connection and LISTEN."""
+    layer = layers.from_url(with_params(pg_url, poll_interval=5))
+
+    async def send() -> None:
+        await layer.flush()
+        await layer.send("first.look", {"n": 1})
+
+    async def take() -> None:
+        assert await layer.receive("first.look") == {"n": 1}
+        listener = backend_of(layer)._listener
+        assert listener is not None
+        assert listener.peek(backend_of(layer)._channel("first.look")) is None
+
+    asyncio.run(send())
+    asyncio.run(take())
