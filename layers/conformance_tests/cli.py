@@ -85,8 +85,8 @@ class _Collector:
         for item in items:
             if isinstance(item, pytest.Function):
                 module = item.module
-                group = (module.__doc__ or module.__name__).strip().splitlines()[0]
-                doc = (item.function.__doc__ or item.name).strip().splitlines()[0]
+                group = _title(module.__doc__ or module.__name__)
+                doc = _title(item.function.__doc__ or item.name)
                 self.results[item.nodeid] = _Outcome(plain(group), plain(doc))
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
@@ -143,6 +143,12 @@ def _rule_line(rule: _Outcome, progress: str = "") -> str:
     if rule.detail:
         line += f"\n          -> {plain(rule.detail)[:300]}"
     return line
+
+
+def _title(doc: str) -> str:
+    """A docstring's first paragraph on one line (a rule's or a group's title)."""
+    first = doc.strip().split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in first.splitlines())
 
 
 def _first_line(report: pytest.TestReport) -> str:

@@ -259,10 +259,14 @@ class LayerSettings:
         else:
             origin = self.capacity_origin
         waited = f" after waiting {wait:g} s for room" if wait else ""
+        hint = (
+            "a consumer may be slow or gone, or the limit too low"
+            if wait
+            else "pass send(..., wait=SECONDS) to wait for room"
+        )
         return (
             f"channel {channel!r} is full{waited}: it holds {capacity} unexpired "
-            f"messages, the limit set by {origin} (pass send(..., wait=SECONDS) to wait "
-            "for room)"
+            f"messages, the limit set by {origin} ({hint})"
         )
 
 
