@@ -180,6 +180,20 @@ class PostgresBackend(Backend):
                 event = watch.event
                 hand = event.hand
                 if (
+                    (hand is None or hand.future.done())
+                    and watch.kept_up
+                    and (
+                        watch.claiming
+                        or (event.is_set() and time.monotonic() - watch.claimed_at < HAND_WINDOW)
+                    )
+                ):
+                    # A consumer of this instance that keeps up is claiming (or was
+                    # just woken to claim) what was stored before: storing this one too
+                    # would keep it a step behind for good, every message stored and
+                    # claimed. Wait for that claim (briefly), then hand this one over.
+                    await self._after_claim(watch)
+                    hand = event.hand
+                if (
                     hand is None
                     and watch.drained
                     and not event.is_set()
@@ -206,6 +220,21 @@ class PostgresBackend(Backend):
         return await self._store(
             [(p.queue, p.payload, float(p.expiry), p.capacity, self._notify(p.queue)) for p in puts]
         )
+
+    async def _after_claim(self, watch: Watch) -> None:
+        """Wait until this instance's next claim on the watch's queue ends, at most a while.
+
+        The while is :data:`HAND_WINDOW`. Cancellation: nothing was sent yet.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watch.claim_waiters.append(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=HAND_WINDOW)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    watch.claim_waiters.remove(waiter)
 
     async def _hand(
         self, event: Wakeup, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
@@ -297,6 +326,20 @@ class PostgresBackend(Backend):
 
     async def _claim(self, queue: str, limit: int, watch: Watch | None) -> list[bytes]:
         """One claim of up to ``limit`` rows; ``watch.drained`` says if it emptied the queue."""
+        if watch is None:
+            return await self._claim_rows(queue, limit, None)
+        watch.claiming += 1
+        try:
+            return await self._claim_rows(queue, limit, watch)
+        finally:
+            watch.claiming -= 1
+            watch.kept_up = watch.drained
+            waiters, watch.claim_waiters = watch.claim_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _claim_rows(self, queue: str, limit: int, watch: Watch | None) -> list[bytes]:
         failures = 0
         while True:
             if watch is not None:

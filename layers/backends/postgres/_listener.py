@@ -77,12 +77,15 @@ class Watch:
     """One channel's wake-up state, shared by this instance's readers of its queue."""
 
     __slots__ = (
+        "claim_waiters",
         "claimed_at",
+        "claiming",
         "discard_until",
         "drained",
         "event",
         "gap",
         "generation",
+        "kept_up",
         "last_used",
         "listening",
         "need_claim",
@@ -101,6 +104,13 @@ class Watch:
         self.drained = False
         #: When a receive of this instance on the queue last returned (monotonic clock).
         self.claimed_at = 0.0
+        #: Claims of this instance on the queue in flight.
+        self.claiming = 0
+        #: The last claim that ended drained the queue (``drained``, kept while the
+        #: next claim runs): this instance's consumers keep up with the queue.
+        self.kept_up = False
+        #: Sends waiting for the next claim of this instance to end (see ``_backend``).
+        self.claim_waiters: list[asyncio.Future[None]] = []
         #: An owned inbox's notes, in arrival order (None: notifications are hints).
         self.notes: Notes | None = None
         #: Rows may exist that no queued note announces (before LISTEN, after a

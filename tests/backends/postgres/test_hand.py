@@ -45,6 +45,18 @@ async def _parked(backend: PostgresBackend, queue: str) -> Hand:
     raise AssertionError(f"no claim waits on {queue!r}")
 
 
+async def _claiming(backend: PostgresBackend, queue: str) -> None:
+    """Wait until a claim of ``backend`` on ``queue`` is in flight."""
+    listener = backend._listener
+    assert listener is not None
+    for _ in range(10_000):
+        watch = listener.peek(backend._channel(queue))
+        if watch is not None and watch.claiming:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"no claim of {queue!r} started")
+
+
 async def _last_id(conn: psycopg.AsyncConnection[object]) -> int:
     """The messages table's identity counter: every stored row moves it."""
     cursor = await conn.execute(f"SELECT last_value FROM {SCHEMA}.messages_id_seq")
@@ -167,6 +179,52 @@ def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
                 assert await _last_id(conn) == before  # handed: no row was stored
             layer_state = layer._state()
             assert layer_state.open_envelope(payload)[-1]  # a whole envelope
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("prefetch", [1, 100])
+def test_a_consumer_one_message_behind_its_own_producer_catches_up(
+    pg_url: str, pg_server: str, prefetch: int
+) -> None:
+    """A producer and a consumer of one process; one send is stored: the rest are handed.
+
+    With one message stored ahead, each send came while the consumer's claim of the
+    message before it ran (or while that claim's wake-up was on the way), so it was
+    stored in turn: the consumer stayed one message behind for good, every message
+    stored and claimed, two statements each instead of one. A send that waits for
+    that claim finds the queue drained and hands its message over.
+    """
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5, capacity=10_000, prefetch=prefetch)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            paused, resume = asyncio.Event(), asyncio.Event()
+
+            async def consume() -> list[int]:
+                got = []
+                for _ in range(300):
+                    got.append((await layer.receive("hand.behind"))["n"])
+                    if len(got) == 20:
+                        paused.set()
+                        await resume.wait()  # busy elsewhere while message 20 is sent
+                return got
+
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                consumer = asyncio.create_task(consume())
+                for n in range(20):
+                    await layer.send("hand.behind", {"n": n})
+                await paused.wait()
+                before = await _last_id(conn)
+                await layer.send("hand.behind", {"n": 20})  # stored: nobody waits
+                resume.set()
+                await _claiming(backend_of(layer), "hand.behind")  # claims message 20
+                for n in range(21, 300):
+                    await layer.send("hand.behind", {"n": n})
+                assert await asyncio.wait_for(consumer, 30) == list(range(300))
+                stored = await _last_id(conn) - before
+            assert 1 <= stored < 30, f"{stored} of the last 280 messages were stored"
 
     asyncio.run(main())
 
