@@ -108,6 +108,7 @@ from layers.backends.redis._errors import NotSent, translate
 from layers.backends.redis._shard import Shard
 from layers.core.backend import Backend, BackendStatistics, Capability, Put, QueueStatistics
 from layers.core.layer import ChannelLayer
+from layers.core.wakeups import cancel_requested
 
 __all__ = ["RedisBackend", "RedisChannelLayer", "RedisConfig"]
 
@@ -242,11 +243,34 @@ class RedisBackend(Backend):
             raise BackendError("the redis backend is not open")
         return shards[0] if len(shards) == 1 else shards[self._router.index(name)]
 
-    async def _eval(self, shard: Shard, script: _Script, key: str, *args: Any) -> Any:
-        reply = await shard.execute("EVALSHA", script.sha, 1, key, *args)
-        if isinstance(reply, NoScriptError):
-            # Not run: the server lost its script cache (restart, failover, SCRIPT FLUSH).
-            reply = await shard.execute("EVAL", script.source, 1, key, *args)
+    async def _eval(
+        self, shard: Shard, script: _Script, key: str, *args: Any, settle: bool = False
+    ) -> Any:
+        """Run ``script`` by its SHA, by its source if the server lost its script cache.
+
+        ``settle``: cancelled once the command was written, wait for its reply and
+        return it as it is (a :class:`ResponseError` too), the cancellation staying
+        requested; :class:`NotSent` if it was never written; ``CancelledError`` if no
+        reply came (the outcome unknown). A reply of a cancelled call is never followed
+        by a second command.
+        """
+        for command, name in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            future = shard.execute(command, name, 1, key, *args)
+            if not settle:
+                reply = await future
+            else:
+                try:
+                    reply = await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    reply = await shard.reply_of_cancelled(future)
+                    if reply is not None:
+                        return reply
+                    failed = future.done() and not future.cancelled() and future.exception()
+                    if isinstance(failed, NotSent):
+                        raise failed from None  # never written
+                    raise
+            if not isinstance(reply, NoScriptError):  # else not run: the cache was lost
+                break
         if isinstance(reply, ResponseError):
             raise translate(reply, shard.spec.id)
         return reply
@@ -309,28 +333,14 @@ class RedisBackend(Backend):
         args: list[Any] = []
         for payload, expiry in payloads:
             args += (max(1, _ms(expiry)), payload)
-        shard = self._shard(queue)
-        for script in (_RESTORE.sha, None):
-            future = (
-                shard.execute("EVALSHA", script, 1, key, *args)
-                if script is not None
-                else shard.execute("EVAL", _RESTORE.source, 1, key, *args)
-            )
-            try:
-                reply = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                reply = await shard.reply_of_cancelled(future)
-                if reply is not None:
-                    return not isinstance(reply, ResponseError)  # refused: not run
-                failed = future.done() and not future.cancelled() and future.exception()
-                if isinstance(failed, NotSent):
-                    return False  # never written
-                raise  # unknown: no reply
-            if not isinstance(reply, NoScriptError):  # else not run: the cache was lost
-                break
-        if isinstance(reply, ResponseError):
-            raise translate(reply, shard.spec.id)
-        return True
+        try:
+            reply = await self._eval(self._shard(queue), _RESTORE, key, *args, settle=True)
+        except NotSent:
+            if cancel_requested():
+                return False  # cancelled before it was written: not run
+            raise
+        # Cancelled, the reply comes as it is: a refusal (a lost script cache) did not run.
+        return not isinstance(reply, ResponseError)
 
     async def receive(self, queue: str, *, timeout: float, limit: int = 1) -> list[bytes]:
         """Pipelined ``LPOP``; if the queue is empty, ``BLMPOP`` on the queue's own connection.

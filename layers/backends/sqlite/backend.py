@@ -338,19 +338,32 @@ class SqliteBackend(Backend):
     async def _ran_after_cancel(self, conn: aiosqlite.Connection, token: int) -> bool | None:
         """Whether the restore of ``token``, whose caller was cancelled, ran.
 
-        A statement handed to the connection later returns after it (one thread, in
-        order). The restore hands its rows to ``layers_keep`` only once it holds the
-        write lock, after which only an I/O error could undo it. None: unknown.
+        The restore hands its rows to ``layers_keep`` only once it holds the write lock,
+        after which only an I/O error could undo it. None: unknown.
+        """
+        if await self._after_pending(conn, "SELECT 1") is None:
+            return None
+        return bool(self._kept.get(token))
+
+    @staticmethod
+    async def _after_pending(
+        conn: aiosqlite.Connection, query: str, params: Sequence[Any] = ()
+    ) -> list[Any] | None:
+        """Run the read-only ``query`` on ``conn`` to its end, cancelled or not; its rows.
+
+        It returns after every statement handed to ``conn`` before it (one thread, in
+        order), which is how a cancelled caller learns what its own statement did.
+        Cancelled meanwhile, it waits on (up to ``_KEPT_WAIT`` s), the cancellation
+        staying requested. None: it failed or took too long.
         """
         deadline = time.monotonic() + _KEPT_WAIT
         while time.monotonic() < deadline:
             try:
-                await conn.execute_fetchall("SELECT 1")  # after the restore, in order
+                return list(await conn.execute_fetchall(query, params))
             except asyncio.CancelledError:
                 continue  # cancelled again while waiting: wait on
             except Exception:
                 return None
-            return bool(self._kept.get(token))
         return None
 
     # -- receiving ------------------------------------------------------------------
@@ -433,34 +446,24 @@ class SqliteBackend(Backend):
     async def _kept_after_cancel(self, conn: aiosqlite.Connection, token: int) -> list[_Row]:
         """The rows a take whose caller was cancelled deleted (none if it failed).
 
-        A statement handed to the connection later returns after it (one thread, in
-        order); the rows kept are this process's only if the take committed, which
-        the rows' absence from the table shows (a failed take rolled back, leaving
-        every one). Unknown (the connection failed): none, as at-most-once wants.
+        The rows kept are this process's only if the take committed, which the rows'
+        absence from the table shows (a failed take rolled back, leaving every one).
+        Unknown (the connection failed): none, as at-most-once wants.
         """
-        deadline = time.monotonic() + _KEPT_WAIT
-        kept: list[tuple[int, float, bytes]] | None = None
-        while time.monotonic() < deadline:
-            try:
-                if kept is None:
-                    await conn.execute_fetchall("SELECT 1")  # after the take, in order
-                    kept = self._kept.pop(token, [])
-                if not kept:
-                    return []
-                ids = [row[0] for row in kept]
-                marks = ",".join("?" * len(ids))
-                left = await conn.execute_fetchall(
-                    f"SELECT count(*) FROM layers_messages WHERE id IN ({marks})", ids
-                )
-            except asyncio.CancelledError:
-                continue  # cancelled again while waiting: wait on, with what was kept
-            except Exception:
-                return []
-            if int(next(iter(left))[0]):
-                return []  # the take failed and rolled back: its rows are still queued
-            kept.sort()
-            return [(expires_at, payload) for _, expires_at, payload in kept]
-        return []
+        if await self._after_pending(conn, "SELECT 1") is None:
+            return []
+        kept = self._kept.pop(token, [])
+        if not kept:
+            return []
+        ids = [row[0] for row in kept]
+        marks = ",".join("?" * len(ids))
+        left = await self._after_pending(
+            conn, f"SELECT count(*) FROM layers_messages WHERE id IN ({marks})", ids
+        )
+        if left is None or int(left[0][0]):
+            return []  # unknown, or the take failed and rolled back: its rows are queued
+        kept.sort()
+        return [(expires_at, payload) for _, expires_at, payload in kept]
 
     def _keep_row(self, token: int, ident: int, expires_at: float, payload: bytes) -> None:
         """``layers_keep``: called by a take, in aiosqlite's thread, for each row it deletes."""
