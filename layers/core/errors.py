@@ -123,16 +123,26 @@ class ConfigurationError(LayerError, *_InvalidChannelLayerBases, ValueError):  #
 class UnknownBackend(ConfigurationError):
     """No backend is registered under the requested name.
 
-    The message lists the installed backends and suggests a close match.
+    The message lists the installed backends and suggests a close match. ``setting``
+    is ``url`` when the name was a URL's scheme, else ``BACKEND``.
     """
 
-    def __init__(self, name: str, installed: list[str], suggestion: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        installed: list[str],
+        suggestion: str | None = None,
+        *,
+        setting: str = "BACKEND",
+    ) -> None:
         self.name = name
         self.installed = installed
+        self.suggestion = suggestion
         hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        of = " (the URL's scheme)" if setting == "url" else ""
         super().__init__(
-            "BACKEND",
-            f"unknown backend {name!r}.{hint} Installed backends: {', '.join(installed)}.",
+            setting,
+            f"unknown backend {name!r}{of}.{hint} Installed backends: {', '.join(installed)}.",
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from layers.core.backend import Backend
-from layers.core.errors import ConfigurationError, UnknownOption
+from layers.core.errors import ConfigurationError, UnknownBackend, UnknownOption
 from layers.core.redact import redact_url
 from layers.core.registry import resolve_backend
 from layers.core.serializers import InProcessSerializer, Serializer, get_serializer
@@ -360,12 +360,18 @@ def _backend(
     """
     url = options.pop("url", None)
     url_layer_options: dict[str, Any] = {}
+    from_scheme = False
     if url is not None:
         scheme, url, url_layer_options = split_url(url)
         if backend is None and bound is None:
-            backend = scheme
+            backend, from_scheme = scheme, True
     if backend is not None:
-        backend_class = resolve_backend(backend)
+        try:
+            backend_class = resolve_backend(backend)
+        except UnknownBackend as exc:
+            if not from_scheme:
+                raise
+            raise UnknownBackend(exc.name, exc.installed, exc.suggestion, setting="url") from None
         if not issubclass(backend_class, Backend):
             raise ConfigurationError("backend", f"must be a Backend subclass, not {backend!r}")
     elif bound is None:

@@ -207,7 +207,7 @@ def test_plugin_form_stops_at_once_on_a_layer_url_that_builds_nothing(tmp_path: 
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "--layer-url memroy://: BACKEND: unknown backend 'memroy'" in proc.stderr
+    assert "--layer-url memroy://: url: unknown backend 'memroy' (the URL's scheme)" in proc.stderr
     assert "Did you mean 'memory'?" in proc.stderr
     assert "failed" not in proc.stdout
     assert len((proc.stdout + proc.stderr).strip().splitlines()) == 1

@@ -31,6 +31,22 @@ def test_unknown_url_scheme() -> None:
         layers.from_url("mongodb://localhost")
 
 
+def test_an_unknown_backend_names_the_setting_it_came_from() -> None:
+    """A URL's scheme is the ``url`` setting's fault; a named backend is ``BACKEND``'s."""
+    with pytest.raises(layers.UnknownBackend) as from_url:
+        layers.from_url("redos://127.0.0.1")
+    assert from_url.value.setting == "url"
+    assert str(from_url.value).startswith("url: unknown backend 'redos' (the URL's scheme).")
+    assert "Did you mean 'redis'?" in str(from_url.value)
+    with pytest.raises(layers.UnknownBackend) as named:
+        layers.ChannelLayer(backend="redos")
+    assert named.value.setting == "BACKEND"
+    assert str(named.value).startswith("BACKEND: unknown backend 'redos'. Did you mean 'redis'?")
+    with pytest.raises(layers.UnknownBackend) as in_settings:
+        layers.layer_from_config({"CONFIG": {"url": "redos://127.0.0.1"}})
+    assert in_settings.value.setting == "url"
+
+
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # Hide the driver from the import system (the backend module is not loaded yet).
     monkeypatch.setitem(sys.modules, "aiosqlite", None)
