@@ -179,8 +179,14 @@ class PostgresBackend(Backend):
             if watch is not None:
                 event = watch.event
                 hand = event.hand
+                # A claim given a payload a moment ago is on its way back for more.
+                returning = False
+                if hand is not None and hand.future.done():
+                    returning = hand.given()
+                    hand = None
                 if (
-                    (hand is None or hand.future.done())
+                    hand is None
+                    and not returning
                     and watch.kept_up
                     and (
                         watch.claiming
@@ -193,14 +199,17 @@ class PostgresBackend(Backend):
                     # claimed. Wait for that claim (briefly), then hand this one over.
                     await self._after_claim(watch)
                     hand = event.hand
+                    if hand is not None and hand.future.done():
+                        hand = None
                 if (
                     hand is None
                     and watch.drained
                     and not event.is_set()
-                    and time.monotonic() - watch.claimed_at < HAND_WINDOW
+                    and (returning or time.monotonic() - watch.claimed_at < HAND_WINDOW)
                 ):
-                    # A claim of this instance drained the queue moments ago: put out
-                    # a hand for it to adopt when it comes back to wait.
+                    # A claim of this instance drained the queue moments ago, or was
+                    # given a payload and has not run since: put out a hand for it to
+                    # adopt when it comes back to wait.
                     hand = event.hand = Hand(asyncio.get_running_loop(), owned=False)
                 if hand is not None and hand.take():
                     return await self._hand(event, hand, queue, payload, float(expiry), capacity)
@@ -250,11 +259,10 @@ class PostgresBackend(Backend):
                 hand.give(None)  # a claim that waits goes on and finds what was stored
                 event.release(hand)
         if handed:
-            if hand.give([payload]) and await hand.taken_by_claim():
-                return True
-            # No claim took it (none came back, or it was cancelled, also after the
-            # payload was given): store it as usual. The send has not returned, so any
-            # order is still its own.
+            if hand.give([payload]):
+                return True  # the claim's now, even if it is cancelled before it runs
+            # No claim took it (none came back, or it was cancelled first): store it as
+            # usual. The send has not returned, so any order is still its own.
             event.release(hand)
             (stored,) = await self._store([row])
         return stored

@@ -23,10 +23,14 @@ The hand-off goes through a :class:`Hand` on the queue's :class:`Wakeup`:
   If none has when the statement returns, the send stores the payload as usual: a
   payload is never held for a claim that may not come.
 
-A claim cancelled while a send holds its hand cancels the hand's future; one
-cancelled after the send gave it the payload (before it ran again) says so through
-:meth:`Hand.taken_by_claim`, which the send awaits before it returns. Either way the
-send then stores the payload as usual: a legal order, since the send had not returned.
+A claim cancelled while a send holds its hand cancels the hand's future, and the send
+then stores the payload as usual: a legal order, since the send had not returned. A
+claim cancelled after the send gave it the payload (before it ran again) returns it
+all the same, as a claim cancelled after its statement finished returns the rows it
+took, the cancellation staying requested (see :meth:`Backend.receive
+<layers.core.backend.Backend.receive>`). So a send returns as soon as it has given its
+payload, and the next send finds the claim on its way back: it puts out a hand of its
+own, which that claim adopts.
 A ``restore`` sets the queue's event, so a claim that comes to wait claims the restored
 rows first instead of adopting a hand whose look at the queue came before them.
 """
@@ -47,14 +51,11 @@ HAND_WINDOW = 0.002
 class Hand:
     """One claim of this instance that a send may complete (see the module docstring)."""
 
-    __slots__ = ("future", "owned", "taken", "took")
+    __slots__ = ("future", "owned", "taken")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, owned: bool) -> None:
         #: Resolved with the handed payloads, or None: claim from the table.
         self.future: asyncio.Future[list[bytes] | None] = loop.create_future()
-        #: Resolved by the claim: True once it has the payloads, False if it was
-        #: cancelled after they were given (the send then stores them).
-        self.took: asyncio.Future[bool] = loop.create_future()
         #: A claim waits on it.
         self.owned = owned
         #: A send holds it: only that send resolves it now.
@@ -72,17 +73,16 @@ class Hand:
         self.taken = True
         return True
 
-    async def taken_by_claim(self) -> bool:
-        """After :meth:`give` with payloads: whether the claim got them (it says so)."""
-        return await self.took
-
-    def settle(self, took: bool) -> None:
-        """The claim's side of :meth:`taken_by_claim`."""
-        if not self.took.done():
-            self.took.set_result(took)
+    def given(self) -> bool:
+        """Whether a send gave its claim payloads (that claim then comes back for more)."""
+        future = self.future
+        return future.done() and not future.cancelled() and future.result() is not None
 
     def give(self, payloads: list[bytes] | None) -> bool:
-        """The taking send's outcome; False when no claim is there to get it."""
+        """The taking send's outcome; False when no claim is there to get it.
+
+        True means the payloads are the claim's from now on, cancelled or not.
+        """
         if self.future.done():
             return False
         if not self.owned:
@@ -152,17 +152,19 @@ class HandSignal(EventSignal):
             timer = None
         try:
             payloads = await hand.future
-        except BaseException:
-            # Cancelled, possibly after a send gave the payloads: that send stores them.
-            hand.settle(False)
-            raise
+        except asyncio.CancelledError:
+            if not hand.given():
+                raise
+            # Cancelled after a send gave the payloads, and returned: they are this
+            # claim's, returned as a finished claim's rows are (the cancellation stays
+            # requested, for the caller to honour once it has them).
+            payloads = hand.future.result()
         finally:
             if timer is not None:
                 timer.cancel()
             event.release(hand)
         if payloads:
             # From here to the claim's return nothing suspends: the payloads are out.
-            hand.settle(True)
             self.handed = payloads
             return True
         if hand.taken and not event.is_set():

@@ -247,29 +247,47 @@ def test_a_hand_nobody_comes_back_for_is_stored_once(pg_url: str, pg_server: str
     asyncio.run(main())
 
 
-def test_a_claim_cancelled_just_after_it_was_given_the_payload_leaves_it_stored(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+def test_a_claim_cancelled_just_after_it_was_given_the_payload_returns_it(
+    pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled between the hand-off and its next step: the send stores the payload."""
+    """Cancelled between the hand-off and its next step: the claim returns the payload.
+
+    As a claim cancelled after its statement finished returns the rows it took: the
+    send has already returned, so the payload is the claim's. It was never stored,
+    so nothing else receives it, and the claim's cancellation stays requested.
+    """
+
+    async def claiming(backend: PostgresBackend) -> tuple[list[bytes], int]:
+        rows = await backend.receive("hand.given", timeout=10)
+        task = asyncio.current_task()
+        assert task is not None
+        return rows, task.cancelling()
 
     async def main() -> None:
         async with _opened(pg_url) as (layer, backend):
-            claim = asyncio.create_task(backend.receive("hand.given", timeout=10))
+            claim = asyncio.create_task(claiming(backend))
             await _parked(backend, "hand.given")
             give = Hand.give
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                before = await _last_id(conn)
 
-            def give_then_cancel(hand: Hand, payloads: list[bytes] | None) -> bool:
-                given = give(hand, payloads)
-                if payloads:
-                    claim.cancel()  # before the claim's task runs again
-                return given
+                def give_then_cancel(hand: Hand, payloads: list[bytes] | None) -> bool:
+                    given = give(hand, payloads)
+                    if payloads:
+                        claim.cancel()  # before the claim's task runs again
+                    return given
 
-            monkeypatch.setattr(Hand, "give", give_then_cancel)
-            await layer.send("hand.given", {"kept": True})
-            monkeypatch.undo()
-            with pytest.raises(asyncio.CancelledError):
-                await claim
-            assert await asyncio.wait_for(layer.receive("hand.given"), 3) == {"kept": True}
+                monkeypatch.setattr(Hand, "give", give_then_cancel)
+                assert claim.done() is False
+                await layer.send("hand.given", {"kept": True})
+                monkeypatch.undo()
+                (payload,), cancelling = await asyncio.wait_for(claim, 3)
+                assert cancelling == 1  # still requested, for the caller to honour
+                assert await _last_id(conn) == before  # never stored
+            state = layer._state()
+            assert state.serializer.loads(state.open_envelope(payload)[-1]) == {"kept": True}
+            with pytest.raises(TimeoutError):  # nobody else gets it
+                await asyncio.wait_for(layer.receive("hand.given"), 0.3)
 
     asyncio.run(main())
 
