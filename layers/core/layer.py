@@ -76,6 +76,35 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+#: Closes of a loop's state still running after their caller was cancelled (an event
+#: loop holds its tasks only weakly); each leaves this set when it ends.
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def _close_to_the_end(state: LoopState) -> None:
+    """Close ``state``; a caller cancelled meanwhile gets ``CancelledError`` at once.
+
+    The close itself goes on to its end in a task of its own: a state already
+    forgotten by its layer would otherwise keep its connections (and anything it
+    had not given back yet) until the process ends.
+    """
+    task = asyncio.get_running_loop().create_task(state.aclose(), name="layers-close")
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            task.add_done_callback(_report_late_failure)
+        raise
+
+
+def _report_late_failure(task: asyncio.Task[None]) -> None:
+    """Log how a close whose caller had been cancelled failed (nobody else will)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("closing the channel layer failed after its caller was cancelled: %r", exc)
+
+
 def _remember(memory: dict[K, V], key: K, value: V) -> None:
     """Remember ``key`` in ``memory``, which starts afresh past :data:`_TARGETS_KEPT` keys."""
     if len(memory) >= _TARGETS_KEPT:
@@ -260,8 +289,10 @@ class ChannelLayer(BaseChannelLayerAPI):
         This event loop's readers stop (consumers waiting in ``receive`` here get
         :class:`~layers.LayerClosed`). The state of another, still running event
         loop is closed on that loop (waited for up to 5 seconds); the state of a
-        loop that has stopped is dropped. Idempotent. Cancellation: what was
-        already closed stays closed; the rest is closed by a later call.
+        loop that has stopped is dropped. Idempotent. Cancellation: this loop's
+        close goes on to its end in the background, as with :meth:`aclose`; another
+        loop's close goes on in that loop; a loop not reached yet is closed by a later
+        call.
         """
         current = asyncio.get_running_loop()
         with self._states_lock:
@@ -271,7 +302,7 @@ class ChannelLayer(BaseChannelLayerAPI):
                     del self._states[loop]
         for loop, state in states:
             if loop is current:
-                await state.aclose()
+                await _close_to_the_end(state)
             elif loop.is_running() and not loop.is_closed():
                 future = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
                 try:
@@ -561,13 +592,18 @@ class ChannelLayer(BaseChannelLayerAPI):
         """Stop this event loop's readers and release its connections. Idempotent.
 
         Consumers waiting in ``receive`` on this loop get :class:`~layers.LayerClosed`.
-        The layer stays usable: a later call opens new connections.
+        What this loop's readers hold for normal channels goes back to the head of the
+        store. The layer stays usable: a later call opens new connections.
+
+        Cancellation (a timeout around it, say): the caller gets ``CancelledError`` at
+        once, and the close goes on to its end in the background: the readers give
+        back what they hold and the connections close. A failure there is logged.
         """
         loop = asyncio.get_running_loop()
         with self._states_lock:
             state = self._states.pop(loop, None)
         if state is not None:
-            await state.aclose()
+            await _close_to_the_end(state)
 
     close = aclose
 

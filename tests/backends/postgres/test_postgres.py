@@ -847,3 +847,31 @@ def test_a_first_receive_that_finds_a_message_waits_for_no_listen(pg_url: str) -
 
     asyncio.run(send())
     asyncio.run(take())
+
+
+def test_an_aclose_cut_short_by_a_timeout_still_closes_and_gives_back(pg_url: str) -> None:
+    """With ``prefetch``: the caller's timeout fires at once; the pool still closes, and
+    what the reader had prefetched is back in the table, in order."""
+
+    async def main() -> None:
+        layer = layers.from_url(with_params(pg_url, prefetch=100))
+        await layer.flush()
+        for n in range(50):
+            await layer.send("close.cut", {"n": n})
+        assert await layer.receive("close.cut") == {"n": 0}  # the reader took the rest
+        db = backend_of(layer)._db
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await layer.aclose()
+        for _ in range(500):  # up to 5 s
+            if not db.is_open:
+                break
+            await asyncio.sleep(0.01)
+        assert not db.is_open  # the pool closed after all
+        async with layers.from_url(pg_url) as other:
+            got = [(await other.receive("close.cut"))["n"] for _ in range(49)]
+            assert got == list(range(1, 50))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(other.receive("close.cut"), 0.3)
+
+    asyncio.run(main())
