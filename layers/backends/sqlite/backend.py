@@ -317,6 +317,7 @@ class SqliteBackend(Backend):
         conn = self._connection()
         now = time.time()
         token = next(self._tokens)
+        self._kept[token] = []
         params: list[Any] = []
         for position, (payload, expiry) in enumerate(payloads):
             params += (position, now + expiry, payload)
@@ -431,6 +432,7 @@ class SqliteBackend(Backend):
         rows would otherwise go to a future nobody reads.
         """
         token = next(self._tokens)
+        self._kept[token] = []
         try:
             rows = await self._rows(conn, _sql.TAKE_KEEPING, (queue, time.time(), limit, token))
         except asyncio.CancelledError:
@@ -466,8 +468,14 @@ class SqliteBackend(Backend):
         return [(expires_at, payload) for _, expires_at, payload in kept]
 
     def _keep_row(self, token: int, ident: int, expires_at: float, payload: bytes) -> None:
-        """``layers_keep``: called by a take, in aiosqlite's thread, for each row it deletes."""
-        self._kept.setdefault(token, []).append((ident, expires_at, payload))
+        """``layers_keep``: in aiosqlite's thread, each row a take deletes (a restore inserts).
+
+        Kept only while the call that made ``token`` waits for it: a statement that
+        outlives its caller (one that gave up after ``_KEPT_WAIT``) leaves nothing behind.
+        """
+        rows = self._kept.get(token)
+        if rows is not None:
+            rows.append((ident, expires_at, payload))
 
     def _forget_take(self, queue: str, task: asyncio.Task[list[_Row]]) -> None:
         if self._taking.get(queue) is task:

@@ -604,3 +604,33 @@ async def test_queue_sizes_match_the_rows(make_backend: BackendFactory, db_path:
         assert _count(db_path, "layers_queues") == 0
     finally:
         await backend.aclose()
+
+
+
+@arun
+async def test_rows_reported_for_a_take_whose_caller_has_gone_are_not_kept(
+    make_backend: BackendFactory, db_path: Path
+) -> None:
+    """A take reports each row it deletes (``layers_keep``) for a cancelled caller; once
+    that caller stopped waiting (after ``_KEPT_WAIT``), a row reported late is not kept
+    for good under a token nobody will read again."""
+    backend = make_backend()
+    await backend.open()
+    try:
+        await backend.send("lk", b"0", expiry=60, capacity=10)
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            task = asyncio.create_task(backend.receive("lk", timeout=5))
+            await asyncio.sleep(0.1)  # the take waits for the lock in its thread
+            task.cancel()
+            await asyncio.sleep(0.1)
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        assert await asyncio.wait_for(task, 5) == [b"0"]  # waited for, and returned
+        assert backend._kept == {}
+        backend._keep_row(10**9, 1, time.time() + 60, b"late")  # a caller that has gone
+        assert backend._kept == {}
+    finally:
+        await backend.aclose()
