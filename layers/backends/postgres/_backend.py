@@ -20,7 +20,14 @@ import psycopg
 from layers.backends.postgres import _direct, _options, _sql, _wakeups
 from layers.backends.postgres._batch import Batcher, Row
 from layers.backends.postgres._connections import Connections
-from layers.backends.postgres._hand import HAND_WINDOW, Hand, HandSignal, Wakeup
+from layers.backends.postgres._hand import (
+    CATCH_UP_PAUSE,
+    CATCH_UP_WAIT,
+    HAND_WINDOW,
+    Hand,
+    HandSignal,
+    Wakeup,
+)
 from layers.backends.postgres._listener import (
     Listener,
     Watch,
@@ -77,6 +84,8 @@ class PostgresBackend(Backend):
         self._local = _wakeups.registry(conninfo, settings.schema) if settings.poll_only else None
         self._cleanup: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}
+        #: Normal queues this instance claimed from before listening to them.
+        self._claimed: set[str] = set()
         self._batcher = Batcher(
             self._db.lease,
             self._db.query,
@@ -184,6 +193,14 @@ class PostgresBackend(Backend):
                 if hand is not None and hand.future.done():
                     returning = hand.given()
                     hand = None
+                if hand is None and not returning and not watch.kept_up:
+                    # A consumer of this instance behind the queue: storing this one
+                    # too would keep it behind, every message stored and claimed.
+                    await self._catch_up(watch)
+                    hand = event.hand
+                    if hand is not None and hand.future.done():
+                        returning = hand.given()
+                        hand = None
                 if (
                     hand is None
                     and not returning
@@ -230,20 +247,51 @@ class PostgresBackend(Backend):
             [(p.queue, p.payload, float(p.expiry), p.capacity, self._notify(p.queue)) for p in puts]
         )
 
-    async def _after_claim(self, watch: Watch) -> None:
-        """Wait until this instance's next claim on the watch's queue ends, at most a while.
+    async def _catch_up(self, watch: Watch) -> None:
+        """Wait while this instance's consumer claims the queue back to back, until it drains.
 
-        The while is :data:`HAND_WINDOW`. Cancellation: nothing was sent yet.
+        With ``prefetch=1`` a consumer a few messages behind its own process's producer
+        claims one row a statement while each send stores one: it stays behind for
+        good, at two statements a message, and its claims were the slower of the two.
+        A send waits instead while claims of this instance run back to back (the
+        next one ends less than twice :data:`HAND_WINDOW` after the last), at most
+        :data:`CATCH_UP_WAIT`, until one drains the queue; then it hands its message
+        over. A consumer busy
+        with a message is not waited for. A wait that ends with the queue still not
+        drained (a backlog too long, other processes' sends keeping it full, or a
+        consumer that stopped claiming) stops sends from waiting for
+        :data:`CATCH_UP_PAUSE`: a producer is slowed by at most that share.
+        Cancellation: nothing was sent yet.
+        """
+        now = time.monotonic()
+        if now < watch.catch_up_after or not (
+            watch.claiming or now - watch.claimed_at < HAND_WINDOW
+        ):
+            return
+        deadline = now + CATCH_UP_WAIT
+        while not watch.kept_up:
+            # A claim in flight ends (however slow); the next one must come soon.
+            timeout = deadline - now if watch.claiming else min(2 * HAND_WINDOW, deadline - now)
+            if timeout <= 0 or not await self._after_claim(watch, timeout):
+                watch.catch_up_after = time.monotonic() + CATCH_UP_PAUSE
+                return
+            now = time.monotonic()
+
+    async def _after_claim(self, watch: Watch, timeout: float = HAND_WINDOW) -> bool:
+        """Wait until this instance's next claim on the watch's queue ends, at most ``timeout``.
+
+        Whether it ended. Cancellation: nothing was sent yet.
         """
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         watch.claim_waiters.append(waiter)
         try:
-            await asyncio.wait((waiter,), timeout=HAND_WINDOW)
+            await asyncio.wait((waiter,), timeout=timeout)
         finally:
             if not waiter.done():
                 waiter.cancel()
                 with contextlib.suppress(ValueError):
                     watch.claim_waiters.remove(waiter)
+        return not waiter.cancelled()
 
     async def _hand(
         self, event: Wakeup, hand: Hand, queue: str, payload: bytes, expiry: float, capacity: int
@@ -302,8 +350,20 @@ class PostgresBackend(Backend):
                 # Not listened to yet (this event loop's first receive of the queue, as
                 # each async_to_sync call is): what is queued comes at once, without
                 # waiting for a LISTEN, or for the listener's connection at all.
+                if known is None and queue in self._claimed:
+                    # A consumer back for more (not a one-off loop): listen, without
+                    # waiting for it, so its claims are known to this instance's sends
+                    # (see ``_catch_up``) while its queue holds a backlog.
+                    known = listener.watch(channel)
+                    listener.release(channel)
+                elif known is None:
+                    if len(self._claimed) > 4096:
+                        self._claimed.clear()
+                    self._claimed.add(queue)
                 rows = await self._claim(queue, limit, known)
                 if rows:
+                    if known is not None:
+                        known.claimed_at = time.monotonic()
                     return rows
         watch = None
         event: asyncio.Event

@@ -41,11 +41,17 @@ import asyncio
 
 from layers.core.wakeups import EventSignal
 
-__all__ = ["HAND_WINDOW", "Hand", "HandSignal", "Wakeup"]
+__all__ = ["CATCH_UP_PAUSE", "CATCH_UP_WAIT", "HAND_WINDOW", "Hand", "HandSignal", "Wakeup"]
 
 #: How long after a claim of this instance drained a queue a send to it still expects
-#: that claim back (a consumer that handles one message, then receives again).
+#: that claim back (a consumer that handles one message, then receives again); also
+#: the longest a send waits for the next claim of this instance to end.
 HAND_WINDOW = 0.002
+#: The longest a send waits for this instance's consumer, claiming back to back, to
+#: catch up with a queue it is behind (see ``_backend``).
+CATCH_UP_WAIT = 0.02
+#: How long sends to a queue store at once after such a wait ended in vain.
+CATCH_UP_PAUSE = 1.0
 
 
 class Hand:

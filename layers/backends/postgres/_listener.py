@@ -77,6 +77,7 @@ class Watch:
     """One channel's wake-up state, shared by this instance's readers of its queue."""
 
     __slots__ = (
+        "catch_up_after",
         "claim_waiters",
         "claimed_at",
         "claiming",
@@ -111,6 +112,9 @@ class Watch:
         self.kept_up = False
         #: Sends waiting for the next claim of this instance to end (see ``_backend``).
         self.claim_waiters: list[asyncio.Future[None]] = []
+        #: Until then (monotonic clock) sends do not wait for this instance's consumer
+        #: to catch up with the queue: the last such wait ended with it still behind.
+        self.catch_up_after = 0.0
         #: An owned inbox's notes, in arrival order (None: notifications are hints).
         self.notes: Notes | None = None
         #: Rows may exist that no queued note announces (before LISTEN, after a

@@ -17,7 +17,8 @@ import pytest
 
 import layers
 from layers.backends.postgres import PostgresBackend
-from layers.backends.postgres._hand import Hand
+from layers.backends.postgres._hand import CATCH_UP_WAIT, Hand
+from layers.backends.postgres._listener import Watch
 
 from .servers import SCHEMA, with_params
 from .test_postgres import backend_of
@@ -225,6 +226,120 @@ def test_a_consumer_one_message_behind_its_own_producer_catches_up(
                 assert await asyncio.wait_for(consumer, 30) == list(range(300))
                 stored = await _last_id(conn) - before
             assert 1 <= stored < 30, f"{stored} of the last 280 messages were stored"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("listened", [True, False])
+def test_a_consumer_a_few_messages_behind_its_own_producer_catches_up(
+    pg_url: str, pg_server: str, listened: bool
+) -> None:
+    """With ``prefetch=1``, eight messages stored ahead: the consumer still catches up.
+
+    A claim takes one row while each send stores one, and the claims were the slower
+    of the two: the consumer stayed behind for good (its queue growing), every message
+    stored and claimed. A send waits (briefly) while this process's consumer claims
+    back to back, until a claim drains the queue, then hands its message over. Also
+    for a consumer that found messages at every receive so far (``listened=False``),
+    whose queue was never listened to.
+    """
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5, capacity=10_000)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            first = 20 if listened else 0
+            paused, resume = asyncio.Event(), asyncio.Event()
+
+            async def consume() -> list[int]:
+                got = []
+                if not listened:
+                    paused.set()
+                    await resume.wait()
+                for _ in range(300):
+                    got.append((await layer.receive("hand.few"))["n"])
+                    if len(got) == first and listened:
+                        paused.set()
+                        await resume.wait()  # busy elsewhere while 8 messages are sent
+                return got
+
+            async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                consumer = asyncio.create_task(consume())
+                for n in range(first):
+                    await layer.send("hand.few", {"n": n})
+                await paused.wait()
+                for n in range(first, first + 8):
+                    await layer.send("hand.few", {"n": n})  # stored: nobody waits
+                before = await _last_id(conn)
+                resume.set()
+                for n in range(first + 8, 300):
+                    await layer.send("hand.few", {"n": n})
+                assert await asyncio.wait_for(consumer, 30) == list(range(300))
+                stored = await _last_id(conn) - before
+            sent = 300 - first - 8
+            assert stored < 40, f"{stored} of the last {sent} messages were stored"
+
+    asyncio.run(main())
+
+
+def test_sends_stop_waiting_for_a_consumer_that_does_not_catch_up(
+    pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process keeps the queue full: this process's sends wait for its consumer
+    once, then store at once for a while (``CATCH_UP_PAUSE``), not before every send."""
+    waited: list[float] = []
+    catch_up = PostgresBackend._catch_up
+
+    async def timed(self: PostgresBackend, watch: Watch) -> None:
+        started = time.monotonic()
+        await catch_up(self, watch)
+        waited.append(time.monotonic() - started)
+
+    async def main() -> None:
+        url = with_params(pg_url, poll_interval=5, capacity=100_000)
+        async with layers.from_url(url) as layer:
+            await layer.flush()
+            backend = backend_of(layer)
+            stop = asyncio.Event()
+
+            async def other_process() -> None:  # its own connection, a row per statement
+                async with await psycopg.AsyncConnection.connect(
+                    pg_server, autocommit=True
+                ) as conn:
+                    state = layer._state()
+                    body = state.pack(None, state.serializer.dumps({"n": -1}), time.time() + 60)
+                    channel = backend._channel("hand.full")
+                    while not stop.is_set():
+                        await conn.execute(
+                            f"SELECT {SCHEMA}.send_one(%s, %s, 60, 100000, %s)",
+                            ("hand.full", body, channel),
+                        )
+
+            async def consume() -> int:
+                mine = 0
+                while mine < 200:
+                    if (await layer.receive("hand.full"))["n"] >= 0:
+                        mine += 1
+                return mine
+
+            other = asyncio.create_task(other_process())
+            await asyncio.sleep(0.2)  # a backlog from the other process
+            consumer = asyncio.create_task(consume())
+            await _claiming(backend, "hand.full")
+            monkeypatch.setattr(PostgresBackend, "_catch_up", timed)
+            started = time.monotonic()
+            for n in range(200):
+                await layer.send("hand.full", {"n": n})
+            spent = time.monotonic() - started
+            monkeypatch.undo()
+            stop.set()
+            await other
+            assert await asyncio.wait_for(consumer, 60) == 200
+            # One wait of CATCH_UP_WAIT per CATCH_UP_PAUSE at most, not one per send:
+            # the sends spent a small share of their time waiting (a wait before
+            # every send: 179 waits, 2.3 s of 2.5 s).
+            most = 0.1 * spent + CATCH_UP_WAIT + 0.01
+            assert sum(waited) <= most, (len(waited), sum(waited), spent)
 
     asyncio.run(main())
 

@@ -606,7 +606,6 @@ async def test_queue_sizes_match_the_rows(make_backend: BackendFactory, db_path:
         await backend.aclose()
 
 
-
 @arun
 async def test_rows_reported_for_a_take_whose_caller_has_gone_are_not_kept(
     make_backend: BackendFactory, db_path: Path
