@@ -361,9 +361,14 @@ class PostgresBackend(Backend):
                         self._claimed.clear()
                     self._claimed.add(queue)
                 rows = await self._claim(queue, limit, known)
-                if rows:
-                    if known is not None:
+                if known is not None:
+                    if not known.listening.is_set():
+                        # A look before the LISTEN: a row stored since may never be
+                        # announced, so the next claim must not wait for a NOTIFY.
+                        known.drained = False
+                    if rows:
                         known.claimed_at = time.monotonic()
+                if rows:
                     return rows
         watch = None
         event: asyncio.Event

@@ -575,3 +575,26 @@ def test_a_restore_cancelled_while_it_waits_for_a_connection_reports_nothing_sto
             assert await backend.receive("restore.pool", timeout=0.2) == []
 
     asyncio.run(main())
+
+
+def test_a_claim_made_before_the_listen_never_lets_the_next_one_wait(pg_url: str) -> None:
+    """A consumer back for more registers its queue without waiting for the LISTEN; the
+    claim it makes meanwhile cannot count as drained: a row stored between that claim
+    and the LISTEN would get no NOTIFY, and a claim that waited for one would miss it."""
+
+    async def main() -> None:
+        async with _opened(pg_url) as (layer, backend):
+            await layer.send("hand.early", {"n": 0})
+            assert len(await backend.receive("hand.early", timeout=1)) == 1  # no watch yet
+            listener = backend._listener
+            assert listener is not None
+            assert listener.peek(backend._channel("hand.early")) is None
+            await layer.send("hand.early", {"n": 1})
+            assert len(await backend.receive("hand.early", timeout=1)) == 1  # back for more
+            watch = listener.peek(backend._channel("hand.early"))
+            assert watch is not None  # registered, so this instance's sends see its claims
+            # The listener's first connection takes longer than that one claim.
+            assert not watch.listening.is_set()
+            assert not watch.drained  # the claim took the last row, but before the LISTEN
+
+    asyncio.run(main())
