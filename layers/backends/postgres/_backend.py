@@ -256,11 +256,10 @@ class PostgresBackend(Backend):
         A send waits instead while claims of this instance run back to back (the
         next one ends less than twice :data:`HAND_WINDOW` after the last), at most
         :data:`CATCH_UP_WAIT`, until one drains the queue; then it hands its message
-        over. A consumer busy
-        with a message is not waited for. A wait that ends with the queue still not
-        drained (a backlog too long, other processes' sends keeping it full, or a
-        consumer that stopped claiming) stops sends from waiting for
-        :data:`CATCH_UP_PAUSE`: a producer is slowed by at most that share.
+        over. A consumer busy with a message is not waited for. A wait that ends with
+        the queue still not drained (a backlog too long, other processes' sends
+        keeping it full, or a consumer that stopped claiming) stops sends from waiting
+        for :data:`CATCH_UP_PAUSE`: a producer is slowed by at most that share.
         Cancellation: nothing was sent yet.
         """
         now = time.monotonic()
