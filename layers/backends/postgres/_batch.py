@@ -259,6 +259,9 @@ class Batcher:
         busy = self._busy
         for op in self._pending:
             if op.future.done():
+                # Cancelled while it waited (nothing else resolves a pending op): it
+                # never runs. Ended, so its caller raises instead of waiting for it.
+                op.ended = True
                 continue
             if op.rows is None:
                 # One receive per queue and batch: a second would claim the same rows.

@@ -875,3 +875,37 @@ def test_an_aclose_cut_short_by_a_timeout_still_closes_and_gives_back(pg_url: st
                 await asyncio.wait_for(other.receive("close.cut"), 0.3)
 
     asyncio.run(main())
+
+
+def test_a_claim_cancelled_while_queued_for_a_batch_does_not_hang(pg_url: str) -> None:
+    """A claim waiting for the next batch is cancelled, and the batch's task runs first.
+
+    The batch leaves the cancelled claim out, so it never runs: its caller must raise
+    ``CancelledError`` at once, not wait for an outcome nothing will bring (it did,
+    for ever, and so did the event loop's end). In a subprocess, so a hang fails.
+    """
+    code = f"""
+import asyncio, layers
+from layers.backends.postgres import PostgresBackend
+
+async def main():
+    async with layers.from_url({pg_url!r}) as layer:
+        await layer.flush()
+        backend = layer._state().backend
+        assert isinstance(backend, PostgresBackend)
+        batcher = backend._batcher
+        first = asyncio.create_task(batcher.receive("batch.first", 1))  # runs inline
+        await asyncio.sleep(0)
+        queued = asyncio.create_task(batcher.receive("batch.queued", 1))
+        await asyncio.sleep(0)  # queued for the next batch, whose task is scheduled
+        queued.cancel()  # its caller resumes after that task's first step
+        done, _ = await asyncio.wait([queued], timeout=3)
+        print("done" if queued in done and queued.cancelled() else "hung")
+        print(await first)
+
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.split() == ["done", "([],", "False)"], out.stdout
