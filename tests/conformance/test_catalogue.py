@@ -53,8 +53,8 @@ def shipped_rules() -> set[str]:
 
 #: Runs a rule gets, at most, against an entry whose defect is a race (``racy``). The
 #: weakest such pair seen (``loops-pop-at-once`` and the rule of sync threads receiving
-#: reply channels) catches the race in about one run of four on an idle two-core
-#: machine: with 3 runs it missed in 2 of 5 tries; with 12, about 3 in 100.
+#: reply channels) caught the race in 1 run of 4 on an idle two-core machine, so 3
+#: runs would all miss about 4 times in 10 (0.75 cubed), 12 runs about 3 in 100.
 RACY_RUNS = 12
 
 
