@@ -187,20 +187,12 @@ class PostgresBackend(Backend):
             watch = listener.peek(self._channel(queue))
             if watch is not None:
                 event = watch.event
-                hand = event.hand
-                # A claim given a payload a moment ago is on its way back for more.
-                returning = False
-                if hand is not None and hand.future.done():
-                    returning = hand.given()
-                    hand = None
+                hand, returning = event.live_hand()
                 if hand is None and not returning and not watch.kept_up:
                     # A consumer of this instance behind the queue: storing this one
                     # too would keep it behind, every message stored and claimed.
                     await self._catch_up(watch)
-                    hand = event.hand
-                    if hand is not None and hand.future.done():
-                        returning = hand.given()
-                        hand = None
+                    hand, returning = event.live_hand()
                 if (
                     hand is None
                     and not returning
@@ -215,9 +207,7 @@ class PostgresBackend(Backend):
                     # would keep it a step behind for good, every message stored and
                     # claimed. Wait for that claim (briefly), then hand this one over.
                     await self._after_claim(watch)
-                    hand = event.hand
-                    if hand is not None and hand.future.done():
-                        hand = None
+                    hand, _ = event.live_hand()
                 if (
                     hand is None
                     and watch.drained

@@ -112,6 +112,16 @@ class Wakeup(asyncio.Event):
         if hand is not None:
             hand.wake()
 
+    def live_hand(self) -> tuple[Hand | None, bool]:
+        """The hand out, unless it is spent; and whether a spent one was given payloads.
+
+        A claim given payloads a moment ago is on its way back for more.
+        """
+        hand = self.hand
+        if hand is not None and hand.future.done():
+            return None, hand.given()
+        return hand, False
+
     def release(self, hand: Hand) -> None:
         """Remove ``hand`` if it is still the one out."""
         if self.hand is hand:
