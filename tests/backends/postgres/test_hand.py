@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 import layers
-from layers.backends.postgres import PostgresBackend
+from layers.backends.postgres import PostgresBackend, _backend
 from layers.backends.postgres._hand import CATCH_UP_WAIT, Hand
 from layers.backends.postgres._listener import Watch
 
@@ -160,9 +160,13 @@ def test_a_wake_up_while_a_send_holds_the_hand_waits_for_that_send(pg_url: str) 
 
 
 def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
-    pg_url: str, pg_server: str
+    pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The consumer has not come back to wait yet: it adopts the hand the send put out."""
+    # The send must start within HAND_WINDOW of the drain; on a loaded machine one
+    # scheduling delay can take longer than 2 ms. What is tested is the hand-off, not
+    # the window's length (the benchmarks measure that), so the window is widened.
+    monkeypatch.setattr(_backend, "HAND_WINDOW", 0.5)
 
     async def main() -> None:
         async with _opened(pg_url) as (layer, backend):
@@ -171,8 +175,8 @@ def test_a_send_right_after_a_drain_is_handed_to_the_claim_on_its_way_back(
             assert await backend.receive("hand.back", timeout=0.2) == []
             await layer.send("hand.back", {"n": 0})
             async with await psycopg.AsyncConnection.connect(pg_server, autocommit=True) as conn:
+                before = await _last_id(conn)  # a claim does not move it
                 assert len(await backend.receive("hand.back", timeout=3)) == 1  # drained
-                before = await _last_id(conn)
                 send = asyncio.create_task(layer.send("hand.back", {"n": 1}))
                 claim = asyncio.create_task(backend.receive("hand.back", timeout=3))
                 await asyncio.wait_for(send, 3)
