@@ -360,7 +360,9 @@ async def test_sync_threads_receiving_reply_channels_lose_nothing(
     networked store would drop what that pop took. Loops take turns popping a queue,
     so a loop whose consumer was served has no pop in flight.
     """
-    threads, total = 4, 50
+    # 150 each: with fewer, loops popping the inbox at once (no turns) reorder a
+    # thread's messages in fewer than half of the runs.
+    threads, total = 4, 150
     async with layer_factory(capacity=threads * total) as layer:  # one inbox for all
         channels = [await layer.new_channel() for _ in range(threads)]
         got: list[list[int]] = [[] for _ in channels]

@@ -1174,9 +1174,9 @@ class Broken:
     backend: type[Backend] = MemoryBackend
     layer: type[ChannelLayer] = ChannelLayer
     rules: tuple[str, ...] = ()
-    #: The defect is a race between threads that shows in most runs, not all: a rule
-    #: that misses it gets up to two more runs (``test_catalogue.py``), and the report
-    #: says how many it took.
+    #: The defect is a race between threads that shows in some runs, not all: a rule
+    #: that misses it runs again, up to ``RACY_RUNS`` runs in all (``test_catalogue.py``),
+    #: and the report says how many it took.
     racy: bool = False
 
 
