@@ -120,11 +120,23 @@ class SqliteBackend(Backend):
             self._conn = await _connect.connect(self.path, self.busy_timeout)
             await self._conn.create_function("layers_keep", 4, self._keep_row)
             if not self._hub.schema_ready:
-                await self._create_schema(self._conn)
+                if not await self._schema_is_current(self._conn):
+                    await self._create_schema(self._conn)
                 self._hub.schema_ready = True
         except BaseException:
             await self.aclose()
             raise
+
+    async def _schema_is_current(self, conn: aiosqlite.Connection) -> bool:
+        """Whether the file holds this release's schema, read without a write transaction.
+
+        The version is written last, in the transaction that creates the schema, so
+        a file at this version holds all of it: an event loop that opens the backend
+        for one call (``async_to_sync``) reads one pragma instead of taking the
+        file's write lock for a dozen statements.
+        """
+        rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+        return bool(rows) and int(rows[0][0]) == _sql.SCHEMA_VERSION
 
     async def _create_schema(self, conn: aiosqlite.Connection) -> None:
         """Create the tables in one ``BEGIN IMMEDIATE`` (other processes wait for it)."""

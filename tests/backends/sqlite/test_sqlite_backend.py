@@ -350,6 +350,38 @@ async def test_an_immediate_busy_is_waited_out_like_a_busy_lock(
 
 
 @arun
+async def test_opening_a_file_with_the_schema_needs_no_write_lock(
+    make_backend: BackendFactory, db_path: Path
+) -> None:
+    """Each ``async_to_sync`` call opens the backend in a new event loop: while another
+    connection writes, that open reads the schema version instead of waiting for the
+    write lock to run a dozen ``CREATE ... IF NOT EXISTS``."""
+    first = make_backend()
+    await first.open()
+    await first.send("q", b"kept", expiry=60, capacity=10)
+    await first.aclose()  # the last instance: the next open starts afresh
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        backend = make_backend(busy_timeout=5)
+        started = time.monotonic()
+        try:
+            await backend.open()
+            assert time.monotonic() - started < 2  # did not wait out busy_timeout
+        finally:
+            blocker.close()
+            await backend.aclose()
+    finally:
+        blocker.close()
+    backend = make_backend()
+    await backend.open()
+    try:
+        assert await backend.receive("q", timeout=0) == [b"kept"]
+    finally:
+        await backend.aclose()
+
+
+@arun
 async def test_a_busy_that_outlasts_busy_timeout_fails_and_loses_nothing(
     make_backend: BackendFactory, db_path: Path
 ) -> None:
