@@ -361,18 +361,15 @@ async def test_opening_a_file_with_the_schema_needs_no_write_lock(
     await first.send("q", b"kept", expiry=60, capacity=10)
     await first.aclose()  # the last instance: the next open starts afresh
     blocker = sqlite3.connect(db_path, isolation_level=None)
+    backend = make_backend(busy_timeout=5)
     try:
         blocker.execute("BEGIN IMMEDIATE")
-        backend = make_backend(busy_timeout=5)
         started = time.monotonic()
-        try:
-            await backend.open()
-            assert time.monotonic() - started < 2  # did not wait out busy_timeout
-        finally:
-            blocker.close()
-            await backend.aclose()
+        await backend.open()
+        assert time.monotonic() - started < 2  # did not wait out busy_timeout
     finally:
         blocker.close()
+        await backend.aclose()
     backend = make_backend()
     await backend.open()
     try:
